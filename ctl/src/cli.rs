@@ -1,0 +1,131 @@
+//! The command line: every subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidekeyctl",
+    version,
+    about = "Control sidekeyd: connections, keys, credentials and grants"
+)]
+pub struct Cli {
+    /// The daemon's control socket (default: as sidekeyd resolves it).
+    #[arg(long, global = true, env = "SIDEKEY_SOCKET_PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show whether sidekeyd is running, and where everything lives.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connections: local identities, each with one access key.
+    #[command(subcommand)]
+    Conn(ConnCommand),
+    /// Credentials: upstream secrets bound to hosts.
+    #[command(subcommand)]
+    Cred(CredCommand),
+    /// Allow an agent connection to use a credential; prints a pxr_ token once.
+    Grant {
+        conn: String,
+        cred: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a credential away from a connection; its pxr_ token stops working.
+    Revoke { conn: String, cred: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnCommand {
+    /// Create a connection and print its new key (once).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["agent", "sync"])]
+        kind: String,
+        /// Expire the key after this long, like 30d or 12h.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A request budget, like 600/min.
+        #[arg(long)]
+        rate: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List connections.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one connection.
+    Info {
+        conn: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reveal a connection's key, or rotate it with --regenerate.
+    Key {
+        conn: String,
+        /// Replace the key atomically and print the new one.
+        #[arg(long)]
+        regenerate: bool,
+        /// With --regenerate: keep the old key valid this long, like 60s.
+        #[arg(long, requires = "regenerate")]
+        grace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the connection's key until it is enabled again.
+    Disable { conn: String },
+    /// Accept the connection's key again.
+    Enable { conn: String },
+    /// Delete a connection and revoke its key for good.
+    Rm {
+        conn: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredCommand {
+    /// Add a credential. The secret is read from stdin or a hidden prompt.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// api-key, basic-auth, cookie, custom-header or query-param.
+        #[arg(long = "type", value_parser = ["api-key", "basic-auth", "cookie", "custom-header", "query-param"])]
+        cred_type: String,
+        /// A host it may be sent to; repeat for more. Wildcards: *.github.com.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Only inject into paths under this prefix, like /v1.
+        #[arg(long)]
+        path_prefix: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List credentials (never their secrets).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one credential (never its secret).
+    Info {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a credential's secret atomically, from stdin or a hidden prompt.
+    Set { name: String },
+    /// Remove a credential and every grant of it.
+    Rm { name: String },
+}

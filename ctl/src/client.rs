@@ -1,0 +1,270 @@
+//! A typed client for the control API: one HTTP/1.1 request per call over
+//! the daemon's Unix socket. No hand-built JSON.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::tokio::Stream as _;
+use interprocess::local_socket::{GenericFilePath, ToFsName};
+use serde::{Serialize, de::DeserializeOwned};
+use sidekey_api::{
+    Conn, ConnCreate, ConnWithKey, Cred, CredCreate, CredSecret, ErrorBody, GrantCreate,
+    GrantCreated, KeyRegenerate, Status,
+};
+
+/// Why a call failed, so `main` can pick the exit code.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The daemon is not running: exit code 3.
+    NotRunning(String),
+    /// The daemon answered with an error body.
+    Api(ErrorBody),
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NotRunning(msg) => f.write_str(msg),
+            ClientError::Api(body) => {
+                write!(f, "{} ({}): {}", body.error, body.status, body.message)
+            }
+            ClientError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ClientError {
+    fn from(e: anyhow::Error) -> Self {
+        ClientError::Other(e)
+    }
+}
+
+pub type ClientResult<T> = std::result::Result<T, ClientError>;
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Client {
+        Client { socket }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn status(&self) -> ClientResult<Status> {
+        self.call(Method::GET, "/v1/status", None::<&()>).await
+    }
+
+    pub async fn conns(&self) -> ClientResult<Vec<Conn>> {
+        self.call(Method::GET, "/v1/conns", None::<&()>).await
+    }
+
+    pub async fn conn(&self, id: &str) -> ClientResult<Conn> {
+        self.call(Method::GET, &format!("/v1/conns/{}", seg(id)), None::<&()>)
+            .await
+    }
+
+    pub async fn conn_create(&self, req: &ConnCreate) -> ClientResult<ConnWithKey> {
+        self.call(Method::POST, "/v1/conns", Some(req)).await
+    }
+
+    pub async fn conn_key(&self, id: &str) -> ClientResult<ConnWithKey> {
+        self.call(
+            Method::GET,
+            &format!("/v1/conns/{}/key", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn conn_rotate(&self, id: &str, req: &KeyRegenerate) -> ClientResult<ConnWithKey> {
+        self.call(
+            Method::POST,
+            &format!("/v1/conns/{}/key", seg(id)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn conn_set_enabled(&self, id: &str, enabled: bool) -> ClientResult<Conn> {
+        let action = if enabled { "enable" } else { "disable" };
+        self.call(
+            Method::POST,
+            &format!("/v1/conns/{}/{action}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn conn_remove(&self, id: &str) -> ClientResult<Conn> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/conns/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn creds(&self) -> ClientResult<Vec<Cred>> {
+        self.call(Method::GET, "/v1/creds", None::<&()>).await
+    }
+
+    pub async fn cred(&self, name: &str) -> ClientResult<Cred> {
+        self.call(
+            Method::GET,
+            &format!("/v1/creds/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn cred_add(&self, req: &CredCreate) -> ClientResult<Cred> {
+        self.call(Method::POST, "/v1/creds", Some(req)).await
+    }
+
+    pub async fn cred_set(&self, name: &str, req: &CredSecret) -> ClientResult<Cred> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/creds/{}/secret", seg(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn cred_remove(&self, name: &str) -> ClientResult<Cred> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/creds/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn grant(&self, req: &GrantCreate) -> ClientResult<GrantCreated> {
+        self.call(Method::POST, "/v1/grants", Some(req)).await
+    }
+
+    pub async fn revoke(&self, conn: &str, cred: &str) -> ClientResult<()> {
+        let path = format!("/v1/grants/{}/{}", seg(conn), seg(cred));
+        self.send(Method::DELETE, &path, None::<&()>)
+            .await
+            .map(|_| ())
+    }
+
+    async fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> ClientResult<T> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("the daemon's answer to {path} does not parse; are sidekeyctl and sidekeyd the same version?"))
+            .map_err(ClientError::Other)
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> ClientResult<Bytes> {
+        let stream = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("the control socket handshake failed")?;
+        tokio::spawn(connection);
+        let payload = match body {
+            Some(body) => Bytes::from(serde_json::to_vec(body).context("encoding the request")?),
+            None => Bytes::new(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "sidekeyd")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(payload))
+            .context("building the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the daemon closed the control connection")?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the daemon's answer")?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Api(body)),
+            Err(_) => Err(ClientError::Other(anyhow::anyhow!(
+                "the daemon answered {} with no error body",
+                StatusCode::as_u16(&status)
+            ))),
+        }
+    }
+
+    async fn connect(&self) -> ClientResult<Stream> {
+        let not_running = || {
+            ClientError::NotRunning(format!(
+                "sidekeyd is not running (no socket at {}); start it with: sidekeyd",
+                self.socket.display()
+            ))
+        };
+        if !self.socket.exists() {
+            return Err(not_running());
+        }
+        let name = self
+            .socket
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .context("the socket path is not valid")?;
+        match Stream::connect(name).await {
+            Ok(stream) => Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                Err(not_running())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(ClientError::Other(anyhow::anyhow!(
+                    "permission denied on {}; run sidekeyctl as the user that runs sidekeyd",
+                    self.socket.display()
+                )))
+            }
+            Err(e) => Err(ClientError::Other(
+                anyhow::Error::new(e)
+                    .context(format!("cannot connect to {}", self.socket.display())),
+            )),
+        }
+    }
+}
+
+/// Percent-encodes one path segment, so a name can never add a segment.
+fn seg(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

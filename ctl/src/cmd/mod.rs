@@ -1,0 +1,5 @@
+//! One module per command group.
+
+pub mod conn;
+pub mod cred;
+pub mod status;

@@ -1,0 +1,26 @@
+use crate::client::{Client, ClientResult};
+use crate::output::{fields, print_json};
+
+pub async fn run(client: &Client, json: bool) -> ClientResult<()> {
+    let status = client.status().await?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    fields(&[
+        (
+            "sidekeyd",
+            format!(
+                "{} running (pid {}, up {} s)",
+                status.version, status.pid, status.uptime_secs
+            ),
+        ),
+        ("data dir", status.data_dir),
+        ("control", status.socket),
+        ("proxy", format!("http://{}", status.proxy_listen)),
+        ("connections", status.conns.to_string()),
+        ("credentials", status.creds.to_string()),
+        ("grants", status.grants.to_string()),
+    ]);
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! sidekeyctl: the command-line client for sidekeyd's control API.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 3 sidekeyd not running.
+
+mod cli;
+mod client;
+mod cmd;
+mod output;
+mod paths;
+mod prompt;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use client::{Client, ClientError};
+
+const EXIT_NOT_RUNNING: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sidekeyctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = Client::new(paths::socket_path(cli.socket.clone()));
+    match runtime.block_on(dispatch(&client, cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError::NotRunning(message)) => {
+            eprintln!("sidekeyctl: {message}");
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Err(e) => {
+            eprintln!("sidekeyctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(client: &Client, command: Command) -> client::ClientResult<()> {
+    match command {
+        Command::Status { json } => cmd::status::run(client, json).await,
+        Command::Conn(command) => cmd::conn::run(client, command).await,
+        Command::Cred(command) => cmd::cred::run(client, command).await,
+        Command::Grant { conn, cred, json } => cmd::cred::grant(client, conn, cred, json).await,
+        Command::Revoke { conn, cred } => cmd::cred::revoke(client, conn, cred).await,
+    }
+}

@@ -1,0 +1,290 @@
+//! The daemon's configuration: an optional TOML file in the platform config
+//! dir, overridden by `SIDEKEY_*` env, overridden by flags. Everything is
+//! validated here, before any file is opened or any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Flags. Each config key has a flag and a `SIDEKEY_*` variable.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "sidekeyd",
+    version,
+    about = "sidekey's daemon: injecting proxy, folder sync and control API"
+)]
+pub struct Args {
+    /// Config file (default: config.toml in the platform config dir).
+    #[arg(long, env = "SIDEKEY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Detach from the terminal and run in the background.
+    #[arg(long)]
+    pub daemonize: bool,
+    /// With --daemonize: where to write the (locked) pid file.
+    #[arg(long, requires = "daemonize")]
+    pub pid_file: Option<PathBuf>,
+    /// With --daemonize: where to write the log.
+    #[arg(long, requires = "daemonize")]
+    pub log_file: Option<PathBuf>,
+    #[arg(long, env = "SIDEKEY_PROXY_LISTEN")]
+    pub proxy_listen: Option<String>,
+    #[arg(long, env = "SIDEKEY_SYNC_LISTEN")]
+    pub sync_listen: Option<String>,
+    #[arg(long, env = "SIDEKEY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "SIDEKEY_SOCKET_PATH")]
+    pub socket_path: Option<PathBuf>,
+    #[arg(long, env = "SIDEKEY_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+    #[arg(long, env = "SIDEKEY_UPSTREAM_PROXY")]
+    pub upstream_proxy: Option<String>,
+    #[arg(long, env = "SIDEKEY_EGRESS")]
+    pub egress: Option<Egress>,
+    #[arg(long, env = "SIDEKEY_INTERCEPT")]
+    pub intercept: Option<Intercept>,
+    #[arg(long, env = "SIDEKEY_AUDIT_RETENTION")]
+    pub audit_retention: Option<String>,
+    #[arg(long, env = "SIDEKEY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[arg(long, env = "SIDEKEY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "SIDEKEY_LAST_USED_FLUSH")]
+    pub last_used_flush: Option<String>,
+    #[arg(long, env = "SIDEKEY_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    #[default]
+    Tunnel,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Intercept {
+    #[default]
+    Bound,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The file's shape: every key optional, unknown keys refused by name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    proxy_listen: Option<String>,
+    sync_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    socket_path: Option<PathBuf>,
+    upstream_ca_file: Option<PathBuf>,
+    upstream_proxy: Option<String>,
+    egress: Option<Egress>,
+    intercept: Option<Intercept>,
+    audit_retention: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    last_used_flush: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+/// The effective configuration, every default filled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub proxy_listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub socket_path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy: Option<String>,
+    pub egress: Egress,
+    pub intercept: Intercept,
+    pub audit_retention: String,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub last_used_flush: String,
+    pub shutdown_timeout: String,
+    /// Where the file came from, if there was one.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(args: &Args) -> Result<Config> {
+        let (file, config_file) = read_file(args.config.as_deref())?;
+        let dirs = directories::ProjectDirs::from("io", "sidekey", "sidekey");
+
+        let proxy_listen = args
+            .proxy_listen
+            .clone()
+            .or(file.proxy_listen)
+            .unwrap_or_else(|| "127.0.0.1:8787".into());
+        let proxy_listen: SocketAddr = proxy_listen.parse().with_context(|| {
+            format!("proxy_listen '{proxy_listen}' is not an address like 127.0.0.1:8787")
+        })?;
+        let sync_listen = args
+            .sync_listen
+            .clone()
+            .or(file.sync_listen)
+            .map(|s| {
+                s.parse::<SocketAddr>().with_context(|| {
+                    format!("sync_listen '{s}' is not an address like 0.0.0.0:7443")
+                })
+            })
+            .transpose()?;
+
+        let data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(dir) => dir,
+            None => dirs
+                .as_ref()
+                .map(|d| d.data_dir().to_path_buf())
+                .context("no home directory to put the data dir in; set data_dir in the config or SIDEKEY_DATA_DIR")?,
+        };
+        let data_dir = absolute(&data_dir)?;
+        let socket_path = match args.socket_path.clone().or(file.socket_path) {
+            Some(path) => absolute(&path)?,
+            None => default_socket_path(&data_dir),
+        };
+
+        let config = Config {
+            proxy_listen,
+            sync_listen,
+            data_dir,
+            socket_path,
+            upstream_ca_file: args.upstream_ca_file.clone().or(file.upstream_ca_file),
+            upstream_proxy: args.upstream_proxy.clone().or(file.upstream_proxy),
+            egress: args.egress.or(file.egress).unwrap_or_default(),
+            intercept: args.intercept.or(file.intercept).unwrap_or_default(),
+            audit_retention: args
+                .audit_retention
+                .clone()
+                .or(file.audit_retention)
+                .unwrap_or_else(|| "30d".into()),
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            last_used_flush: args
+                .last_used_flush
+                .clone()
+                .or(file.last_used_flush)
+                .unwrap_or_else(|| "10s".into()),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .clone()
+                .or(file.shutdown_timeout)
+                .unwrap_or_else(|| "10s".into()),
+            config_file,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("audit_retention", &self.audit_retention),
+            ("last_used_flush", &self.last_used_flush),
+            ("shutdown_timeout", &self.shutdown_timeout),
+        ] {
+            sidekey_api::parse_duration_secs(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).with_context(|| {
+            format!(
+                "log_level '{}' is not a level or filter like info or sidekeyd=debug",
+                self.log_level
+            )
+        })?;
+        if let Some(ca) = &self.upstream_ca_file
+            && !ca.is_file()
+        {
+            bail!(
+                "upstream_ca_file {} does not exist or is not a file",
+                ca.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn duration(&self, value: &str) -> std::time::Duration {
+        std::time::Duration::from_secs(sidekey_api::parse_duration_secs(value).unwrap_or(10))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("Config serializes")
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/sidekey/sidekeyd.sock`, else `<data_dir>/sidekeyd.sock`.
+pub fn default_socket_path(data_dir: &Path) -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(runtime) => PathBuf::from(runtime).join("sidekey").join("sidekeyd.sock"),
+        None => data_dir.join("sidekeyd.sock"),
+    }
+}
+
+pub fn default_config_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("io", "sidekey", "sidekey")
+        .map(|d| d.config_dir().join("config.toml"))
+}
+
+fn read_file(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => match default_config_file() {
+            Some(path) if path.exists() => path,
+            _ => return Ok((FileConfig::default(), None)),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))?;
+    Ok((file, Some(path)))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve path {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            toml::from_str::<FileConfig>("proxy_listen = \"127.0.0.1:1\"\nprxy = 1\n").unwrap_err();
+        assert!(err.message().contains("prxy"), "{}", err.message());
+    }
+
+    #[test]
+    fn enums_parse_from_their_names() {
+        let file: FileConfig =
+            toml::from_str("egress = \"deny\"\nintercept = \"all\"\nlog_format = \"json\"")
+                .unwrap();
+        assert_eq!(file.egress, Some(Egress::Deny));
+        assert_eq!(file.intercept, Some(Intercept::All));
+        assert_eq!(file.log_format, Some(LogFormat::Json));
+        assert!(toml::from_str::<FileConfig>("egress = \"maybe\"").is_err());
+    }
+}

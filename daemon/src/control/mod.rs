@@ -1,0 +1,100 @@
+//! The control API: HTTP/1.1 and JSON on a Unix socket with mode 0600 in a
+//! 0700 directory. Only the daemon's own uid and root may talk to it.
+
+mod routes;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::StreamCommon;
+use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Daemon;
+use crate::error::ApiError;
+
+/// Binds the socket, replacing a stale one left by a crash.
+pub async fn bind(path: &Path) -> Result<Listener> {
+    let dir = path
+        .parent()
+        .context("the socket path has no parent directory")?;
+    crate::fsutil::create_private_dir(dir)?;
+    if path.exists() {
+        let name = path.to_fs_name::<GenericFilePath>()?;
+        if Stream::connect(name).await.is_ok() {
+            bail!(
+                "another sidekeyd is already listening on {}; stop it, or give this one another socket_path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let name = path.to_fs_name::<GenericFilePath>()?;
+    ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .create_tokio()
+        .with_context(|| format!("cannot listen on the control socket {}", path.display()))
+}
+
+pub async fn serve(
+    listener: Listener,
+    daemon: Arc<Daemon>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let own_uid = rustix::process::geteuid().as_raw();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let peer_uid = stream.peer_creds().ok().and_then(|c| c.euid());
+        let allowed = matches!(peer_uid, Some(uid) if uid == own_uid || uid == 0);
+        if !allowed {
+            tracing::warn!(peer_uid, "refused a control connection from another user");
+        }
+        let daemon = daemon.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let daemon = daemon.clone();
+                async move {
+                    if !allowed {
+                        return Ok::<_, std::convert::Infallible>(
+                            ApiError::permission_denied(format!(
+                                "This socket belongs to uid {own_uid}; run sidekeyctl as that user (or root)."
+                            ))
+                            .to_response(),
+                        );
+                    }
+                    Ok(routes::handle(req, &daemon).await)
+                }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}

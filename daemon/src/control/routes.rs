@@ -1,0 +1,110 @@
+//! The control routes under `/v1/`. Each answers JSON, errors in the one
+//! DESIGN.md shape.
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use sidekey_api::{ConnCreate, CredCreate, CredSecret, GrantCreate, KeyRegenerate, Status};
+
+use crate::Daemon;
+use crate::error::ApiError;
+use crate::http_util::{Body, json, read_json};
+use crate::keys::Secret;
+
+/// Bodies are small JSON documents; a credential secret is capped at 16 KiB.
+const BODY_LIMIT: usize = 64 * 1024;
+
+pub async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
+    match route(req, daemon).await {
+        Ok(response) => response,
+        Err(e) => e.to_response(),
+    }
+}
+
+async fn route(req: Request<Incoming>, daemon: &Daemon) -> Result<Response<Body>, ApiError> {
+    // A browser has no business here: refuse anything a web page could send.
+    if req.headers().contains_key(header::ORIGIN) || req.headers().contains_key(header::REFERER) {
+        return Err(ApiError::permission_denied(
+            "The control API refuses requests from browsers; use sidekeyctl.",
+        ));
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let registry = &daemon.registry;
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => ok(&status(daemon)),
+
+        (&Method::GET, ["v1", "conns"]) => ok(&registry.list_conns()),
+        (&Method::POST, ["v1", "conns"]) => {
+            let req: ConnCreate = read_json(req.into_body(), BODY_LIMIT).await?;
+            Ok(json(StatusCode::CREATED, &registry.create_conn(req).await?))
+        }
+        (&Method::GET, ["v1", "conns", id]) => ok(&registry.conn(id)?),
+        (&Method::DELETE, ["v1", "conns", id]) => ok(&registry.remove_conn(id).await?),
+        (&Method::GET, ["v1", "conns", id, "key"]) => ok(&registry.reveal_key(id)?),
+        (&Method::POST, ["v1", "conns", id, "key"]) => {
+            let id = id.to_string();
+            let body: KeyRegenerate = read_json(req.into_body(), BODY_LIMIT).await?;
+            ok(&registry.rotate_key(&id, body.grace_secs).await?)
+        }
+        (&Method::POST, ["v1", "conns", id, "disable"]) => {
+            ok(&registry.set_disabled(id, true).await?)
+        }
+        (&Method::POST, ["v1", "conns", id, "enable"]) => {
+            ok(&registry.set_disabled(id, false).await?)
+        }
+
+        (&Method::GET, ["v1", "creds"]) => ok(&registry.list_creds()),
+        (&Method::POST, ["v1", "creds"]) => {
+            let req: CredCreate = read_json(req.into_body(), BODY_LIMIT).await?;
+            Ok(json(StatusCode::CREATED, &registry.add_cred(req).await?))
+        }
+        (&Method::GET, ["v1", "creds", name]) => ok(&registry.cred(name)?),
+        (&Method::PUT, ["v1", "creds", name, "secret"]) => {
+            let name = name.to_string();
+            let body: CredSecret = read_json(req.into_body(), BODY_LIMIT).await?;
+            ok(&registry
+                .set_cred_secret(&name, Secret::new(body.secret))
+                .await?)
+        }
+        (&Method::DELETE, ["v1", "creds", name]) => ok(&registry.remove_cred(name).await?),
+
+        (&Method::POST, ["v1", "grants"]) => {
+            let body: GrantCreate = read_json(req.into_body(), BODY_LIMIT).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &registry.grant(&body.conn, &body.cred).await?,
+            ))
+        }
+        (&Method::DELETE, ["v1", "grants", conn, cred]) => {
+            registry.revoke_grant(conn, cred).await?;
+            Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
+        }
+
+        _ => Err(ApiError::not_found(format!(
+            "There is no control route {method} {path}; check that sidekeyctl and sidekeyd are the same version."
+        ))),
+    }
+}
+
+fn status(daemon: &Daemon) -> Status {
+    let (conns, creds, grants) = daemon.registry.counts();
+    let store = daemon.registry.store();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: daemon.started.elapsed().as_secs(),
+        data_dir: daemon.config.data_dir.display().to_string(),
+        socket: daemon.config.socket_path.display().to_string(),
+        proxy_listen: daemon.proxy_addr.to_string(),
+        conns,
+        creds,
+        grants,
+        schema_version: store.schema_version(),
+        store_writes: store.writes(),
+    }
+}
+
+fn ok<T: serde::Serialize>(value: &T) -> Result<Response<Body>, ApiError> {
+    Ok(json(StatusCode::OK, value))
+}

@@ -1,0 +1,67 @@
+//! Small helpers shared by the control API and the proxy's own endpoints:
+//! JSON responses and bounded body reading.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::error::ApiError;
+
+pub type Body = Full<Bytes>;
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).expect("API types serialize");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Reads a JSON body of at most `limit` bytes. Parse errors name the field
+/// or position, never a value, since a value may be a secret.
+pub async fn read_json<T: DeserializeOwned>(body: Incoming, limit: usize) -> Result<T, ApiError> {
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "The request body could not be read; send it again.",
+            ));
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "This route needs a JSON body; send one with Content-Type: application/json.",
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(describe_json_error(&e)))
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let safe = ["unknown field", "missing field", "unknown variant"];
+    if safe.iter().any(|p| text.starts_with(p)) {
+        let detail = text.split(" at line").next().unwrap_or(&text);
+        return format!(
+            "The JSON body does not fit this route: {detail}. Fix the field and send it again."
+        );
+    }
+    format!(
+        "The body is not valid JSON for this route (line {}, column {}); check its syntax and field types.",
+        e.line(),
+        e.column()
+    )
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,177 @@
+//! sidekeyd: keeps secrets away from AI agents and keeps their workspaces in sync.
+//!
+//! # Layout
+//! - `config`    the effective configuration: file, `SIDEKEY_*` env, flags
+//! - `error`     the `{error, message, status}` shape and its codes
+//! - `keys`      key minting, parsing, hashing, display; the `Secret` type
+//! - `store`     the only code that knows sled; seals every secret at rest
+//! - `registry`  connections, credentials and grants; the key-verification index
+//! - `ratelimit` per-connection token buckets
+//! - `hosts`     host patterns that bind credentials to hosts
+//! - `inject`    the credential types and the shape of their secrets
+//! - `control`   the Unix-socket API and its routes
+//! - `proxy`     the proxy listener and sidekey's own endpoints on it
+//! - `fsutil`    private directories and the data-dir lock
+//! - `logging`   tracing setup
+
+pub mod config;
+mod control;
+mod error;
+mod fsutil;
+mod hosts;
+mod http_util;
+mod inject;
+mod keys;
+pub mod logging;
+mod proxy;
+mod ratelimit;
+mod registry;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Args, Config};
+use registry::Registry;
+use store::Store;
+
+/// The daemon's state, shared by every listener.
+pub struct Daemon {
+    config: Config,
+    registry: Registry,
+    started: Instant,
+    proxy_addr: SocketAddr,
+    master_key_path: std::path::PathBuf,
+    _lock: fsutil::DataDirLock,
+}
+
+/// Every socket the daemon serves, bound before [`run`] so that a bind error
+/// is reported before anything starts.
+pub struct Listeners {
+    proxy: TcpListener,
+    control: interprocess::local_socket::tokio::Listener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        let proxy = TcpListener::bind(config.proxy_listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} for the proxy; is another sidekeyd running? Set proxy_listen to another address",
+                config.proxy_listen
+            )
+        })?;
+        if !config.proxy_listen.ip().is_loopback() {
+            tracing::warn!(addr = %config.proxy_listen, "the proxy listens beyond loopback, as the config asks");
+        }
+        let control = control::bind(&config.socket_path).await?;
+        Ok(Listeners { proxy, control })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+}
+
+impl Daemon {
+    /// Locks the data dir, finds the master key and opens the store.
+    pub fn open(config: Config) -> Result<Daemon> {
+        fsutil::create_private_dir(&config.data_dir)?;
+        let lock = fsutil::DataDirLock::acquire(&config.data_dir)?;
+        let master = store::master_key::load_or_create(&config.data_dir)?;
+        let store = Store::open(&config.data_dir, &master)?;
+        let registry = Registry::load(store).map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(Daemon {
+            config,
+            registry,
+            started: Instant::now(),
+            proxy_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            master_key_path: master.path,
+            _lock: lock,
+        })
+    }
+
+    /// The lines printed at start: where everything lives.
+    pub fn describe(&self) -> String {
+        let (conns, creds, _) = self.registry.counts();
+        format!(
+            "sidekeyd {} ready\n  data dir:   {}\n  store:      {} ({conns} connections, {creds} credentials)\n  master key: {}\n  control:    {}\n  proxy:      http://{}\n",
+            env!("CARGO_PKG_VERSION"),
+            self.config.data_dir.display(),
+            self.registry.store().path().display(),
+            self.master_key_path.display(),
+            self.config.socket_path.display(),
+            self.proxy_addr,
+        )
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then drains (bounded) and flushes.
+/// `on_ready` runs once every listener is serving.
+pub async fn run(
+    mut daemon: Daemon,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Daemon),
+) -> Result<()> {
+    daemon.proxy_addr = listeners.proxy_addr();
+    let daemon = Arc::new(daemon);
+    let tracker = TaskTracker::new();
+    tracker.spawn(proxy::serve(
+        listeners.proxy,
+        daemon.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(control::serve(
+        listeners.control,
+        daemon.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
+    on_ready(&daemon);
+
+    shutdown.cancelled().await;
+    tracker.close();
+    let drain = daemon.config.duration(&daemon.config.shutdown_timeout);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            timeout_secs = drain.as_secs(),
+            "shutdown drain timed out; closing the rest"
+        );
+    }
+    daemon
+        .registry
+        .flush_last_used()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    daemon.registry.store().flush().await?;
+    let _ = std::fs::remove_file(&daemon.config.socket_path);
+    tracing::info!("sidekeyd stopped");
+    Ok(())
+}
+
+/// Writes `last_used` in batches, never once per request.
+async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
+    let every = daemon.config.duration(&daemon.config.last_used_flush);
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(e) = daemon.registry.flush_last_used().await {
+                    tracing::warn!(error = %e.message, "writing last_used failed; will retry");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,834 @@
+//! Connections, credentials and grants: every change goes to the store first
+//! (flushed), then to the in-memory index that verifies keys. A change is
+//! acknowledged only after both, so a rotation that returned is in force.
+//!
+//! Verification is a read lock and a hash lookup; it never writes the store.
+//! `last_used` is kept in memory and written in batches by [`Registry::flush_last_used`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sidekey_api::{
+    Conn, ConnCreate, ConnKind, ConnState, ConnWithKey, Cred, CredCreate, GrantCreated,
+};
+
+use crate::error::ApiError;
+use crate::hosts::HostPattern;
+use crate::keys::{self, KeyHash, KeyPrefix, Secret};
+use crate::ratelimit::TokenBucket;
+use crate::store::{ConnRecord, CredRecord, GrantRecord, PreviousKey, Store};
+
+/// What a valid key resolves to.
+#[derive(Clone)]
+pub struct Verified {
+    pub conn: Arc<LiveConn>,
+    /// Set when the key was a `pxr_` grant token: the one credential it unlocks.
+    pub grant_cred: Option<String>,
+}
+
+/// The hot-path view of a connection.
+pub struct LiveConn {
+    pub id: String,
+    pub name: String,
+    pub kind: ConnKind,
+    pub expires_at: Option<u64>,
+    disabled: AtomicBool,
+    limiter: Option<TokenBucket>,
+    last_used_at: AtomicU64,
+    last_used_by: Mutex<String>,
+    dirty: AtomicBool,
+}
+
+enum Holder {
+    /// A connection's key. `until_ms` is set for a rotated-out key in its grace period.
+    Conn {
+        conn: Arc<LiveConn>,
+        until_ms: Option<u64>,
+    },
+    Grant {
+        conn: Arc<LiveConn>,
+        cred: String,
+    },
+}
+
+#[derive(Default)]
+struct Index {
+    by_hash: HashMap<KeyHash, Holder>,
+    conns: BTreeMap<String, (ConnRecord, Arc<LiveConn>)>,
+    names: HashMap<String, String>,
+    creds: BTreeMap<String, CredRecord>,
+    grants: BTreeMap<(String, String), GrantRecord>,
+}
+
+pub struct Registry {
+    store: Store,
+    index: RwLock<Index>,
+    /// Serializes changes so that store and index move together.
+    change: tokio::sync::Mutex<()>,
+}
+
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+const MAX_NAME_LEN: usize = 64;
+
+impl Registry {
+    /// Loads every record into the index. Revoked keys and grants of missing
+    /// connections are left out, so a half-finished delete stays deleted.
+    pub fn load(store: Store) -> Result<Registry, ApiError> {
+        let revoked: HashSet<KeyHash> = store.revoked()?.into_iter().collect();
+        let mut index = Index::default();
+        let now = now_ms();
+        for record in store.conns()? {
+            let Some(hash) = KeyHash::from_hex(&record.key_hash) else {
+                continue;
+            };
+            if revoked.contains(&hash) {
+                continue;
+            }
+            index.insert_conn(record, now, &revoked);
+        }
+        for record in store.creds()? {
+            index.creds.insert(record.name.clone(), record);
+        }
+        for record in store.grants()? {
+            index.insert_grant(record, &revoked);
+        }
+        Ok(Registry {
+            store,
+            index: RwLock::new(index),
+            change: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let index = self.read();
+        (
+            index.conns.len() as u64,
+            index.creds.len() as u64,
+            index.grants.len() as u64,
+        )
+    }
+
+    // --- verification (hot path)
+
+    /// Checks a presented key. `used_by` says what used it, for `last_used`.
+    pub fn verify(&self, presented: Option<&str>, used_by: &str) -> Result<Verified, ApiError> {
+        let presented = presented.ok_or_else(ApiError::token_missing)?;
+        if keys::parse(presented).is_none() {
+            return Err(ApiError::invalid_access_key());
+        }
+        let hash = KeyHash::of(presented);
+        let verified = {
+            let index = self.read();
+            match index.by_hash.get_key_value(&hash) {
+                Some((stored, holder)) if stored.ct_eq(&hash) => match holder {
+                    Holder::Conn { conn, until_ms } => {
+                        if until_ms.is_some_and(|until| now_ms() >= until) {
+                            return Err(ApiError::invalid_access_key());
+                        }
+                        Verified {
+                            conn: conn.clone(),
+                            grant_cred: None,
+                        }
+                    }
+                    Holder::Grant { conn, cred } => Verified {
+                        conn: conn.clone(),
+                        grant_cred: Some(cred.clone()),
+                    },
+                },
+                _ => return Err(ApiError::invalid_access_key()),
+            }
+        };
+        let conn = &verified.conn;
+        if conn.disabled.load(Ordering::Acquire) {
+            return Err(ApiError::connection_disabled());
+        }
+        if conn.expires_at.is_some_and(|at| now_secs() >= at) {
+            return Err(ApiError::key_expired());
+        }
+        if let Some(limiter) = &conn.limiter {
+            limiter
+                .check(Instant::now())
+                .map_err(ApiError::rate_limited)?;
+        }
+        conn.mark_used(used_by);
+        Ok(verified)
+    }
+
+    // --- connections
+
+    pub fn list_conns(&self) -> Vec<Conn> {
+        let index = self.read();
+        index
+            .conns
+            .values()
+            .map(|(r, live)| index.view(r, live))
+            .collect()
+    }
+
+    pub fn conn(&self, reference: &str) -> Result<Conn, ApiError> {
+        let index = self.read();
+        let (record, live) = index.find_conn(reference)?;
+        Ok(index.view(record, live))
+    }
+
+    pub async fn create_conn(&self, req: ConnCreate) -> Result<ConnWithKey, ApiError> {
+        validate_name(&req.name, "connection")?;
+        if req.expires_in_secs == Some(0) {
+            return Err(ApiError::bad_request(
+                "An expiry must be in the future, like --expires 30d.",
+            ));
+        }
+        let _change = self.change.lock().await;
+        if self.read().names.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!(
+                "A connection named '{}' already exists; pick another name, or remove it first with: sidekeyctl conn rm {}",
+                req.name, req.name
+            )));
+        }
+        let id = self.fresh_conn_id();
+        let prefix = match req.kind {
+            ConnKind::Agent => KeyPrefix::Live,
+            ConnKind::Sync => KeyPrefix::Cli,
+        };
+        let key = keys::mint(prefix);
+        let now = now_secs();
+        let record = ConnRecord {
+            key_hash: KeyHash::of(key.expose()).to_hex(),
+            key_last4: keys::last4(&key),
+            key_sealed: self.store.seal_conn_key(&id, &key),
+            id,
+            name: req.name,
+            kind: req.kind,
+            created_at: now,
+            rotated_at: None,
+            expires_at: req.expires_in_secs.map(|secs| now.saturating_add(secs)),
+            rate: req.rate,
+            disabled: false,
+            last_used_at: None,
+            last_used_by: None,
+            previous: None,
+        };
+        self.store.put_conn(&record)?;
+        self.store.flush().await?;
+        let mut index = self.write();
+        let live = index.insert_conn(record.clone(), now_ms(), &HashSet::new());
+        tracing::info!(conn = %record.id, name = %record.name, kind = record.kind.as_str(), "connection created");
+        Ok(ConnWithKey {
+            conn: index.view(&record, &live),
+            key: key.expose().to_string(),
+        })
+    }
+
+    pub fn reveal_key(&self, reference: &str) -> Result<ConnWithKey, ApiError> {
+        let index = self.read();
+        let (record, live) = index.find_conn(reference)?;
+        let key = self.store.open_conn_key(record)?;
+        Ok(ConnWithKey {
+            conn: index.view(record, live),
+            key: key.expose().to_string(),
+        })
+    }
+
+    /// Atomic rotation: once this returns, the old key fails (or, with a
+    /// grace period, fails from `grace_secs` on) and the new key works.
+    pub async fn rotate_key(
+        &self,
+        reference: &str,
+        grace_secs: Option<u64>,
+    ) -> Result<ConnWithKey, ApiError> {
+        let _change = self.change.lock().await;
+        let mut record = self.read().find_conn(reference)?.0.clone();
+        let prefix = match record.kind {
+            ConnKind::Agent => KeyPrefix::Live,
+            ConnKind::Sync => KeyPrefix::Cli,
+        };
+        let old_hash = KeyHash::from_hex(&record.key_hash);
+        let old_previous = record.previous.take();
+        let key = keys::mint(prefix);
+        record.key_hash = KeyHash::of(key.expose()).to_hex();
+        record.key_last4 = keys::last4(&key);
+        record.key_sealed = self.store.seal_conn_key(&record.id, &key);
+        record.rotated_at = Some(now_secs());
+        record.previous = grace_secs.filter(|s| *s > 0).map(|secs| PreviousKey {
+            key_hash: hex_of(old_hash),
+            until: now_ms().saturating_add(secs.saturating_mul(1000)),
+        });
+        if record.previous.is_none()
+            && let Some(hash) = old_hash
+        {
+            self.store.revoke(&hash)?;
+        }
+        self.store.put_conn(&record)?;
+        self.store.flush().await?;
+
+        let mut index = self.write();
+        let live = index
+            .conns
+            .get(&record.id)
+            .map(|(_, live)| live.clone())
+            .expect("found above");
+        if let Some(hash) = old_hash {
+            index.by_hash.remove(&hash);
+        }
+        if let Some(hash) = old_previous.and_then(|p| KeyHash::from_hex(&p.key_hash)) {
+            index.by_hash.remove(&hash);
+        }
+        index.link_keys(&record, &live, now_ms());
+        index
+            .conns
+            .insert(record.id.clone(), (record.clone(), live.clone()));
+        tracing::info!(conn = %record.id, grace_secs = grace_secs.unwrap_or(0), "key rotated");
+        Ok(ConnWithKey {
+            conn: index.view(&record, &live),
+            key: key.expose().to_string(),
+        })
+    }
+
+    pub async fn set_disabled(&self, reference: &str, disabled: bool) -> Result<Conn, ApiError> {
+        let _change = self.change.lock().await;
+        let (mut record, live) = {
+            let index = self.read();
+            let (record, live) = index.find_conn(reference)?;
+            (record.clone(), live.clone())
+        };
+        record.disabled = disabled;
+        self.store.put_conn(&record)?;
+        self.store.flush().await?;
+        live.disabled.store(disabled, Ordering::Release);
+        let mut index = self.write();
+        index
+            .conns
+            .insert(record.id.clone(), (record.clone(), live.clone()));
+        tracing::info!(conn = %record.id, disabled, "connection state changed");
+        Ok(index.view(&record, &live))
+    }
+
+    /// Deletes a connection and revokes its key (and any grace-period key and
+    /// grant tokens) for good: the hashes are kept so a restore cannot revive them.
+    pub async fn remove_conn(&self, reference: &str) -> Result<Conn, ApiError> {
+        let _change = self.change.lock().await;
+        let (record, live, grants) = {
+            let index = self.read();
+            let (record, live) = index.find_conn(reference)?;
+            let grants: Vec<GrantRecord> = index
+                .grants
+                .values()
+                .filter(|g| g.conn_id == record.id)
+                .cloned()
+                .collect();
+            (record.clone(), live.clone(), grants)
+        };
+        let mut hashes: Vec<KeyHash> = KeyHash::from_hex(&record.key_hash).into_iter().collect();
+        hashes.extend(
+            record
+                .previous
+                .as_ref()
+                .and_then(|p| KeyHash::from_hex(&p.key_hash)),
+        );
+        hashes.extend(
+            grants
+                .iter()
+                .filter_map(|g| KeyHash::from_hex(&g.token_hash)),
+        );
+        for hash in &hashes {
+            self.store.revoke(hash)?;
+        }
+        // Revocations are durable before the record goes, so a crash in
+        // between leaves the key dead rather than alive.
+        self.store.flush().await?;
+        for grant in &grants {
+            self.store.remove_grant(&grant.conn_id, &grant.cred)?;
+        }
+        self.store.remove_conn(&record.id)?;
+        self.store.flush().await?;
+
+        let mut index = self.write();
+        let view = index.view(&record, &live);
+        for hash in &hashes {
+            index.by_hash.remove(hash);
+        }
+        for grant in &grants {
+            index
+                .grants
+                .remove(&(grant.conn_id.clone(), grant.cred.clone()));
+        }
+        index.conns.remove(&record.id);
+        index.names.remove(&record.name);
+        tracing::info!(conn = %record.id, "connection deleted and its key revoked");
+        Ok(view)
+    }
+
+    /// Writes the `last_used` of every connection used since the last call, in
+    /// one batch. Returns how many records it wrote.
+    pub async fn flush_last_used(&self) -> Result<usize, ApiError> {
+        let _change = self.change.lock().await;
+        let dirty: Vec<(ConnRecord, Arc<LiveConn>)> = self
+            .read()
+            .conns
+            .values()
+            .filter(|(_, live)| live.dirty.swap(false, Ordering::AcqRel))
+            .cloned()
+            .collect();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let mut updated = Vec::with_capacity(dirty.len());
+        for (mut record, live) in dirty {
+            record.last_used_at = Some(live.last_used_at.load(Ordering::Relaxed));
+            record.last_used_by = Some(
+                live.last_used_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            );
+            self.store.put_conn(&record)?;
+            updated.push((record, live));
+        }
+        self.store.flush().await?;
+        let count = updated.len();
+        let mut index = self.write();
+        for (record, live) in updated {
+            index.conns.insert(record.id.clone(), (record, live));
+        }
+        Ok(count)
+    }
+
+    fn fresh_conn_id(&self) -> String {
+        let index = self.read();
+        loop {
+            let mut bytes = [0u8; 4];
+            getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+            let id = format!("conn_{}", hex::encode(bytes));
+            if !index.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    // --- credentials
+
+    pub fn list_creds(&self) -> Vec<Cred> {
+        let index = self.read();
+        index.creds.values().map(|r| index.cred_view(r)).collect()
+    }
+
+    pub fn cred(&self, name: &str) -> Result<Cred, ApiError> {
+        let index = self.read();
+        let record = index.find_cred(name)?;
+        Ok(index.cred_view(record))
+    }
+
+    pub async fn add_cred(&self, req: CredCreate) -> Result<Cred, ApiError> {
+        validate_name(&req.name, "credential")?;
+        let hosts = validate_hosts(&req.hosts)?;
+        let path_prefix = validate_path_prefix(req.path_prefix.as_deref())?;
+        let secret = Secret::new(req.secret);
+        crate::inject::validate_secret(req.cred_type, &secret).map_err(ApiError::bad_request)?;
+        let _change = self.change.lock().await;
+        if self.read().creds.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!(
+                "A credential named '{0}' already exists; replace its secret with: sidekeyctl cred set {0}",
+                req.name
+            )));
+        }
+        let now = now_secs();
+        let record = CredRecord {
+            secret_sealed: self.store.seal_cred_secret(&req.name, &secret),
+            name: req.name,
+            cred_type: req.cred_type,
+            hosts,
+            path_prefix,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.put_cred(&record)?;
+        self.store.flush().await?;
+        let mut index = self.write();
+        index.creds.insert(record.name.clone(), record.clone());
+        tracing::info!(cred = %record.name, "credential added");
+        Ok(index.cred_view(&record))
+    }
+
+    /// Replaces a credential's secret; the very next request uses the new one.
+    pub async fn set_cred_secret(&self, name: &str, secret: Secret) -> Result<Cred, ApiError> {
+        let _change = self.change.lock().await;
+        let mut record = self.read().find_cred(name)?.clone();
+        crate::inject::validate_secret(record.cred_type, &secret).map_err(ApiError::bad_request)?;
+        record.secret_sealed = self.store.seal_cred_secret(&record.name, &secret);
+        record.updated_at = now_secs();
+        self.store.put_cred(&record)?;
+        self.store.flush().await?;
+        let mut index = self.write();
+        index.creds.insert(record.name.clone(), record.clone());
+        tracing::info!(cred = %record.name, "credential secret replaced");
+        Ok(index.cred_view(&record))
+    }
+
+    /// Removes a credential and every grant of it.
+    pub async fn remove_cred(&self, name: &str) -> Result<Cred, ApiError> {
+        let _change = self.change.lock().await;
+        let (record, grants) = {
+            let index = self.read();
+            let record = index.find_cred(name)?.clone();
+            let grants: Vec<GrantRecord> = index
+                .grants
+                .values()
+                .filter(|g| g.cred == record.name)
+                .cloned()
+                .collect();
+            (record, grants)
+        };
+        for grant in &grants {
+            if let Some(hash) = KeyHash::from_hex(&grant.token_hash) {
+                self.store.revoke(&hash)?;
+            }
+            self.store.remove_grant(&grant.conn_id, &grant.cred)?;
+        }
+        self.store.remove_cred(&record.name)?;
+        self.store.flush().await?;
+        let mut index = self.write();
+        let view = index.cred_view(&record);
+        for grant in &grants {
+            index.remove_grant(&grant.conn_id, &grant.cred);
+        }
+        index.creds.remove(&record.name);
+        tracing::info!(cred = %record.name, "credential removed");
+        Ok(view)
+    }
+
+    // --- grants
+
+    pub async fn grant(&self, conn_ref: &str, cred: &str) -> Result<GrantCreated, ApiError> {
+        let _change = self.change.lock().await;
+        let (conn_id, conn_name) = {
+            let index = self.read();
+            let (record, _) = index.find_conn(conn_ref)?;
+            index.find_cred(cred)?;
+            if record.kind != ConnKind::Agent {
+                return Err(ApiError::bad_request(format!(
+                    "'{}' is a sync connection; only agent connections use credentials. Create one with: sidekeyctl conn create --name <name> --kind agent",
+                    record.name
+                )));
+            }
+            if index
+                .grants
+                .contains_key(&(record.id.clone(), cred.to_string()))
+            {
+                return Err(ApiError::conflict(format!(
+                    "'{0}' already has '{cred}'; to issue a new token, run: sidekeyctl revoke {0} {cred} && sidekeyctl grant {0} {cred}",
+                    record.name
+                )));
+            }
+            (record.id.clone(), record.name.clone())
+        };
+        let token = keys::mint(KeyPrefix::Pxr);
+        let record = GrantRecord {
+            conn_id: conn_id.clone(),
+            cred: cred.to_string(),
+            token_hash: KeyHash::of(token.expose()).to_hex(),
+            created_at: now_secs(),
+        };
+        self.store.put_grant(&record)?;
+        self.store.flush().await?;
+        self.write().insert_grant(record, &HashSet::new());
+        tracing::info!(conn = %conn_id, cred, "credential granted");
+        Ok(GrantCreated {
+            conn_id,
+            conn: conn_name,
+            cred: cred.to_string(),
+            token: token.expose().to_string(),
+        })
+    }
+
+    pub async fn revoke_grant(&self, conn_ref: &str, cred: &str) -> Result<(), ApiError> {
+        let _change = self.change.lock().await;
+        let grant = {
+            let index = self.read();
+            let (record, _) = index.find_conn(conn_ref)?;
+            index
+                .grants
+                .get(&(record.id.clone(), cred.to_string()))
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "'{}' has no grant of '{cred}'; see its grants with: sidekeyctl conn info {}",
+                        record.name, record.name
+                    ))
+                })?
+        };
+        if let Some(hash) = KeyHash::from_hex(&grant.token_hash) {
+            self.store.revoke(&hash)?;
+        }
+        self.store.remove_grant(&grant.conn_id, &grant.cred)?;
+        self.store.flush().await?;
+        self.write().remove_grant(&grant.conn_id, &grant.cred);
+        tracing::info!(conn = %grant.conn_id, cred, "grant revoked");
+        Ok(())
+    }
+}
+
+impl Index {
+    fn insert_conn(
+        &mut self,
+        record: ConnRecord,
+        now_ms: u64,
+        revoked: &HashSet<KeyHash>,
+    ) -> Arc<LiveConn> {
+        let live = Arc::new(LiveConn {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            kind: record.kind,
+            expires_at: record.expires_at,
+            disabled: AtomicBool::new(record.disabled),
+            limiter: record.rate.map(TokenBucket::new),
+            last_used_at: AtomicU64::new(record.last_used_at.unwrap_or(0)),
+            last_used_by: Mutex::new(record.last_used_by.clone().unwrap_or_default()),
+            dirty: AtomicBool::new(false),
+        });
+        let mut linked = record.clone();
+        if linked
+            .previous
+            .as_ref()
+            .and_then(|p| KeyHash::from_hex(&p.key_hash))
+            .is_some_and(|h| revoked.contains(&h))
+        {
+            linked.previous = None;
+        }
+        self.link_keys(&linked, &live, now_ms);
+        self.names.insert(record.name.clone(), record.id.clone());
+        self.conns.insert(record.id.clone(), (record, live.clone()));
+        live
+    }
+
+    fn link_keys(&mut self, record: &ConnRecord, live: &Arc<LiveConn>, now_ms: u64) {
+        if let Some(hash) = KeyHash::from_hex(&record.key_hash) {
+            self.by_hash.insert(
+                hash,
+                Holder::Conn {
+                    conn: live.clone(),
+                    until_ms: None,
+                },
+            );
+        }
+        if let Some(previous) = &record.previous
+            && previous.until > now_ms
+            && let Some(hash) = KeyHash::from_hex(&previous.key_hash)
+        {
+            self.by_hash.insert(
+                hash,
+                Holder::Conn {
+                    conn: live.clone(),
+                    until_ms: Some(previous.until),
+                },
+            );
+        }
+    }
+
+    fn insert_grant(&mut self, record: GrantRecord, revoked: &HashSet<KeyHash>) {
+        let Some((_, live)) = self.conns.get(&record.conn_id) else {
+            return;
+        };
+        if !self.creds.contains_key(&record.cred) {
+            return;
+        }
+        if let Some(hash) = KeyHash::from_hex(&record.token_hash).filter(|h| !revoked.contains(h)) {
+            self.by_hash.insert(
+                hash,
+                Holder::Grant {
+                    conn: live.clone(),
+                    cred: record.cred.clone(),
+                },
+            );
+        }
+        self.grants
+            .insert((record.conn_id.clone(), record.cred.clone()), record);
+    }
+
+    fn remove_grant(&mut self, conn_id: &str, cred: &str) {
+        if let Some(grant) = self.grants.remove(&(conn_id.to_string(), cred.to_string()))
+            && let Some(hash) = KeyHash::from_hex(&grant.token_hash)
+        {
+            self.by_hash.remove(&hash);
+        }
+    }
+
+    fn find_conn(&self, reference: &str) -> Result<(&ConnRecord, &Arc<LiveConn>), ApiError> {
+        let id = self
+            .names
+            .get(reference)
+            .map(String::as_str)
+            .unwrap_or(reference);
+        self.conns.get(id).map(|(r, l)| (r, l)).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "No connection has the id or name '{reference}'; list them with: sidekeyctl conn ls"
+            ))
+        })
+    }
+
+    fn find_cred(&self, name: &str) -> Result<&CredRecord, ApiError> {
+        self.creds.get(name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "No credential is named '{name}'; list them with: sidekeyctl cred ls"
+            ))
+        })
+    }
+
+    fn view(&self, record: &ConnRecord, live: &LiveConn) -> Conn {
+        let prefix = match record.kind {
+            ConnKind::Agent => KeyPrefix::Live,
+            ConnKind::Sync => KeyPrefix::Cli,
+        };
+        let disabled = live.disabled.load(Ordering::Acquire);
+        let state = if disabled {
+            ConnState::Disabled
+        } else if record.expires_at.is_some_and(|at| now_secs() >= at) {
+            ConnState::Expired
+        } else {
+            ConnState::Active
+        };
+        let last_used = live.last_used_at.load(Ordering::Relaxed);
+        let last_used_by = live
+            .last_used_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Conn {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            kind: record.kind,
+            key: keys::display(prefix, &record.key_last4),
+            state,
+            created_at: record.created_at,
+            rotated_at: record.rotated_at,
+            last_used_at: (last_used > 0).then_some(last_used),
+            last_used_by: (!last_used_by.is_empty()).then_some(last_used_by),
+            expires_at: record.expires_at,
+            rate: record.rate,
+            grace_until: record
+                .previous
+                .as_ref()
+                .filter(|p| p.until > now_ms())
+                .map(|p| p.until / 1000),
+            grants: self
+                .grants
+                .keys()
+                .filter(|(conn_id, _)| *conn_id == record.id)
+                .map(|(_, cred)| cred.clone())
+                .collect(),
+        }
+    }
+
+    fn cred_view(&self, record: &CredRecord) -> Cred {
+        Cred {
+            name: record.name.clone(),
+            cred_type: record.cred_type,
+            hosts: record.hosts.clone(),
+            path_prefix: record.path_prefix.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            granted_to: self
+                .grants
+                .keys()
+                .filter(|(_, cred)| *cred == record.name)
+                .filter_map(|(conn_id, _)| self.conns.get(conn_id).map(|(r, _)| r.name.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl LiveConn {
+    fn mark_used(&self, used_by: &str) {
+        self.last_used_at.store(now_secs(), Ordering::Relaxed);
+        {
+            let mut by = self.last_used_by.lock().unwrap_or_else(|p| p.into_inner());
+            if by.as_str() != used_by {
+                by.clear();
+                by.push_str(used_by);
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+}
+
+fn hex_of(hash: Option<KeyHash>) -> String {
+    hash.map(KeyHash::to_hex).unwrap_or_default()
+}
+
+fn validate_name(name: &str, what: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "The {what} name '{name}' is not valid; use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', starting with a letter or digit."
+        )));
+    }
+    if name.starts_with("conn_") {
+        return Err(ApiError::bad_request(format!(
+            "The {what} name '{name}' starts with 'conn_', which is reserved for ids; pick another name."
+        )));
+    }
+    Ok(())
+}
+
+fn validate_hosts(hosts: &[String]) -> Result<Vec<String>, ApiError> {
+    if hosts.is_empty() {
+        return Err(ApiError::bad_request(
+            "A credential needs at least one host to be bound to, like --host api.resend.com.",
+        ));
+    }
+    let mut out = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let pattern = HostPattern::parse(host)
+            .map_err(|why| ApiError::bad_request(format!("Invalid host pattern {why}.")))?;
+        let text = pattern.to_string();
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    Ok(out)
+}
+
+fn validate_path_prefix(prefix: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(prefix) = prefix else {
+        return Ok(None);
+    };
+    let ok = prefix.starts_with('/')
+        && !prefix.split('/').any(|seg| seg == ".." || seg == ".")
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'%');
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "The path prefix '{prefix}' is not valid; give an absolute path like /v1, without '..', '?', '#' or '%'."
+        )));
+    }
+    Ok(Some(prefix.to_string()))
+}

@@ -1,0 +1,95 @@
+//! Finds the 32-byte master key, in DESIGN.md's order: systemd's
+//! `LoadCredential`, then `SIDEKEY_MASTER_KEY_FILE`, then `<data_dir>/master.key`,
+//! which is created with mode 0600 on first start. Never logs the key.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use super::crypto::MASTER_KEY_LEN;
+
+pub struct MasterKey {
+    pub bytes: Zeroizing<[u8; MASTER_KEY_LEN]>,
+    pub path: PathBuf,
+}
+
+/// Where the master key comes from, before any file is read.
+pub fn locate(data_dir: &Path) -> (PathBuf, bool) {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join("sidekey-master-key");
+        if path.exists() {
+            return (path, false);
+        }
+    }
+    if let Some(path) = std::env::var_os("SIDEKEY_MASTER_KEY_FILE") {
+        return (PathBuf::from(path), false);
+    }
+    (data_dir.join("master.key"), true)
+}
+
+pub fn load_or_create(data_dir: &Path) -> Result<MasterKey, StoreError> {
+    let (path, may_create) = locate(data_dir);
+    if may_create && !path.exists() {
+        create(&path)?;
+    }
+    let raw = Zeroizing::new(fs::read(&path).map_err(|source| StoreError::MasterKeyRead {
+        path: path.clone(),
+        source,
+    })?);
+    let bytes = decode(&raw).ok_or_else(|| StoreError::MasterKeyFormat { path: path.clone() })?;
+    Ok(MasterKey { bytes, path })
+}
+
+/// Accepts 64 hex characters (with optional surrounding whitespace) or exactly
+/// 32 raw bytes.
+fn decode(raw: &[u8]) -> Option<Zeroizing<[u8; MASTER_KEY_LEN]>> {
+    let mut out = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+    let text = raw.trim_ascii();
+    if text.len() == MASTER_KEY_LEN * 2 && hex::decode_to_slice(text, out.as_mut()).is_ok() {
+        return Some(out);
+    }
+    if raw.len() == MASTER_KEY_LEN {
+        out.copy_from_slice(raw);
+        return Some(out);
+    }
+    None
+}
+
+fn create(path: &Path) -> Result<(), StoreError> {
+    let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+    getrandom::fill(bytes.as_mut()).expect("the OS random number generator failed");
+    let text = Zeroizing::new(format!("{}\n", hex::encode(bytes.as_ref())));
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        // The mode above is filtered by the umask; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    };
+    write().map_err(|source| StoreError::MasterKeyWrite {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_hex_and_raw_forms() {
+        let hex_form = format!("{}\n", "ab".repeat(32));
+        assert_eq!(decode(hex_form.as_bytes()).unwrap()[0], 0xab);
+        assert_eq!(decode(&[9u8; 32]).unwrap()[31], 9);
+        assert!(decode(b"short").is_none());
+        assert!(decode("zz".repeat(32).as_bytes()).is_none());
+    }
+}

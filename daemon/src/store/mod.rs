@@ -1,0 +1,376 @@
+//! The only code that knows sled. It owns the trees, the schema version and
+//! the encryption of every secret at rest; callers see typed records.
+//!
+//! Writes that a caller acknowledges are followed by `flush`, so a change that
+//! was answered survives a crash.
+
+mod crypto;
+pub mod master_key;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sidekey_api::{ConnKind, CredType, RateLimit};
+
+use crate::keys::{KeyHash, Secret};
+use crypto::Cipher;
+pub use master_key::MasterKey;
+
+pub const SCHEMA_VERSION: u32 = 1;
+const CHECK_PLAINTEXT: &[u8] = b"sidekey master key check v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read the master key at {path}: {source}")]
+    MasterKeyRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the master key at {path}: {source}")]
+    MasterKeyWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the master key at {path} is not 64 hex characters or 32 raw bytes")]
+    MasterKeyFormat { path: PathBuf },
+    #[error(
+        "the master key at {key_path} does not open the store at {store_path}; \
+         restore the master key that created this store, or move the store aside to start empty"
+    )]
+    WrongMasterKey {
+        key_path: PathBuf,
+        store_path: PathBuf,
+    },
+    #[error(
+        "the store at {path} is corrupt or unreadable ({detail}); \
+         nothing was changed: restore it from a backup, or move it aside to start empty"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the store at {path} has schema version {found}, newer than this sidekeyd understands ({SCHEMA_VERSION}); \
+         run a newer sidekeyd"
+    )]
+    SchemaTooNew { path: PathBuf, found: u32 },
+    #[error(
+        "store write failed at {path}: {detail}; check free space and permissions of the data dir"
+    )]
+    Write { path: PathBuf, detail: String },
+}
+
+/// A connection as it is stored. The key itself is only ever sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: ConnKind,
+    pub key_hash: String,
+    pub key_last4: String,
+    pub key_sealed: String,
+    pub created_at: u64,
+    pub rotated_at: Option<u64>,
+    pub expires_at: Option<u64>,
+    pub rate: Option<RateLimit>,
+    pub disabled: bool,
+    pub last_used_at: Option<u64>,
+    pub last_used_by: Option<String>,
+    /// The key before the last rotation, valid until `until` (a grace period).
+    pub previous: Option<PreviousKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousKey {
+    pub key_hash: String,
+    pub until: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredRecord {
+    pub name: String,
+    pub cred_type: CredType,
+    pub hosts: Vec<String>,
+    pub path_prefix: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub secret_sealed: String,
+}
+
+/// A grant keeps only its token's hash: the token is shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub conn_id: String,
+    pub cred: String,
+    pub token_hash: String,
+    pub created_at: u64,
+}
+
+pub struct Store {
+    db: sled::Db,
+    conns: sled::Tree,
+    creds: sled::Tree,
+    grants: sled::Tree,
+    revoked: sled::Tree,
+    cipher: Cipher,
+    path: PathBuf,
+    writes: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir`, checking the master key
+    /// against it before anything is written.
+    pub fn open(data_dir: &Path, master: &MasterKey) -> Result<Store, StoreError> {
+        let path = data_dir.join("store");
+        let fresh = !path.exists();
+        let db = open_sled(&path)?;
+        let corrupt = |e: sled::Error| StoreError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let meta = db.open_tree("meta").map_err(corrupt)?;
+        let cipher = Cipher::new(&master.bytes);
+
+        match meta.get("check").map_err(corrupt)? {
+            Some(sealed) => {
+                cipher
+                    .open(b"meta:check", &sealed)
+                    .map_err(|_| StoreError::WrongMasterKey {
+                        key_path: master.path.clone(),
+                        store_path: path.clone(),
+                    })?;
+            }
+            None if fresh || db.tree_names().len() <= 2 => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(corrupt)?;
+                meta.insert("check", cipher.seal(b"meta:check", CHECK_PLAINTEXT))
+                    .map_err(corrupt)?;
+                db.flush().map_err(corrupt)?;
+            }
+            None => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: "its master key check record is missing".into(),
+                });
+            }
+        }
+        let version = meta
+            .get("schema_version")
+            .map_err(corrupt)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.clone(),
+                detail: "its schema version record is missing".into(),
+            })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path,
+                found: version,
+            });
+        }
+        Ok(Store {
+            conns: db.open_tree("conns").map_err(corrupt)?,
+            creds: db.open_tree("creds").map_err(corrupt)?,
+            grants: db.open_tree("grants").map_err(corrupt)?,
+            revoked: db.open_tree("revoked").map_err(corrupt)?,
+            db,
+            cipher,
+            path,
+            writes: AtomicU64::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Store writes since start.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub fn schema_version(&self) -> u32 {
+        SCHEMA_VERSION
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    // --- connections
+
+    pub fn conns(&self) -> Result<Vec<ConnRecord>, StoreError> {
+        self.read_all(&self.conns)
+    }
+
+    pub fn put_conn(&self, record: &ConnRecord) -> Result<(), StoreError> {
+        self.put(&self.conns, &record.id, record)
+    }
+
+    pub fn remove_conn(&self, id: &str) -> Result<(), StoreError> {
+        self.remove(&self.conns, id)
+    }
+
+    pub fn seal_conn_key(&self, id: &str, key: &Secret) -> String {
+        hex::encode(
+            self.cipher
+                .seal(conn_aad(id).as_bytes(), key.expose().as_bytes()),
+        )
+    }
+
+    pub fn open_conn_key(&self, record: &ConnRecord) -> Result<Secret, StoreError> {
+        self.open_secret(&conn_aad(&record.id), &record.key_sealed)
+    }
+
+    // --- credentials
+
+    pub fn creds(&self) -> Result<Vec<CredRecord>, StoreError> {
+        self.read_all(&self.creds)
+    }
+
+    pub fn put_cred(&self, record: &CredRecord) -> Result<(), StoreError> {
+        self.put(&self.creds, &record.name, record)
+    }
+
+    pub fn remove_cred(&self, name: &str) -> Result<(), StoreError> {
+        self.remove(&self.creds, name)
+    }
+
+    pub fn seal_cred_secret(&self, name: &str, secret: &Secret) -> String {
+        hex::encode(
+            self.cipher
+                .seal(cred_aad(name).as_bytes(), secret.expose().as_bytes()),
+        )
+    }
+
+    pub fn open_cred_secret(&self, record: &CredRecord) -> Result<Secret, StoreError> {
+        self.open_secret(&cred_aad(&record.name), &record.secret_sealed)
+    }
+
+    // --- grants
+
+    pub fn grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        self.read_all(&self.grants)
+    }
+
+    pub fn put_grant(&self, record: &GrantRecord) -> Result<(), StoreError> {
+        self.put(
+            &self.grants,
+            &grant_id(&record.conn_id, &record.cred),
+            record,
+        )
+    }
+
+    pub fn remove_grant(&self, conn_id: &str, cred: &str) -> Result<(), StoreError> {
+        self.remove(&self.grants, &grant_id(conn_id, cred))
+    }
+
+    // --- revoked key hashes: a deleted connection's key is never valid again
+
+    pub fn revoke(&self, hash: &KeyHash) -> Result<(), StoreError> {
+        self.revoked
+            .insert(hash.0, &[])
+            .map_err(|e| self.write_error(e))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn revoked(&self) -> Result<Vec<KeyHash>, StoreError> {
+        self.revoked
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(|e| self.corrupt(e.to_string()))?;
+                <[u8; 32]>::try_from(k.as_ref())
+                    .map(KeyHash)
+                    .map_err(|_| self.corrupt("a revoked key hash has the wrong length".into()))
+            })
+            .collect()
+    }
+
+    // --- helpers
+
+    fn put<T: Serialize>(&self, tree: &sled::Tree, id: &str, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("records always serialize");
+        tree.insert(id, bytes).map_err(|e| self.write_error(e))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn remove(&self, tree: &sled::Tree, id: &str) -> Result<(), StoreError> {
+        tree.remove(id).map_err(|e| self.write_error(e))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn read_all<T: DeserializeOwned>(&self, tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .values()
+            .map(|v| {
+                let v = v.map_err(|e| self.corrupt(e.to_string()))?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| self.corrupt(format!("a record does not parse: {e}")))
+            })
+            .collect()
+    }
+
+    fn open_secret(&self, aad: &str, sealed_hex: &str) -> Result<Secret, StoreError> {
+        let sealed = hex::decode(sealed_hex)
+            .map_err(|_| self.corrupt(format!("the sealed value of {aad} is not hex")))?;
+        let plain = self
+            .cipher
+            .open(aad.as_bytes(), &sealed)
+            .map_err(|_| self.corrupt(format!("the sealed value of {aad} does not decrypt")))?;
+        let text = String::from_utf8(plain.to_vec())
+            .map_err(|_| self.corrupt(format!("the sealed value of {aad} is not UTF-8")))?;
+        Ok(Secret::new(text))
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn write_error(&self, e: sled::Error) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+fn conn_aad(id: &str) -> String {
+    format!("conn:{id}:key")
+}
+
+fn cred_aad(name: &str) -> String {
+    format!("cred:{name}:secret")
+}
+
+fn grant_id(conn_id: &str, cred: &str) -> String {
+    format!("{conn_id}/{cred}")
+}
+
+/// sled 0.34 can panic on some corrupt files rather than return an error, so
+/// the open is fenced and either outcome becomes a clear `Corrupt` error.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let config = sled::Config::new().path(path);
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    std::panic::set_hook(previous_hook);
+    match outcome {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(corrupt(e.to_string())),
+        Err(_) => Err(corrupt("reading it failed".into())),
+    }
+}
