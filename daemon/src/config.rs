@@ -50,6 +50,9 @@ pub struct Args {
     pub intercept: Option<Intercept>,
     #[arg(long, env = "SIDEKEY_AUDIT_RETENTION")]
     pub audit_retention: Option<String>,
+    /// The rate limit of agent connections that have none of their own, like 600/min.
+    #[arg(long, env = "SIDEKEY_DEFAULT_RATE")]
+    pub default_rate: Option<String>,
     #[arg(long, env = "SIDEKEY_LOG_LEVEL")]
     pub log_level: Option<String>,
     #[arg(long, env = "SIDEKEY_LOG_FORMAT")]
@@ -97,6 +100,7 @@ struct FileConfig {
     egress: Option<Egress>,
     intercept: Option<Intercept>,
     audit_retention: Option<String>,
+    default_rate: Option<String>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     last_used_flush: Option<String>,
@@ -118,6 +122,9 @@ pub struct Config {
     pub egress: Egress,
     pub intercept: Intercept,
     pub audit_retention: String,
+    /// Applies to agent connections without a rate of their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_rate: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
     pub last_used_flush: String,
@@ -178,6 +185,7 @@ impl Config {
                 .clone()
                 .or(file.audit_retention)
                 .unwrap_or_else(|| "30d".into()),
+            default_rate: args.default_rate.clone().or(file.default_rate),
             log_level: args
                 .log_level
                 .clone()
@@ -208,6 +216,10 @@ impl Config {
         ] {
             sidekey_api::parse_duration_secs(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         }
+        if let Some(rate) = &self.default_rate {
+            rate.parse::<sidekey_api::RateLimit>()
+                .map_err(|e| anyhow::anyhow!("default_rate: {e}"))?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).with_context(|| {
             format!(
                 "log_level '{}' is not a level or filter like info or sidekeyd=debug",
@@ -223,6 +235,38 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The parsed `default_rate`; [`Config::load`] has already checked it.
+    pub fn default_rate(&self) -> Option<sidekey_api::RateLimit> {
+        self.default_rate.as_deref().and_then(|r| r.parse().ok())
+    }
+
+    /// What a SIGHUP may change: `new` with every key that needs a restart
+    /// put back to its running value, and the names of those that differed.
+    pub fn reloaded(&self, mut new: Config) -> (Config, Vec<&'static str>) {
+        let mut restart = Vec::new();
+        macro_rules! keep {
+            ($($key:ident),*) => {$(
+                if new.$key != self.$key {
+                    restart.push(stringify!($key));
+                    new.$key = self.$key.clone();
+                }
+            )*};
+        }
+        keep!(
+            proxy_listen,
+            sync_listen,
+            data_dir,
+            socket_path,
+            upstream_ca_file,
+            upstream_proxy,
+            intercept,
+            log_format,
+            last_used_flush,
+            shutdown_timeout
+        );
+        (new, restart)
     }
 
     pub fn duration(&self, value: &str) -> std::time::Duration {
@@ -286,5 +330,52 @@ mod tests {
         assert_eq!(file.intercept, Some(Intercept::All));
         assert_eq!(file.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<FileConfig>("egress = \"maybe\"").is_err());
+    }
+
+    fn sample() -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "").unwrap();
+        Config::load(&Args {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            socket_path: Some(dir.path().join("sidekeyd.sock")),
+            ..Args::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn reload_takes_reloadable_keys_and_names_the_rest() {
+        let old = sample();
+        let mut new = old.clone();
+        new.log_level = "debug".into();
+        new.egress = Egress::Deny;
+        new.audit_retention = "7d".into();
+        new.default_rate = Some("600/min".into());
+        new.proxy_listen = "127.0.0.1:9999".parse().unwrap();
+        new.data_dir = "/elsewhere".into();
+        let (next, restart) = old.reloaded(new);
+        assert_eq!(next.log_level, "debug");
+        assert_eq!(next.egress, Egress::Deny);
+        assert_eq!(next.audit_retention, "7d");
+        assert_eq!(
+            next.default_rate(),
+            Some(sidekey_api::RateLimit {
+                count: 600,
+                per_secs: 60
+            })
+        );
+        assert_eq!(next.proxy_listen, old.proxy_listen);
+        assert_eq!(next.data_dir, old.data_dir);
+        assert_eq!(restart, ["proxy_listen", "data_dir"]);
+    }
+
+    #[test]
+    fn default_rate_is_validated() {
+        let mut config = sample();
+        config.default_rate = Some("lots".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("default_rate:"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! A per-connection token bucket. `check` is one short critical section, and
 //! a refusal says how many seconds until a request would pass.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -38,10 +39,70 @@ impl TokenBucket {
     }
 }
 
+/// The config's `default_rate`: one bucket per connection that has no rate of
+/// its own, created on first use. Replacing the rate (on SIGHUP) starts every
+/// bucket afresh.
+#[derive(Default)]
+pub struct DefaultRates {
+    inner: Mutex<Option<(RateLimit, HashMap<String, TokenBucket>)>>,
+}
+
+impl DefaultRates {
+    pub fn set(&self, limit: Option<RateLimit>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.as_ref().map(|(current, _)| *current) != limit {
+            *inner = limit.map(|limit| (limit, HashMap::new()));
+        }
+    }
+
+    /// Takes one token from `conn_id`'s bucket, or returns the seconds to wait.
+    pub fn check(&self, conn_id: &str, now: Instant) -> Result<(), u64> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((limit, buckets)) = inner.as_mut() else {
+            return Ok(());
+        };
+        if !buckets.contains_key(conn_id) {
+            buckets.insert(conn_id.to_string(), TokenBucket::new(*limit));
+        }
+        buckets[conn_id].check(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn default_rates_count_per_connection_and_reset_on_change() {
+        let rates = DefaultRates::default();
+        let t0 = Instant::now();
+        assert!(rates.check("a", t0).is_ok(), "no default rate: no limit");
+        let two = RateLimit {
+            count: 2,
+            per_secs: 60,
+        };
+        rates.set(Some(two));
+        assert!(rates.check("a", t0).is_ok());
+        assert!(rates.check("a", t0).is_ok());
+        assert_eq!(rates.check("a", t0), Err(30));
+        assert!(rates.check("b", t0).is_ok(), "b has its own bucket");
+        rates.set(Some(two));
+        assert_eq!(
+            rates.check("a", t0),
+            Err(30),
+            "the same rate keeps its buckets"
+        );
+        rates.set(Some(RateLimit {
+            count: 5,
+            per_secs: 60,
+        }));
+        assert!(rates.check("a", t0).is_ok(), "a new rate starts afresh");
+        rates.set(None);
+        for _ in 0..10 {
+            assert!(rates.check("a", t0).is_ok());
+        }
+    }
 
     #[test]
     fn bucket_refuses_past_capacity_then_refills() {

@@ -17,7 +17,7 @@ use sidekey_api::{
 use crate::error::ApiError;
 use crate::hosts::HostPattern;
 use crate::keys::{self, KeyHash, KeyPrefix, Secret};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{DefaultRates, TokenBucket};
 use crate::store::{ConnRecord, CredRecord, GrantRecord, PreviousKey, Store};
 
 /// What a valid key resolves to.
@@ -67,6 +67,8 @@ pub struct Registry {
     index: RwLock<Index>,
     /// Serializes changes so that store and index move together.
     change: tokio::sync::Mutex<()>,
+    /// The config's `default_rate`, for agent connections without their own.
+    default_rates: DefaultRates,
 }
 
 pub fn now_secs() -> u64 {
@@ -108,11 +110,17 @@ impl Registry {
             store,
             index: RwLock::new(index),
             change: tokio::sync::Mutex::new(()),
+            default_rates: DefaultRates::default(),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Sets the rate of agent connections that have none of their own.
+    pub fn set_default_rate(&self, limit: Option<sidekey_api::RateLimit>) {
+        self.default_rates.set(limit);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -172,6 +180,10 @@ impl Registry {
         if let Some(limiter) = &conn.limiter {
             limiter
                 .check(Instant::now())
+                .map_err(ApiError::rate_limited)?;
+        } else if conn.kind == ConnKind::Agent {
+            self.default_rates
+                .check(&conn.id, Instant::now())
                 .map_err(ApiError::rate_limited)?;
         }
         conn.mark_used(used_by);

@@ -4,7 +4,9 @@
 //! Writes that a caller acknowledges are followed by `flush`, so a change that
 //! was answered survives a crash.
 
+mod check;
 mod crypto;
+mod integrity;
 pub mod master_key;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +20,6 @@ use crypto::Cipher;
 pub use master_key::MasterKey;
 
 pub const SCHEMA_VERSION: u32 = 1;
-const CHECK_PLAINTEXT: &[u8] = b"sidekey master key check v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,6 +107,9 @@ pub struct GrantRecord {
 
 pub struct Store {
     db: sled::Db,
+    meta: sled::Tree,
+    /// The last flushed generation and the file that mirrors it.
+    generation: tokio::sync::Mutex<(u64, integrity::GenerationFile)>,
     conns: sled::Tree,
     creds: sled::Tree,
     grants: sled::Tree,
@@ -116,41 +120,96 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store under `data_dir`, checking the master key
-    /// against it before anything is written.
+    /// Opens (or creates) the store under `data_dir`. The master key is
+    /// checked against `store.check` before sled opens anything, because
+    /// sled writes to its files on open: a wrong key must change nothing.
     pub fn open(data_dir: &Path, master: &MasterKey) -> Result<Store, StoreError> {
         let path = data_dir.join("store");
-        let fresh = !path.exists();
+        let check_path = data_dir.join("store.check");
+        let cipher = Cipher::new(&master.bytes);
+        let fresh = !path.exists() || dir_is_empty(&path);
+        match std::fs::read(&check_path) {
+            Ok(bytes) => check::verify(&bytes, &cipher).map_err(|failure| match failure {
+                check::Failure::WrongKey => StoreError::WrongMasterKey {
+                    key_path: master.path.clone(),
+                    store_path: path.clone(),
+                },
+                check::Failure::TooNew(found) => StoreError::SchemaTooNew {
+                    path: path.clone(),
+                    found,
+                },
+                check::Failure::Unreadable => StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("{} does not parse", check_path.display()),
+                },
+            })?,
+            Err(_) if !fresh => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: format!(
+                        "its master key check file {} is missing",
+                        check_path.display()
+                    ),
+                });
+            }
+            Err(_) => {}
+        }
+
+        let backup = if fresh {
+            None
+        } else {
+            Some(integrity::back_up(&path).map_err(|e| StoreError::Write {
+                path: path.clone(),
+                detail: format!("cannot copy it aside before opening: {e}"),
+            })?)
+        };
+        let (generation_file, file_generation) = integrity::GenerationFile::open(data_dir)
+            .map_err(|e| StoreError::Write {
+                path: data_dir.join("store.gen"),
+                detail: e.to_string(),
+            })?;
+        match Store::open_sled_store(
+            path.clone(),
+            fresh,
+            &check_path,
+            cipher,
+            generation_file,
+            file_generation,
+        ) {
+            Ok(store) => Ok(store),
+            Err(e) => {
+                if let Some(backup) = backup
+                    && let Err(restore) = integrity::restore(&backup, &path)
+                {
+                    tracing::error!(error = %restore, backup = %backup.display(), "could not put the store back as it was");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn open_sled_store(
+        path: PathBuf,
+        fresh: bool,
+        check_path: &Path,
+        cipher: Cipher,
+        generation_file: integrity::GenerationFile,
+        file_generation: Option<u64>,
+    ) -> Result<Store, StoreError> {
         let db = open_sled(&path)?;
         let corrupt = |e: sled::Error| StoreError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
         };
         let meta = db.open_tree("meta").map_err(corrupt)?;
-        let cipher = Cipher::new(&master.bytes);
-
-        match meta.get("check").map_err(corrupt)? {
-            Some(sealed) => {
-                cipher
-                    .open(b"meta:check", &sealed)
-                    .map_err(|_| StoreError::WrongMasterKey {
-                        key_path: master.path.clone(),
-                        store_path: path.clone(),
-                    })?;
-            }
-            None if fresh || db.tree_names().len() <= 2 => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(corrupt)?;
-                meta.insert("check", cipher.seal(b"meta:check", CHECK_PLAINTEXT))
-                    .map_err(corrupt)?;
-                db.flush().map_err(corrupt)?;
-            }
-            None => {
-                return Err(StoreError::Corrupt {
-                    path,
-                    detail: "its master key check record is missing".into(),
-                });
-            }
+        if fresh {
+            meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                .map_err(corrupt)?;
+            db.flush().map_err(corrupt)?;
+            check::write(check_path, &cipher).map_err(|e| StoreError::Write {
+                path: check_path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
         }
         let version = meta
             .get("schema_version")
@@ -167,7 +226,25 @@ impl Store {
                 found: version,
             });
         }
+        let generation = meta
+            .get("generation")
+            .map_err(corrupt)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if let Some(expected) = file_generation
+            && generation < expected
+        {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: format!(
+                    "it holds generation {generation} but {expected} was flushed, so changes were lost"
+                ),
+            });
+        }
         Ok(Store {
+            meta,
+            generation: tokio::sync::Mutex::new((generation, generation_file)),
             conns: db.open_tree("conns").map_err(corrupt)?,
             creds: db.open_tree("creds").map_err(corrupt)?,
             grants: db.open_tree("grants").map_err(corrupt)?,
@@ -192,11 +269,23 @@ impl Store {
         SCHEMA_VERSION
     }
 
+    /// Makes every write so far durable, and records a new generation both
+    /// in sled and in `store.gen` (in that order, so sled is never behind).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let mut generation = self.generation.lock().await;
+        let next = generation.0 + 1;
+        self.meta
+            .insert("generation", &next.to_be_bytes())
+            .map_err(|e| self.write_error(e))?;
         self.db
             .flush_async()
             .await
             .map_err(|e| self.write_error(e))?;
+        generation.1.write(next).map_err(|e| StoreError::Write {
+            path: self.path.with_extension("gen"),
+            detail: e.to_string(),
+        })?;
+        generation.0 = next;
         Ok(())
     }
 
@@ -354,6 +443,12 @@ fn cred_aad(name: &str) -> String {
 
 fn grant_id(conn_id: &str, cred: &str) -> String {
     format!("{conn_id}/{cred}")
+}
+
+fn dir_is_empty(path: &Path) -> bool {
+    std::fs::read_dir(path)
+        .map(|mut entries| entries.next().is_none())
+        .unwrap_or(false)
 }
 
 /// sled 0.34 can panic on some corrupt files rather than return an error, so
