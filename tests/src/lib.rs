@@ -39,7 +39,7 @@ pub fn sidekeyctl_bin() -> PathBuf {
 /// A private `HOME` with its own XDG dirs, so tests never share state.
 pub struct Home {
     dir: tempfile::TempDir,
-    logs: std::cell::Cell<u32>,
+    logs: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Home {
@@ -59,7 +59,7 @@ impl Home {
         }
         Home {
             dir,
-            logs: std::cell::Cell::new(0),
+            logs: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -119,8 +119,7 @@ impl Home {
 
     /// Starts the daemon; `Err` holds its stderr if it exits before ready.
     pub fn start_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Result<Daemon, String> {
-        let n = self.logs.get() + 1;
-        self.logs.set(n);
+        let n = self.logs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let log_path = self.path().join("logs").join(format!("sidekeyd-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = self.command(&sidekeyd_bin());

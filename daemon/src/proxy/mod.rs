@@ -22,8 +22,11 @@ use crate::Daemon;
 use crate::error::ApiError;
 use crate::http_util::{Body, json};
 
-/// Headers past this size get 431 rather than being buffered.
+/// Request heads over this size get 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's read buffer: a hard memory bound a little above the 431 limit,
+/// which is checked exactly in [`route`].
+const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
 /// A client that has not sent its whole header block by then is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,7 +59,7 @@ pub async fn serve(
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
+                .max_buf_size(READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -82,6 +85,13 @@ fn route(
     peer: SocketAddr,
     daemon: &Daemon,
 ) -> Result<Response<Body>, ApiError> {
+    if head_size(req) > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            "header_too_large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "The request headers are over 64 KiB; send smaller headers.",
+        ));
+    }
     // No CORS: a web page must never be able to drive the proxy.
     if req.headers().contains_key(header::ORIGIN) {
         return Err(ApiError::permission_denied(
@@ -121,4 +131,9 @@ fn whoami(
             expires_at: conn.expires_at,
         },
     ))
+}
+
+fn head_size<B>(req: &Request<B>) -> usize {
+    let headers: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    headers + req.uri().to_string().len()
 }
