@@ -213,6 +213,30 @@ pub struct Status {
     pub schema_version: u32,
     /// Store writes since start; lets tests prove `last_used` is batched.
     pub store_writes: u64,
+    /// The local CA that intercepted hosts are signed by.
+    pub ca_path: String,
+    /// The system roots plus the local CA: what agents should trust.
+    pub ca_bundle: String,
+}
+
+/// One proxied request, as the audit log keeps it: never a header, a
+/// secret or a query value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub time_ms: u64,
+    pub conn_id: String,
+    pub conn: String,
+    pub cred: Option<String>,
+    pub method: String,
+    /// `scheme://host[:port]/path`, without the query.
+    pub url: String,
+    pub status: Option<u16>,
+    pub latency_ms: Option<u64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// `started`, `ok`, `upstream_error`, `upstream_timeout`, `client_aborted`.
+    pub outcome: String,
 }
 
 /// What `/v1/whoami` on the proxy port answers for a valid key.

@@ -1,7 +1,7 @@
 //! A typed client for the control API: one HTTP/1.1 request per call over
 //! the daemon's Unix socket. No hand-built JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -13,8 +13,8 @@ use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{Serialize, de::DeserializeOwned};
 use sidekey_api::{
-    Conn, ConnCreate, ConnWithKey, Cred, CredCreate, CredSecret, ErrorBody, GrantCreate,
-    GrantCreated, KeyRegenerate, Status,
+    AuditRecord, Conn, ConnCreate, ConnWithKey, Cred, CredCreate, CredSecret, ErrorBody,
+    GrantCreate, GrantCreated, KeyRegenerate, Status,
 };
 
 /// Why a call failed, so `main` can pick the exit code.
@@ -54,10 +54,6 @@ pub struct Client {
 impl Client {
     pub fn new(socket: PathBuf) -> Client {
         Client { socket }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     pub async fn status(&self) -> ClientResult<Status> {
@@ -160,6 +156,64 @@ impl Client {
             .map(|_| ())
     }
 
+    pub async fn audit(&self, conn: Option<&str>, limit: usize) -> ClientResult<Vec<AuditRecord>> {
+        self.call(Method::GET, &audit_path(conn, limit, false), None::<&()>)
+            .await
+    }
+
+    /// Streams audit records to `each` until the daemon closes the stream.
+    pub async fn audit_follow(
+        &self,
+        conn: Option<&str>,
+        limit: usize,
+        mut each: impl FnMut(AuditRecord),
+    ) -> ClientResult<()> {
+        let stream = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("the control socket handshake failed")?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri(audit_path(conn, limit, true))
+            .header(http::header::HOST, "sidekeyd")
+            .body(Full::new(Bytes::new()))
+            .context("building the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the daemon closed the control connection")?;
+        if !response.status().is_success() {
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .context("reading the answer")?
+                .to_bytes();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api(body),
+                Err(_) => ClientError::Other(anyhow::anyhow!(
+                    "the daemon refused to stream the audit log"
+                )),
+            });
+        }
+        let mut body = response.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("the audit stream broke")?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(record) = serde_json::from_slice(&line) {
+                    each(record);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn call<T: DeserializeOwned, B: Serialize>(
         &self,
         method: Method,
@@ -254,6 +308,17 @@ impl Client {
             )),
         }
     }
+}
+
+fn audit_path(conn: Option<&str>, limit: usize, follow: bool) -> String {
+    let mut path = format!("/v1/audit?limit={limit}");
+    if let Some(conn) = conn {
+        path.push_str(&format!("&conn={}", seg(conn)));
+    }
+    if follow {
+        path.push_str("&follow=1");
+    }
+    path
 }
 
 /// Percent-encodes one path segment, so a name can never add a segment.

@@ -11,6 +11,22 @@ use crate::error::ApiError;
 
 pub type Body = Full<Bytes>;
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type the proxy streams both ways.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Turns a small fixed response into the proxy's streaming body type.
+pub fn boxed(response: Response<Body>) -> Response<ProxyBody> {
+    response.map(|body| body.map_err(|never| match never {}).boxed())
+}
+
+pub fn empty_body() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let bytes = serde_json::to_vec(value).expect("API types serialize");
     let mut response = Response::new(Full::new(Bytes::from(bytes)));

@@ -1,9 +1,99 @@
 //! The five credential types: how each secret must look, and how it is
-//! written into a request. Error messages describe the shape, never the value.
+//! written into a request. Injection overwrites whatever the agent sent in
+//! that slot. Error messages describe the shape, never the value.
 
+use base64::Engine;
+use http::header::{AUTHORIZATION, COOKIE, HeaderName};
+use http::{HeaderMap, HeaderValue, Uri};
 use sidekey_api::CredType;
 
 use crate::keys::Secret;
+
+/// Writes the credential into the request's headers or URL.
+pub fn apply(cred_type: CredType, secret: &Secret, headers: &mut HeaderMap, uri: &mut Uri) {
+    let value = secret.expose();
+    let set = |headers: &mut HeaderMap, name: HeaderName, text: &str| {
+        if let Ok(mut v) = HeaderValue::from_str(text) {
+            v.set_sensitive(true);
+            headers.insert(name, v);
+        }
+    };
+    match cred_type {
+        CredType::ApiKey => set(headers, AUTHORIZATION, &format!("Bearer {value}")),
+        CredType::BasicAuth => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+            set(headers, AUTHORIZATION, &format!("Basic {encoded}"));
+        }
+        CredType::Cookie => set(headers, COOKIE, value),
+        CredType::CustomHeader => {
+            for (name, v) in header_lines(value) {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    set(headers, name, v);
+                }
+            }
+        }
+        CredType::QueryParam => *uri = with_query_params(uri, value),
+    }
+}
+
+/// The parts of a secret that must never travel to a host it is not bound to.
+pub fn needles(cred_type: CredType, secret: &Secret) -> Vec<String> {
+    let value = secret.expose();
+    let mut out: Vec<String> = match cred_type {
+        CredType::ApiKey => vec![value.to_string()],
+        CredType::BasicAuth => {
+            let password = value.split_once(':').map(|(_, p)| p).unwrap_or(value);
+            vec![
+                password.to_string(),
+                base64::engine::general_purpose::STANDARD.encode(value),
+            ]
+        }
+        CredType::Cookie => value
+            .split(';')
+            .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.trim().to_string()))
+            .collect(),
+        CredType::CustomHeader => header_lines(value).map(|(_, v)| v.to_string()).collect(),
+        CredType::QueryParam => value
+            .split('&')
+            .filter_map(|p| p.split_once('=').map(|(_, v)| v.to_string()))
+            .collect(),
+    };
+    // Short values would match innocent text; they carry little secret anyway.
+    out.retain(|n| n.len() >= 8);
+    out
+}
+
+fn header_lines(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    value
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, v)| (name.trim(), v.trim()))
+        .filter(|(name, _)| !name.is_empty())
+}
+
+/// Replaces any same-named parameters the agent sent, then appends ours.
+fn with_query_params(uri: &Uri, params: &str) -> Uri {
+    let names: Vec<&str> = params
+        .split('&')
+        .filter_map(|p| p.split_once('=').map(|(n, _)| n))
+        .collect();
+    let kept: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| !names.contains(&p.split('=').next().unwrap_or("")))
+        .collect();
+    let mut query = kept.join("&");
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.push_str(params);
+    let path_and_query = format!("{}?{query}", uri.path());
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
 
 /// Checks that a secret has the shape its type needs.
 pub fn validate_secret(cred_type: CredType, secret: &Secret) -> Result<(), String> {
@@ -103,6 +193,75 @@ mod tests {
         assert!(check(CredType::QueryParam, "api_key=abc&sig=def"));
         assert!(!check(CredType::QueryParam, "api_key"));
         assert!(!check(CredType::ApiKey, ""));
+    }
+
+    fn injected(
+        t: CredType,
+        secret: &str,
+        headers: &[(&str, &str)],
+        uri: &str,
+    ) -> (HeaderMap, Uri) {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut uri: Uri = uri.parse().unwrap();
+        apply(t, &Secret::new(secret.into()), &mut map, &mut uri);
+        (map, uri)
+    }
+
+    #[test]
+    fn each_type_injects_and_overwrites_what_the_agent_sent() {
+        let (h, _) = injected(
+            CredType::ApiKey,
+            "sk-real",
+            &[("authorization", "Bearer placeholder")],
+            "https://a/x",
+        );
+        assert_eq!(h["authorization"], "Bearer sk-real");
+        assert_eq!(h.get_all("authorization").iter().count(), 1);
+        let (h, _) = injected(CredType::BasicAuth, "u:p", &[], "https://a/x");
+        assert_eq!(h["authorization"], "Basic dTpw");
+        let (h, _) = injected(
+            CredType::Cookie,
+            "a=b; c=d",
+            &[("cookie", "mine=1")],
+            "https://a/x",
+        );
+        assert_eq!(h["cookie"], "a=b; c=d");
+        let (h, _) = injected(
+            CredType::CustomHeader,
+            "X-Api-Key: k1\nX-Team: t",
+            &[("x-api-key", "fake")],
+            "https://a/x",
+        );
+        assert_eq!(h["x-api-key"], "k1");
+        assert_eq!(h["x-team"], "t");
+        let (_, u) = injected(
+            CredType::QueryParam,
+            "key=real",
+            &[],
+            "https://a/x?key=fake&q=1",
+        );
+        assert_eq!(u.to_string(), "https://a/x?q=1&key=real");
+    }
+
+    #[test]
+    fn needles_cover_the_secret_parts() {
+        let n = needles(
+            CredType::BasicAuth,
+            &Secret::new("alice:longpassword".into()),
+        );
+        assert!(n.contains(&"longpassword".to_string()));
+        assert!(
+            needles(
+                CredType::Cookie,
+                &Secret::new("s=shortv; t=averylongvalue".into())
+            ) == vec!["averylongvalue"]
+        );
     }
 
     #[test]

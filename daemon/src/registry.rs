@@ -53,12 +53,60 @@ enum Holder {
     },
 }
 
+/// A credential ready for injection: parsed host patterns and the secret.
+pub struct LiveCred {
+    pub name: String,
+    pub cred_type: sidekey_api::CredType,
+    patterns: Vec<HostPattern>,
+    path_prefix: Option<String>,
+    pub secret: Secret,
+    needles: Vec<String>,
+}
+
+impl LiveCred {
+    fn new(record: &CredRecord, secret: Secret) -> LiveCred {
+        LiveCred {
+            name: record.name.clone(),
+            cred_type: record.cred_type,
+            patterns: record
+                .hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect(),
+            path_prefix: record.path_prefix.clone(),
+            needles: crate::inject::needles(record.cred_type, &secret),
+            secret,
+        }
+    }
+
+    /// `host` must be normalized.
+    pub fn binds_host(&self, host: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(host))
+    }
+
+    pub fn binds(&self, host: &str, path: &str) -> bool {
+        self.binds_host(host)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|prefix| path_under(path, prefix))
+    }
+}
+
+/// `/v1/x` is under `/v1`; `/v10` is not.
+fn path_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
 #[derive(Default)]
 struct Index {
     by_hash: HashMap<KeyHash, Holder>,
     conns: BTreeMap<String, (ConnRecord, Arc<LiveConn>)>,
     names: HashMap<String, String>,
     creds: BTreeMap<String, CredRecord>,
+    live_creds: HashMap<String, Arc<LiveCred>>,
     grants: BTreeMap<(String, String), GrantRecord>,
 }
 
@@ -101,6 +149,11 @@ impl Registry {
             index.insert_conn(record, now, &revoked);
         }
         for record in store.creds()? {
+            let secret = store.open_cred_secret(&record)?;
+            index.live_creds.insert(
+                record.name.clone(),
+                Arc::new(LiveCred::new(&record, secret)),
+            );
             index.creds.insert(record.name.clone(), record);
         }
         for record in store.grants()? {
@@ -188,6 +241,54 @@ impl Registry {
         }
         conn.mark_used(used_by);
         Ok(verified)
+    }
+
+    // --- credential lookups for the proxy (hot path: read lock only)
+
+    /// The credential `name`, if it is granted to the connection.
+    pub fn granted_cred(&self, conn_id: &str, name: &str) -> Option<Arc<LiveCred>> {
+        let index = self.read();
+        index
+            .grants
+            .contains_key(&(conn_id.to_string(), name.to_string()))
+            .then(|| index.live_creds.get(name).cloned())
+            .flatten()
+    }
+
+    /// The first credential granted to the connection that is bound to this
+    /// host and path. `host` must be normalized.
+    pub fn cred_for(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>> {
+        let index = self.read();
+        index
+            .granted_names(conn_id)
+            .filter_map(|name| index.live_creds.get(name))
+            .find(|cred| cred.binds(host, path))
+            .cloned()
+    }
+
+    /// Whether any credential granted to the connection is bound to `host`.
+    pub fn host_is_bound(&self, conn_id: &str, host: &str) -> bool {
+        let index = self.read();
+        index
+            .granted_names(conn_id)
+            .filter_map(|name| index.live_creds.get(name))
+            .any(|cred| cred.binds_host(host))
+    }
+
+    /// The name of a credential whose secret appears in `texts` while the
+    /// request goes to a host that credential is not bound to.
+    pub fn leaked_secret(&self, texts: &[&[u8]], host: &str) -> Option<String> {
+        let index = self.read();
+        index
+            .live_creds
+            .values()
+            .filter(|cred| !cred.binds_host(host))
+            .find(|cred| {
+                cred.needles
+                    .iter()
+                    .any(|needle| texts.iter().any(|text| contains(text, needle.as_bytes())))
+            })
+            .map(|cred| cred.name.clone())
     }
 
     // --- connections
@@ -480,6 +581,10 @@ impl Registry {
         self.store.put_cred(&record)?;
         self.store.flush().await?;
         let mut index = self.write();
+        index.live_creds.insert(
+            record.name.clone(),
+            Arc::new(LiveCred::new(&record, secret)),
+        );
         index.creds.insert(record.name.clone(), record.clone());
         tracing::info!(cred = %record.name, "credential added");
         Ok(index.cred_view(&record))
@@ -495,6 +600,10 @@ impl Registry {
         self.store.put_cred(&record)?;
         self.store.flush().await?;
         let mut index = self.write();
+        index.live_creds.insert(
+            record.name.clone(),
+            Arc::new(LiveCred::new(&record, secret)),
+        );
         index.creds.insert(record.name.clone(), record.clone());
         tracing::info!(cred = %record.name, "credential secret replaced");
         Ok(index.cred_view(&record))
@@ -528,6 +637,7 @@ impl Registry {
             index.remove_grant(&grant.conn_id, &grant.cred);
         }
         index.creds.remove(&record.name);
+        index.live_creds.remove(&record.name);
         tracing::info!(cred = %record.name, "credential removed");
         Ok(view)
     }
@@ -604,6 +714,13 @@ impl Registry {
 }
 
 impl Index {
+    fn granted_names<'a>(&'a self, conn_id: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.grants
+            .range((conn_id.to_string(), String::new())..)
+            .take_while(move |((id, _), _)| id == conn_id)
+            .map(|((_, cred), _)| cred)
+    }
+
     fn insert_conn(
         &mut self,
         record: ConnRecord,
@@ -784,6 +901,10 @@ impl LiveConn {
         }
         self.dirty.store(true, Ordering::Release);
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn hex_of(hash: Option<KeyHash>) -> String {

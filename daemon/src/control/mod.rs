@@ -1,6 +1,7 @@
 //! The control API: HTTP/1.1 and JSON on a Unix socket with mode 0600 in a
 //! 0700 directory. Only the daemon's own uid and root may talk to it.
 
+mod audit;
 mod routes;
 
 use std::path::Path;
@@ -76,12 +77,12 @@ pub async fn serve(
                 let daemon = daemon.clone();
                 async move {
                     if !allowed {
-                        return Ok::<_, std::convert::Infallible>(
+                        return Ok::<_, std::convert::Infallible>(crate::http_util::boxed(
                             ApiError::permission_denied(format!(
                                 "This socket belongs to uid {own_uid}; run sidekeyctl as that user (or root)."
                             ))
                             .to_response(),
-                        );
+                        ));
                     }
                     Ok(routes::handle(req, &daemon).await)
                 }

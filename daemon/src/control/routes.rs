@@ -5,24 +5,33 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use sidekey_api::{ConnCreate, CredCreate, CredSecret, GrantCreate, KeyRegenerate, Status};
 
+use std::sync::Arc;
+
 use crate::Daemon;
 use crate::error::ApiError;
-use crate::http_util::{Body, json, read_json};
+use crate::http_util::{Body, ProxyBody, boxed, json, read_json};
 use crate::keys::Secret;
 
 /// Bodies are small JSON documents; a credential secret is capped at 16 KiB.
 const BODY_LIMIT: usize = 64 * 1024;
 
-pub async fn handle(req: Request<Incoming>, daemon: &Daemon) -> Response<Body> {
-    match route(req, daemon).await {
-        Ok(response) => response,
-        Err(e) => e.to_response(),
+pub async fn handle(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<ProxyBody> {
+    if req.method() == Method::GET && req.uri().path() == "/v1/audit" && !is_from_browser(&req) {
+        return super::audit::respond(&req, daemon).unwrap_or_else(|e| boxed(e.to_response()));
     }
+    match route(req, daemon).await {
+        Ok(response) => boxed(response),
+        Err(e) => boxed(e.to_response()),
+    }
+}
+
+fn is_from_browser(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::ORIGIN) || req.headers().contains_key(header::REFERER)
 }
 
 async fn route(req: Request<Incoming>, daemon: &Daemon) -> Result<Response<Body>, ApiError> {
     // A browser has no business here: refuse anything a web page could send.
-    if req.headers().contains_key(header::ORIGIN) || req.headers().contains_key(header::REFERER) {
+    if is_from_browser(&req) {
         return Err(ApiError::permission_denied(
             "The control API refuses requests from browsers; use sidekeyctl.",
         ));
@@ -101,6 +110,8 @@ fn status(daemon: &Daemon) -> Status {
         creds,
         grants,
         schema_version: store.schema_version(),
+        ca_path: daemon.authority.ca_path.display().to_string(),
+        ca_bundle: daemon.authority.bundle_path.display().to_string(),
         store_writes: store.writes(),
     }
 }

@@ -1,14 +1,23 @@
-//! The proxy listener on 127.0.0.1:8787. It serves sidekey's own endpoints
-//! (`/v1/whoami`) and checks agents' keys. Never logs header values.
+//! The proxy listener on 127.0.0.1:8787: the forward proxy (absolute-form
+//! HTTP and CONNECT), the AgentKeys-compatible `/v1/proxy`, and `/v1/whoami`.
+//! Never logs header values or query strings.
 
+mod agentkeys;
 mod auth;
+mod body;
+mod connect;
+mod forward;
+mod headers;
+mod target;
+pub mod tls;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,7 +29,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::Daemon;
 use crate::error::ApiError;
-use crate::http_util::{Body, json};
+use crate::http_util::{ProxyBody, boxed, json};
+use crate::keys::Secret;
+use forward::{Choice, Target};
 
 /// Request heads over this size get 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -54,13 +65,14 @@ pub async fn serve(
         tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer, &daemon)) }
+                async move { Ok::<_, Infallible>(route(req, peer, daemon).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(READ_BUFFER_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -73,67 +85,163 @@ pub async fn serve(
     }
 }
 
-fn handle(req: Request<Incoming>, peer: SocketAddr, daemon: &Daemon) -> Response<Body> {
-    match route(&req, peer, daemon) {
-        Ok(response) => response,
-        Err(e) => e.to_response(),
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    daemon: Arc<Daemon>,
+) -> Response<ProxyBody> {
+    if head_size(&req) > MAX_HEADER_BYTES {
+        return boxed(
+            ApiError::new(
+                "header_too_large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "The request headers are over 64 KiB; send smaller headers.",
+            )
+            .to_response(),
+        );
+    }
+    // No CORS: a web page must never be able to drive the proxy.
+    if req.headers().contains_key(header::ORIGIN)
+        || req.method() == Method::OPTIONS && req.uri().authority().is_none()
+    {
+        return boxed(
+            ApiError::permission_denied(
+                "sidekey refuses requests from browsers; call it from your agent's HTTP client.",
+            )
+            .to_response(),
+        );
+    }
+    if req.method() == Method::CONNECT {
+        return match verify_proxy_key(&daemon, &req) {
+            Ok((key, conn)) => connect::handle(daemon, req, key, conn).await,
+            Err(response) => response,
+        };
+    }
+    let own = req
+        .uri()
+        .authority()
+        .is_none_or(|a| is_own_address(a, daemon.proxy_addr));
+    match (own, req.uri().path()) {
+        (true, "/v1/whoami") => boxed(whoami(&req, peer, &daemon)),
+        (true, "/v1/proxy") => agentkeys::handle(daemon, req).await,
+        (true, path) if req.uri().authority().is_none() => boxed(
+            ApiError::not_found(format!(
+                "sidekey serves no endpoint at {path}; to reach a remote API, set HTTP_PROXY and HTTPS_PROXY to this address (see: sidekeyctl env <conn>)."
+            ))
+            .to_response(),
+        ),
+        _ => forward_absolute(daemon, req).await,
     }
 }
 
-fn route(
-    req: &Request<Incoming>,
-    peer: SocketAddr,
+/// An absolute-form request: `GET http://host/path` through the forward proxy.
+async fn forward_absolute(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (_, conn) = match verify_proxy_key(&daemon, &req) {
+        Ok(verified) => verified,
+        Err(response) => return response,
+    };
+    let target = match Target::from_uri(req.uri()) {
+        Ok(target) => target,
+        Err(e) => return boxed(e.to_response()),
+    };
+    forward::forward(daemon, conn, target, req, Choice::Bound).await
+}
+
+/// The forward proxy's key check: 407 with `Proxy-Authenticate` when the
+/// key is missing or unusable, so clients like git retry with it.
+fn verify_proxy_key(
     daemon: &Daemon,
-) -> Result<Response<Body>, ApiError> {
-    if head_size(req) > MAX_HEADER_BYTES {
-        return Err(ApiError::new(
-            "header_too_large",
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "The request headers are over 64 KiB; send smaller headers.",
-        ));
+    req: &Request<Incoming>,
+) -> Result<(Secret, Arc<crate::registry::LiveConn>), Response<ProxyBody>> {
+    let key = auth::proxy_key(req.headers()).map(Secret::new);
+    match daemon
+        .registry
+        .verify(key.as_ref().map(Secret::expose), "proxy")
+    {
+        Ok(verified) => Ok((key.expect("verified keys were present"), verified.conn)),
+        Err(e) => Err(auth_failure(e)),
     }
-    // No CORS: a web page must never be able to drive the proxy.
-    if req.headers().contains_key(header::ORIGIN) {
-        return Err(ApiError::permission_denied(
-            "sidekey refuses requests from browsers; call it from your agent's HTTP client.",
-        ));
+}
+
+pub(crate) fn auth_failure(e: ApiError) -> Response<ProxyBody> {
+    let proxy_status = e.status == StatusCode::UNAUTHORIZED;
+    let e = if proxy_status {
+        ApiError {
+            status: StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ..e
+        }
+    } else {
+        e
+    };
+    let mut response = boxed(e.to_response());
+    if proxy_status {
+        response.headers_mut().insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"sidekey\""),
+        );
     }
-    match req.uri().path() {
-        "/v1/whoami" => whoami(req, peer, daemon),
-        path => Err(ApiError::not_found(format!(
-            "sidekey serves no endpoint at {path}; to reach a remote API, set HTTP_PROXY and HTTPS_PROXY to this address (see: sidekeyctl env <conn>)."
-        ))),
-    }
+    response
+}
+
+/// Whether `claimed` (a Host header or :authority) names `host:port`.
+pub(crate) fn authority_matches(claimed: &str, host: &str, port: u16, scheme: &str) -> bool {
+    let Ok(authority) = claimed.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    crate::hosts::normalize_host(authority.host()) == host
+        && authority.port_u16().unwrap_or(default_port) == port
+}
+
+/// httpx and requests send `http://127.0.0.1:8787/v1/proxy` through the
+/// proxy in absolute form; those are ours to serve, not to forward.
+fn is_own_address(authority: &http::uri::Authority, own: SocketAddr) -> bool {
+    let host = crate::hosts::normalize_host(authority.host());
+    let port_matches = authority.port_u16() == Some(own.port());
+    let host_matches = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip == own.ip() || (own.ip().is_loopback() && ip.is_loopback()));
+    port_matches && host_matches
 }
 
 fn whoami(
     req: &Request<Incoming>,
     peer: SocketAddr,
     daemon: &Daemon,
-) -> Result<Response<Body>, ApiError> {
+) -> Response<crate::http_util::Body> {
     if req.method() != Method::GET {
-        return Err(ApiError::new(
+        return ApiError::new(
             "method_not_allowed",
             StatusCode::METHOD_NOT_ALLOWED,
             "Use GET for /v1/whoami.",
-        ));
+        )
+        .to_response();
     }
     let key = auth::bearer(req.headers()).or_else(|| auth::proxy_key(req.headers()));
     let used_by = format!("whoami from {}", peer.ip());
-    let verified = daemon.registry.verify(key.as_deref(), &used_by)?;
-    let conn = &verified.conn;
-    Ok(json(
-        StatusCode::OK,
-        &Whoami {
-            id: conn.id.clone(),
-            name: conn.name.clone(),
-            kind: conn.kind,
-            expires_at: conn.expires_at,
-        },
-    ))
+    match daemon.registry.verify(key.as_deref(), &used_by) {
+        Ok(verified) => {
+            let conn = &verified.conn;
+            json(
+                StatusCode::OK,
+                &Whoami {
+                    id: conn.id.clone(),
+                    name: conn.name.clone(),
+                    kind: conn.kind,
+                    expires_at: conn.expires_at,
+                },
+            )
+        }
+        Err(e) => e.to_response(),
+    }
 }
 
 fn head_size<B>(req: &Request<B>) -> usize {
-    let headers: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     headers + req.uri().to_string().len()
 }

@@ -114,6 +114,7 @@ pub struct Store {
     creds: sled::Tree,
     grants: sled::Tree,
     revoked: sled::Tree,
+    audit: sled::Tree,
     cipher: Cipher,
     path: PathBuf,
     writes: AtomicU64,
@@ -249,6 +250,7 @@ impl Store {
             creds: db.open_tree("creds").map_err(corrupt)?,
             grants: db.open_tree("grants").map_err(corrupt)?,
             revoked: db.open_tree("revoked").map_err(corrupt)?,
+            audit: db.open_tree("audit").map_err(corrupt)?,
             db,
             cipher,
             path,
@@ -378,6 +380,79 @@ impl Store {
                     .map_err(|_| self.corrupt("a revoked key hash has the wrong length".into()))
             })
             .collect()
+    }
+
+    // --- the interception CA: the certificate is public, the key is sealed
+
+    pub fn ca(&self) -> Result<Option<(String, Secret)>, StoreError> {
+        let cert = self
+            .meta
+            .get("ca_cert")
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        let key = self
+            .meta
+            .get("ca_key")
+            .map_err(|e| self.corrupt(e.to_string()))?;
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Ok(None);
+        };
+        let cert = String::from_utf8(cert.to_vec())
+            .map_err(|_| self.corrupt("the CA certificate is not UTF-8".into()))?;
+        let key = self.open_secret("meta:ca_key", &String::from_utf8_lossy(&key))?;
+        Ok(Some((cert, key)))
+    }
+
+    pub fn put_ca(&self, cert_pem: &str, key_pem: &Secret) -> Result<(), StoreError> {
+        let sealed = hex::encode(
+            self.cipher
+                .seal(b"meta:ca_key", key_pem.expose().as_bytes()),
+        );
+        self.meta
+            .insert("ca_key", sealed.as_bytes())
+            .map_err(|e| self.write_error(e))?;
+        self.meta
+            .insert("ca_cert", cert_pem.as_bytes())
+            .map_err(|e| self.write_error(e))?;
+        self.db.flush().map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    // --- the audit log: records hold no secrets and no query values
+
+    pub fn put_audit<T: Serialize>(&self, id: u64, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("records always serialize");
+        self.audit
+            .insert(id.to_be_bytes(), bytes)
+            .map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    /// The newest `limit` records, oldest first.
+    pub fn audit_tail<T: DeserializeOwned>(&self, limit: usize) -> Result<Vec<T>, StoreError> {
+        let mut records = self
+            .audit
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (_, v) = entry.map_err(|e| self.corrupt(e.to_string()))?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| self.corrupt(format!("an audit record does not parse: {e}")))
+            })
+            .collect::<Result<Vec<T>, StoreError>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Deletes audit records with ids below `before`; returns how many.
+    pub fn prune_audit(&self, before: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for key in self.audit.range(..before.to_be_bytes()).keys() {
+            let key = key.map_err(|e| self.corrupt(e.to_string()))?;
+            self.audit.remove(key).map_err(|e| self.write_error(e))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     // --- helpers

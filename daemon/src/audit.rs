@@ -1,0 +1,135 @@
+//! The audit log: one record per proxied request, written to the store
+//! before the request goes upstream and completed when its response ends.
+//! A record holds who, which credential, method, scheme://host/path (never a
+//! query value), status, latency and bytes: never a header or a secret.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub use sidekey_api::AuditRecord;
+use tokio::sync::broadcast;
+
+use crate::registry::now_ms;
+use crate::store::{Store, StoreError};
+
+/// Ids are `time_ms << 20 | sequence`: ordered, unique, and prunable by time.
+const SEQ_BITS: u32 = 20;
+
+pub struct Audit {
+    seq: AtomicU64,
+    feed: broadcast::Sender<Arc<AuditRecord>>,
+}
+
+/// A request in flight; completes its record once.
+pub struct Pending {
+    record: AuditRecord,
+    started: Instant,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit::new()
+    }
+}
+
+impl Audit {
+    pub fn new() -> Audit {
+        Audit {
+            seq: AtomicU64::new(0),
+            feed: broadcast::channel(4096).0,
+        }
+    }
+
+    /// Writes the opening record. An error means the request must be refused.
+    pub fn begin(
+        &self,
+        store: &Store,
+        conn_id: &str,
+        conn: &str,
+        cred: Option<&str>,
+        method: &str,
+        url: String,
+    ) -> Result<Pending, StoreError> {
+        let time_ms = now_ms();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) & ((1 << SEQ_BITS) - 1);
+        let record = AuditRecord {
+            id: (time_ms << SEQ_BITS) | seq,
+            time_ms,
+            conn_id: conn_id.to_string(),
+            conn: conn.to_string(),
+            cred: cred.map(str::to_string),
+            method: method.to_string(),
+            url,
+            status: None,
+            latency_ms: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: "started".into(),
+        };
+        store.put_audit(record.id, &record)?;
+        Ok(Pending {
+            record,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn finish(
+        &self,
+        store: &Store,
+        mut pending: Pending,
+        status: Option<u16>,
+        bytes: (u64, u64),
+        outcome: &str,
+    ) {
+        let record = &mut pending.record;
+        record.status = status;
+        record.latency_ms = Some(pending.started.elapsed().as_millis() as u64);
+        (record.bytes_up, record.bytes_down) = bytes;
+        record.outcome = outcome.to_string();
+        if let Err(e) = store.put_audit(record.id, record) {
+            tracing::warn!(error = %e, "could not complete an audit record");
+        }
+        tracing::info!(
+            conn = %record.conn_id,
+            cred = record.cred.as_deref().unwrap_or("-"),
+            method = %record.method,
+            url = %record.url,
+            status = status.unwrap_or(0),
+            latency_ms = record.latency_ms.unwrap_or(0),
+            outcome,
+            "proxied"
+        );
+        let _ = self.feed.send(Arc::new(pending.record));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
+        self.feed.subscribe()
+    }
+
+    /// Drops records older than `retention_secs`.
+    pub fn prune(&self, store: &Store, retention_secs: u64) -> Result<usize, StoreError> {
+        let cutoff_ms = now_ms().saturating_sub(retention_secs.saturating_mul(1000));
+        store.prune_audit(cutoff_ms << SEQ_BITS)
+    }
+}
+
+/// `scheme://host[:port]/path`: the query is dropped, since its values may be secrets.
+pub fn redacted_url(scheme: &str, authority: &str, path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    format!("{scheme}://{authority}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_records_never_carry_a_query() {
+        assert_eq!(
+            redacted_url("https", "api.x.com", "/v1/a?key=secret#f"),
+            "https://api.x.com/v1/a"
+        );
+        assert_eq!(redacted_url("http", "h:8080", "/"), "http://h:8080/");
+    }
+}

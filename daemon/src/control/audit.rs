@@ -1,0 +1,133 @@
+//! `GET /v1/audit[?conn=X][&limit=N][&follow=1]`: the newest records as a
+//! JSON array, or with `follow` as NDJSON that stays open and streams each
+//! record as its request completes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::Daemon;
+use crate::audit::AuditRecord;
+use crate::error::ApiError;
+use crate::http_util::{BoxError, ProxyBody, json};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 10_000;
+
+pub fn respond(
+    req: &Request<Incoming>,
+    daemon: &Arc<Daemon>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let mut follow = false;
+    let mut conn = None;
+    let mut limit = DEFAULT_LIMIT;
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("follow", v) => follow = v != "0",
+            ("conn", v) => conn = Some(v.to_string()),
+            ("limit", v) => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be a number from 1 to {MAX_LIMIT}."
+                        ))
+                    })?;
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "Unknown audit parameter '{other}'; use conn, limit and follow."
+                )));
+            }
+        }
+    }
+    let conn_id = match &conn {
+        Some(reference) => Some(daemon.registry.conn(reference)?.id),
+        None => None,
+    };
+    let matches = move |r: &AuditRecord| conn_id.as_ref().is_none_or(|id| &r.conn_id == id);
+    let records: Vec<AuditRecord> = daemon
+        .registry
+        .store()
+        .audit_tail(MAX_LIMIT * 10)?
+        .into_iter()
+        .filter(|r: &AuditRecord| matches(r) && r.outcome != "started")
+        .collect();
+    let newest = records[records.len().saturating_sub(limit)..].to_vec();
+    if !follow {
+        return Ok(json(StatusCode::OK, &newest).map(|b| b.map_err(|never| match never {}).boxed()));
+    }
+
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let mut feed = daemon.audit.subscribe();
+    let shutdown = daemon.shutdown.clone();
+    tokio::spawn(async move {
+        for record in newest {
+            if tx.send(line(&record)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let record = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                received = feed.recv() => match received {
+                    Ok(record) => record,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "an audit follower fell behind");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if matches(&record) && tx.send(line(&record)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(ChannelBody { rx }.boxed());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+fn line(record: &AuditRecord) -> Bytes {
+    let mut bytes = serde_json::to_vec(record).expect("records serialize");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// A body fed by a channel: each message is one chunk.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}

@@ -1,0 +1,101 @@
+//! `/v1/proxy`, compatible with the hosted AgentKeys proxy: the target comes
+//! in `X-Target-Url`, the key in `Authorization: Bearer` (a `pxr_` grant
+//! token or an `sk_live_` key), the credential optionally in `X-Credential-Name`.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderName};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::auth;
+use super::forward::{Choice, Target, forward};
+use crate::Daemon;
+use crate::error::ApiError;
+use crate::http_util::{ProxyBody, boxed};
+
+const TARGET_URL: HeaderName = HeaderName::from_static("x-target-url");
+const CREDENTIAL_NAME: HeaderName = HeaderName::from_static("x-credential-name");
+const TARGET_METHOD: HeaderName = HeaderName::from_static("x-target-method");
+
+pub async fn handle(daemon: Arc<Daemon>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    match prepare(&daemon, &mut req) {
+        Ok((conn, target, cred)) => forward(daemon, conn, target, req, Choice::Exactly(cred)).await,
+        Err(e) => boxed(e.to_response()),
+    }
+}
+
+type Prepared = (
+    Arc<crate::registry::LiveConn>,
+    Target,
+    Arc<crate::registry::LiveCred>,
+);
+
+fn prepare(daemon: &Daemon, req: &mut Request<Incoming>) -> Result<Prepared, ApiError> {
+    let key = auth::bearer(req.headers());
+    let verified = daemon.registry.verify(key.as_deref(), "/v1/proxy")?;
+    let headers = req.headers();
+    let url = headers
+        .get(&TARGET_URL)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("X-Target-Url is required: the full URL to call, like https://api.resend.com/emails."))?;
+    let uri: http::Uri = url.parse().map_err(|_| {
+        ApiError::bad_request(
+            "X-Target-Url is not a valid URL; send a full URL like https://api.resend.com/emails.",
+        )
+    })?;
+    let target = Target::from_uri(&uri)?;
+    let wanted = headers
+        .get(&CREDENTIAL_NAME)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let method = match headers.get(&TARGET_METHOD) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "X-Target-Method is not an HTTP method; use GET, POST, ...",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+
+    let conn = verified.conn;
+    let cred = match (&verified.grant_cred, &wanted) {
+        (Some(granted), Some(wanted)) if granted != wanted => {
+            return Err(ApiError::permission_denied(format!(
+                "This pxr_ token is for the credential '{granted}', not '{wanted}'; drop X-Credential-Name or use that credential's token."
+            )));
+        }
+        (Some(name), _) | (None, Some(name)) => daemon.registry.granted_cred(&conn.id, name).ok_or_else(|| {
+            ApiError::permission_denied(format!(
+                "The credential '{name}' is not granted to this connection; grant it with: sidekeyctl grant {} {name}",
+                conn.name
+            ))
+        })?,
+        (None, None) => daemon.registry.cred_for(&conn.id, &target.host, target.path()).ok_or_else(|| {
+            ApiError::permission_denied(format!(
+                "No credential granted to this connection is bound to {}; bind one with --host, or name it in X-Credential-Name.",
+                target.host
+            ))
+        })?,
+    };
+
+    let headers = req.headers_mut();
+    for name in [
+        TARGET_URL,
+        CREDENTIAL_NAME,
+        TARGET_METHOD,
+        header::AUTHORIZATION,
+        header::HOST,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(method) = method {
+        *req.method_mut() = method;
+    }
+    Ok((conn, target, cred))
+}

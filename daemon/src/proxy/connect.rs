@@ -1,0 +1,203 @@
+//! CONNECT: hosts bound to a granted credential (or every host, with
+//! `intercept = "all"`) are intercepted with a leaf from the local CA;
+//! others are tunnelled untouched, or refused with `egress = "deny"`.
+//! Port 80 is served as plain HTTP inside the tunnel, as undici expects.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use super::forward::{Choice, Target, forward};
+use super::target::forbidden_name;
+use super::upstream::resolve;
+use super::{auth_failure, authority_matches};
+use crate::Daemon;
+use crate::config::{Egress, Intercept};
+use crate::error::ApiError;
+use crate::hosts::normalize_host;
+use crate::http_util::{ProxyBody, boxed, empty_body};
+use crate::keys::Secret;
+use crate::registry::LiveConn;
+
+pub async fn handle(
+    daemon: Arc<Daemon>,
+    mut req: Request<Incoming>,
+    key: Secret,
+    conn: Arc<LiveConn>,
+) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return boxed(
+            ApiError::bad_request("CONNECT needs host:port, like CONNECT api.example.com:443.")
+                .to_response(),
+        );
+    };
+    let host = normalize_host(authority.host());
+    let port = authority.port_u16().unwrap_or(443);
+    if forbidden_name(&host) {
+        return boxed(
+            ApiError::permission_denied(format!(
+                "{host} is a link-local or cloud-metadata address; sidekey never sends requests there."
+            ))
+            .to_response(),
+        );
+    }
+    let config = daemon.live_config();
+    let intercept =
+        config.intercept == Intercept::All || daemon.registry.host_is_bound(&conn.id, &host);
+    if !intercept && config.egress == Egress::Deny {
+        return boxed(
+            ApiError::permission_denied(format!(
+                "egress is \"deny\" and no credential granted to this connection is bound to {host}."
+            ))
+            .to_response(),
+        );
+    }
+
+    if !intercept {
+        // Connect first, so that a closed port is a 502 rather than a dead tunnel.
+        let upstream = match connect(&host, port).await {
+            Ok(stream) => stream,
+            Err(e) => return boxed(e.to_response()),
+        };
+        tracing::debug!(conn = %conn.id, %host, port, "tunnelling without interception");
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(client) = upgrade.await {
+                let mut client = TokioIo::new(client);
+                let mut upstream = upstream;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        return ok_response();
+    }
+
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        if port == 80 {
+            serve_inner(daemon, key, host, port, "http", upgraded).await;
+            return;
+        }
+        let io = TokioIo::new(upgraded);
+        let tls_config = match daemon.authority.server_config(&host) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(error = %e, %host, "cannot mint a leaf certificate");
+                return;
+            }
+        };
+        match tokio_rustls::TlsAcceptor::from(tls_config).accept(io).await {
+            Ok(tls) => serve_inner(daemon, key, host, port, "https", TokioIo::new(tls)).await,
+            Err(e) => tracing::debug!(error = %e, %host, "the agent's TLS handshake failed"),
+        }
+    });
+    ok_response()
+}
+
+/// Serves the requests inside an intercepted tunnel, h2 or http/1.1. The
+/// agent's key is checked again on every request, so a rotation or a disable
+/// takes effect inside tunnels that are already open.
+async fn serve_inner<I>(
+    daemon: Arc<Daemon>,
+    key: Secret,
+    host: String,
+    port: u16,
+    scheme: &'static str,
+    io: I,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                inner_request(daemon, &key, &host, port, scheme, req).await,
+            )
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!(error = %e, "intercepted connection ended");
+    }
+}
+
+async fn inner_request(
+    daemon: Arc<Daemon>,
+    key: &Secret,
+    host: &str,
+    port: u16,
+    scheme: &'static str,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let verified = match daemon.registry.verify(Some(key.expose()), "proxy") {
+        Ok(verified) => verified,
+        Err(e) => return auth_failure(e),
+    };
+    // The Host (or :authority) inside the tunnel must name the CONNECT target.
+    let claimed = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    if !claimed
+        .as_deref()
+        .is_some_and(|c| authority_matches(c, host, port, scheme))
+    {
+        return boxed(
+            ApiError::permission_denied(format!(
+                "The Host header names another host than this tunnel's target {host}; open a tunnel to that host instead."
+            ))
+            .to_response(),
+        );
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let target = Target::new(scheme, host, Some(port), &path);
+    forward(daemon, verified.conn, target, req, Choice::Bound).await
+}
+
+async fn connect(host: &str, port: u16) -> Result<TcpStream, ApiError> {
+    let unreachable = || {
+        ApiError::new(
+            "upstream_unreachable",
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "Could not connect to {host}:{port}; check the host name and port, and that it is up."
+            ),
+        )
+    };
+    let addrs = resolve(host, port).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            ApiError::permission_denied(format!(
+                "{host} resolves to a link-local or cloud-metadata address."
+            ))
+        } else {
+            unreachable()
+        }
+    })?;
+    let connecting = TcpStream::connect(&addrs[..]);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        _ => Err(unreachable()),
+    }
+}
+
+fn ok_response() -> Response<ProxyBody> {
+    Response::new(empty_body())
+}
