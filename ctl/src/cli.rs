@@ -40,6 +40,80 @@ pub enum Command {
     },
     /// Take a credential away from a connection; its pxr_ token stops working.
     Revoke { conn: String, cred: String },
+    /// Print the path of the local CA that intercepted hosts are signed by.
+    Ca {
+        /// Print the bundle (system roots plus the local CA) instead.
+        #[arg(long)]
+        bundle: bool,
+    },
+    /// Print the shell exports that send an agent through the proxy.
+    Env {
+        /// The agent connection whose key the proxy URL carries.
+        conn: String,
+    },
+    /// Run a command with the proxy environment set, like `aws-vault exec`.
+    Run {
+        #[arg(long)]
+        conn: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show proxied requests: who, which credential, host and path, status, latency.
+    Audit {
+        /// Keep streaming new records.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this connection (id or name).
+        #[arg(long)]
+        conn: Option<String>,
+        /// How many recent records to show first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// NDJSON, one record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run sidekeyd as a systemd or launchd service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the systemd unit (or launchd plist) for this machine, naming the
+    /// sidekeyd beside this sidekeyctl, then enable and start it.
+    Install(ServiceArgs),
+    /// Stop and disable the service, and remove its unit (or plist).
+    Uninstall(ServiceArgs),
+    /// Show what the service manager says about sidekeyd. Exits 3 when it is
+    /// not running.
+    Status(ServiceTarget),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub target: ServiceTarget,
+    /// Print what would be written and run, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServiceTarget {
+    /// A system-wide, hardened systemd service instead of the user's own (needs root).
+    #[arg(long)]
+    pub system: bool,
+    /// The service manager to write for (default: launchd on macOS, else systemd).
+    #[arg(long, value_enum)]
+    pub init: Option<InitSystem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitSystem {
+    Systemd,
+    Launchd,
 }
 
 #[derive(Debug, Subcommand)]

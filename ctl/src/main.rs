@@ -51,5 +51,15 @@ async fn dispatch(client: &Client, command: Command) -> client::ClientResult<()>
         Command::Cred(command) => cmd::cred::run(client, command).await,
         Command::Grant { conn, cred, json } => cmd::cred::grant(client, conn, cred, json).await,
         Command::Revoke { conn, cred } => cmd::cred::revoke(client, conn, cred).await,
+        Command::Ca { bundle } => cmd::agent::ca(client, bundle).await,
+        Command::Env { conn } => cmd::agent::env(client, &conn).await,
+        Command::Run { conn, command } => cmd::agent::run(client, &conn, command).await,
+        Command::Audit {
+            follow,
+            conn,
+            limit,
+            json,
+        } => cmd::audit::run(client, follow, conn, limit, json).await,
+        Command::Service(command) => cmd::service::run(command),
     }
 }

@@ -10,10 +10,13 @@
 //! - `hosts`     host patterns that bind credentials to hosts
 //! - `inject`    the credential types and the shape of their secrets
 //! - `control`   the Unix-socket API and its routes
-//! - `proxy`     the proxy listener and sidekey's own endpoints on it
+//! - `proxy`     the injecting proxy: forwarding, CONNECT interception, /v1/proxy, /v1/whoami
+//! - `audit`     one record per proxied request, and its retention
 //! - `fsutil`    private directories and the data-dir lock
 //! - `logging`   tracing setup
+//! - `service`   life under a service manager: readiness, reload, `--daemonize`
 
+mod audit;
 pub mod config;
 mod control;
 mod error;
@@ -26,10 +29,11 @@ pub mod logging;
 mod proxy;
 mod ratelimit;
 mod registry;
+pub mod service;
 mod store;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -43,8 +47,16 @@ use store::Store;
 
 /// The daemon's state, shared by every listener.
 pub struct Daemon {
+    /// The config as it was at start: addresses and paths, which need a restart.
     config: Config,
+    /// The config in force now; SIGHUP swaps it. Read it with [`Daemon::live_config`].
+    live: RwLock<Arc<Config>>,
     registry: Registry,
+    authority: proxy::tls::Authority,
+    upstream: proxy::upstream::Upstream,
+    audit: audit::Audit,
+    /// Cancelled at shutdown; long-lived streams watch it.
+    shutdown: CancellationToken,
     started: Instant,
     proxy_addr: SocketAddr,
     master_key_path: std::path::PathBuf,
@@ -88,7 +100,15 @@ impl Daemon {
         let master = store::master_key::load_or_create(&config.data_dir)?;
         let store = Store::open(&config.data_dir, &master)?;
         let registry = Registry::load(store).map_err(|e| anyhow::anyhow!(e.message))?;
+        registry.set_default_rate(config.default_rate());
+        let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
+        let upstream = proxy::upstream::Upstream::new(config.upstream_ca_file.as_deref())?;
         Ok(Daemon {
+            authority,
+            upstream,
+            audit: audit::Audit::new(),
+            shutdown: CancellationToken::new(),
+            live: RwLock::new(Arc::new(config.clone())),
             config,
             registry,
             started: Instant::now(),
@@ -96,6 +116,12 @@ impl Daemon {
             master_key_path: master.path,
             _lock: lock,
         })
+    }
+
+    /// The reloadable settings in force now (egress, audit_retention,
+    /// default_rate, log_level).
+    pub fn live_config(&self) -> Arc<Config> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The lines printed at start: where everything lives.
@@ -119,9 +145,10 @@ pub async fn run(
     mut daemon: Daemon,
     listeners: Listeners,
     shutdown: CancellationToken,
-    on_ready: impl FnOnce(&Daemon),
+    on_ready: impl FnOnce(&Arc<Daemon>),
 ) -> Result<()> {
     daemon.proxy_addr = listeners.proxy_addr();
+    daemon.shutdown = shutdown.clone();
     let daemon = Arc::new(daemon);
     let tracker = TaskTracker::new();
     tracker.spawn(proxy::serve(
@@ -137,6 +164,7 @@ pub async fn run(
         tracker.clone(),
     ));
     tracker.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
+    tracker.spawn(prune_audit(daemon.clone(), shutdown.clone()));
     on_ready(&daemon);
 
     shutdown.cancelled().await;
@@ -170,6 +198,24 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
             _ = ticker.tick() => {
                 if let Err(e) = daemon.registry.flush_last_used().await {
                     tracing::warn!(error = %e.message, "writing last_used failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+/// Drops audit records past `audit_retention`, once a minute and at start.
+async fn prune_audit(daemon: Arc<Daemon>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                let retention = sidekey_api::parse_duration_secs(&daemon.live_config().audit_retention).unwrap_or(30 * 86_400);
+                match daemon.audit.prune(daemon.registry.store(), retention) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "pruned old audit records"),
+                    Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
                 }
             }
         }

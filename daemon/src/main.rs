@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use sidekeyd::logging::LogHandle;
+use sidekeyd::service::{self, Detached, Reporter};
 use sidekeyd::{Args, Config, Daemon, Listeners};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -18,43 +21,111 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> Result<()> {
+fn start(mut args: Args) -> Result<()> {
+    // A reload re-reads this path after --daemonize has moved to /.
+    if let Some(path) = &args.config {
+        args.config = Some(std::path::absolute(path)?);
+    }
     let config = Config::load(&args)?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    sidekeyd::logging::init(&config);
+    // Forking is only sound while this process has one thread: before the
+    // runtime, before logging.
+    let reporter = if args.daemonize {
+        match service::daemonize(&args, &config)? {
+            Detached::Parent(waiter) => {
+                print!("{}", waiter.wait()?);
+                return Ok(());
+            }
+            Detached::Daemon(reporter) => Some(reporter),
+        }
+    } else {
+        None
+    };
+    let logs = sidekeyd::logging::init(&config);
+    let result = serve(&args, config, logs, reporter.as_ref());
+    if let Some(reporter) = &reporter {
+        if let Err(e) = &result {
+            reporter.failed(e);
+        }
+        reporter.remove_pid_file();
+    }
+    result
+}
+
+fn serve(args: &Args, config: Config, logs: LogHandle, reporter: Option<&Reporter>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Installed first: SIGHUP's default action would kill a daemon that
+        // is still opening its store.
+        let signals = Signals::install()?;
         // The data-dir lock comes first, so a second daemon is told so
         // before it touches the socket or the port.
         let daemon = Daemon::open(config.clone())?;
         let listeners = Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        sidekeyd::run(daemon, listeners, shutdown, |daemon| {
-            print!("{}", daemon.describe());
+        let args = args.clone();
+        sidekeyd::run(daemon, listeners, shutdown.clone(), move |daemon| {
+            let banner = daemon.describe();
+            print!("{banner}");
             let _ = std::io::Write::flush(&mut std::io::stdout());
+            if let Some(reporter) = reporter {
+                reporter.ready(&banner);
+            }
+            service::notify_ready();
+            tokio::spawn(signals.watch(daemon.clone(), args, logs, shutdown));
         })
         .await
     })
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let install =
+            |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
     }
-    shutdown.cancel();
+
+    /// SIGHUP reloads the config; SIGTERM and SIGINT start the bounded drain.
+    async fn watch(
+        mut self,
+        daemon: std::sync::Arc<Daemon>,
+        args: Args,
+        logs: LogHandle,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    service::reload(&daemon, &args, &logs);
+                }
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+        service::notify_stopping();
+        shutdown.cancel();
+    }
 }

@@ -11,7 +11,13 @@ use sidekey_tests::http::{self, Conn};
 use sidekey_tests::{Home, sidekeyctl_bin};
 
 /// One raw HTTP request on the control socket; returns (status, body).
-fn control(socket: &Path, method: &str, path: &str, extra_headers: &str, body: &[u8]) -> (u16, serde_json::Value) {
+fn control(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     let mut stream = UnixStream::connect(socket).expect("connect control socket");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: sidekeyd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
@@ -22,9 +28,16 @@ fn control(socket: &Path, method: &str, path: &str, extra_headers: &str, body: &
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 fn assert_error(resp: &(u16, serde_json::Value), status: u16, code: &str) {
@@ -32,7 +45,10 @@ fn assert_error(resp: &(u16, serde_json::Value), status: u16, code: &str) {
     assert_eq!(resp.1["error"], code, "{:?}", resp.1);
     assert_eq!(resp.1["status"], status);
     let message = resp.1["message"].as_str().expect("a message");
-    assert!(message.len() > 15, "message should say what to do: {message}");
+    assert!(
+        message.len() > 15,
+        "message should say what to do: {message}"
+    );
 }
 
 #[test]
@@ -61,7 +77,10 @@ fn a_caller_with_another_uid_is_refused() {
     let out = run_as_nobody();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("permission denied") || err.contains("not running"), "{err}");
+    assert!(
+        err.contains("permission denied") || err.contains("not running"),
+        "{err}"
+    );
 
     // Open the path up, as a careless admin might: the daemon's peer-uid check still refuses.
     let mut dir = d.socket.parent().unwrap().to_path_buf();
@@ -75,8 +94,14 @@ fn a_caller_with_another_uid_is_refused() {
     let out = run_as_nobody();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("permission_denied") && err.contains("run sidekeyctl as that user"), "{err}");
-    assert!(d.log().contains("refused a control connection from another user"));
+    assert!(
+        err.contains("permission_denied") && err.contains("run sidekeyctl as that user"),
+        "{err}"
+    );
+    assert!(
+        d.log()
+            .contains("refused a control connection from another user")
+    );
     // The owner is still served.
     home.ctl(&["conn", "ls"]).success();
 }
@@ -87,49 +112,173 @@ fn bad_input_on_every_route_gets_the_error_shape() {
     let d = home.start();
     let s = &d.socket;
     home.create_conn("taken", "agent", &[]);
-    home.ctl_stdin(&["cred", "add", "--name", "c1", "--type", "api-key", "--host", "api.example.com"], Some("v"))
-        .success();
+    home.ctl_stdin(
+        &[
+            "cred",
+            "add",
+            "--name",
+            "c1",
+            "--type",
+            "api-key",
+            "--host",
+            "api.example.com",
+        ],
+        Some("v"),
+    )
+    .success();
 
-    let posts = ["/v1/conns", "/v1/creds", "/v1/grants", "/v1/conns/taken/key"];
+    let posts = [
+        "/v1/conns",
+        "/v1/creds",
+        "/v1/grants",
+        "/v1/conns/taken/key",
+    ];
     for path in posts {
-        assert_error(&control(s, "POST", path, "", b"{not json"), 400, "bad_request");
+        assert_error(
+            &control(s, "POST", path, "", b"{not json"),
+            400,
+            "bad_request",
+        );
         assert_error(&control(s, "POST", path, "", b""), 400, "bad_request");
-        assert_error(&control(s, "POST", path, "", &vec![b' '; 1024 * 1024]), 413, "payload_too_large");
-        assert_error(&control(s, "POST", path, "", br#"{"surprise": 1}"#), 400, "bad_request");
+        assert_error(
+            &control(s, "POST", path, "", &vec![b' '; 1024 * 1024]),
+            413,
+            "payload_too_large",
+        );
+        assert_error(
+            &control(s, "POST", path, "", br#"{"surprise": 1}"#),
+            400,
+            "bad_request",
+        );
     }
-    assert_error(&control(s, "PUT", "/v1/creds/c1/secret", "", b"[1,2"), 400, "bad_request");
-    let unknown = control(s, "POST", "/v1/conns", "", br#"{"name":"x","kind":"agent","colour":"red"}"#);
+    assert_error(
+        &control(s, "PUT", "/v1/creds/c1/secret", "", b"[1,2"),
+        400,
+        "bad_request",
+    );
+    let unknown = control(
+        s,
+        "POST",
+        "/v1/conns",
+        "",
+        br#"{"name":"x","kind":"agent","colour":"red"}"#,
+    );
     assert_error(&unknown, 400, "bad_request");
     assert!(unknown.1["message"].as_str().unwrap().contains("colour"));
 
     // Duplicate names, invalid names, bad hosts, missing things.
-    assert_error(&control(s, "POST", "/v1/conns", "", br#"{"name":"taken","kind":"agent"}"#), 409, "conflict");
-    assert_error(&control(s, "POST", "/v1/conns", "", br#"{"name":"../x","kind":"agent"}"#), 400, "bad_request");
-    assert_error(&control(s, "POST", "/v1/conns", "", br#"{"name":"","kind":"agent"}"#), 400, "bad_request");
-    for host in ["*", "*.com", "a.*.example.com", "**.example.com", "exa mple.com", ""] {
+    assert_error(
+        &control(
+            s,
+            "POST",
+            "/v1/conns",
+            "",
+            br#"{"name":"taken","kind":"agent"}"#,
+        ),
+        409,
+        "conflict",
+    );
+    assert_error(
+        &control(
+            s,
+            "POST",
+            "/v1/conns",
+            "",
+            br#"{"name":"../x","kind":"agent"}"#,
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &control(s, "POST", "/v1/conns", "", br#"{"name":"","kind":"agent"}"#),
+        400,
+        "bad_request",
+    );
+    for host in [
+        "*",
+        "*.com",
+        "a.*.example.com",
+        "**.example.com",
+        "exa mple.com",
+        "",
+    ] {
         let body = serde_json::json!({"name": "c2", "type": "api_key", "hosts": [host], "path_prefix": null, "secret": "v"});
         let r = control(s, "POST", "/v1/creds", "", body.to_string().as_bytes());
         assert_error(&r, 400, "bad_request");
     }
     let dup = serde_json::json!({"name": "c1", "type": "api_key", "hosts": ["a.example.com"], "path_prefix": null, "secret": "v"});
-    assert_error(&control(s, "POST", "/v1/creds", "", dup.to_string().as_bytes()), 409, "conflict");
+    assert_error(
+        &control(s, "POST", "/v1/creds", "", dup.to_string().as_bytes()),
+        409,
+        "conflict",
+    );
     let traversal = serde_json::json!({"name": "c3", "type": "api_key", "hosts": ["a.example.com"], "path_prefix": "/v1/../admin", "secret": "v"});
-    assert_error(&control(s, "POST", "/v1/creds", "", traversal.to_string().as_bytes()), 400, "bad_request");
-    assert_error(&control(s, "GET", "/v1/conns/nope", "", b""), 404, "not_found");
-    assert_error(&control(s, "GET", "/v1/conns/..%2F..%2Fetc", "", b""), 404, "not_found");
-    assert_error(&control(s, "DELETE", "/v1/creds/nope", "", b""), 404, "not_found");
-    assert_error(&control(s, "DELETE", "/v1/grants/taken/nope", "", b""), 404, "not_found");
-    assert_error(&control(s, "GET", "/v1/nothing/here", "", b""), 404, "not_found");
+    assert_error(
+        &control(s, "POST", "/v1/creds", "", traversal.to_string().as_bytes()),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &control(s, "GET", "/v1/conns/nope", "", b""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &control(s, "GET", "/v1/conns/..%2F..%2Fetc", "", b""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &control(s, "DELETE", "/v1/creds/nope", "", b""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &control(s, "DELETE", "/v1/grants/taken/nope", "", b""),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &control(s, "GET", "/v1/nothing/here", "", b""),
+        404,
+        "not_found",
+    );
     let grant = br#"{"conn":"taken","cred":"missing"}"#;
-    assert_error(&control(s, "POST", "/v1/grants", "", grant), 404, "not_found");
+    assert_error(
+        &control(s, "POST", "/v1/grants", "", grant),
+        404,
+        "not_found",
+    );
     let sync = home.create_conn("a-sync", "sync", &[]);
     let grant = format!(r#"{{"conn":"{}","cred":"c1"}}"#, sync.0);
-    assert_error(&control(s, "POST", "/v1/grants", "", grant.as_bytes()), 400, "bad_request");
+    assert_error(
+        &control(s, "POST", "/v1/grants", "", grant.as_bytes()),
+        400,
+        "bad_request",
+    );
     // A browser is refused outright.
-    assert_error(&control(s, "GET", "/v1/conns", "Origin: http://evil.example\r\n", b""), 403, "permission_denied");
+    assert_error(
+        &control(
+            s,
+            "GET",
+            "/v1/conns",
+            "Origin: http://evil.example\r\n",
+            b"",
+        ),
+        403,
+        "permission_denied",
+    );
 
     // Still healthy afterwards.
-    assert_eq!(home.ctl(&["conn", "ls", "--json"]).success().json().as_array().unwrap().len(), 2);
+    assert_eq!(
+        home.ctl(&["conn", "ls", "--json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -138,23 +287,43 @@ fn whoami_bad_input_gets_clear_errors_and_no_panic() {
     let d = home.start();
     let (_, key) = home.create_conn("w", "agent", &[]);
 
-    let r = Conn::open(d.proxy).send_raw(b"POST /v1/whoami HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let r = Conn::open(d.proxy)
+        .send_raw(b"POST /v1/whoami HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.json()["error"], "method_not_allowed");
 
-    for auth in ["Bearer", "Bearer ", "Basic !!!", "Token abc", &format!("Bearer {key} extra")] {
+    for auth in [
+        "Bearer",
+        "Bearer ",
+        "Basic !!!",
+        "Token abc",
+        &format!("Bearer {key} extra"),
+    ] {
         let r = http::get(d.proxy, "/v1/whoami", &[("Authorization", auth)]);
         assert!(r.status == 401, "{auth}: {}", r.status);
     }
 
     let huge = "a".repeat(70 * 1024);
-    let r = Conn::open(d.proxy).send_raw(format!("GET /v1/whoami HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n").as_bytes());
+    let r = Conn::open(d.proxy).send_raw(
+        format!("GET /v1/whoami HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n").as_bytes(),
+    );
     assert_eq!(r.expect("an answer, not a reset").status, 431);
 
     let r = Conn::open(d.proxy).send_raw(b"NOT HTTP AT ALL\r\n\r\n");
-    assert!(r.map(|r| r.status == 400).unwrap_or(true), "a malformed request line gets 400 or a close");
+    assert!(
+        r.map(|r| r.status == 400).unwrap_or(true),
+        "a malformed request line gets 400 or a close"
+    );
 
-    let r = http::get(d.proxy, "/v1/whoami", &[("Authorization", &format!("Bearer {key}")), ("Origin", "http://evil.example")]);
+    let r = http::get(
+        d.proxy,
+        "/v1/whoami",
+        &[
+            ("Authorization", &format!("Bearer {key}")),
+            ("Origin", "http://evil.example"),
+        ],
+    );
     assert_eq!(r.status, 403, "no CORS: browsers are refused");
 
     let r = http::get(d.proxy, "/elsewhere", &[]);

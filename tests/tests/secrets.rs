@@ -12,7 +12,12 @@ fn secrets_never_appear_in_logs_errors_argv_or_the_data_dir() {
     let master_hex = "5e".repeat(16) + &"c7".repeat(16);
     let master_file = keydir.path().join("master.key");
     std::fs::write(&master_file, &master_hex).unwrap();
-    let d = home.start_with(&[], &[("SIDEKEY_MASTER_KEY_FILE", master_file.to_str().unwrap())]).unwrap();
+    let d = home
+        .start_with(
+            &[],
+            &[("SIDEKEY_MASTER_KEY_FILE", master_file.to_str().unwrap())],
+        )
+        .unwrap();
 
     let mut needles: Vec<String> = Vec::new();
     let mut observed = String::new();
@@ -29,49 +34,102 @@ fn secrets_never_appear_in_logs_errors_argv_or_the_data_dir() {
         ("q", "query-param", "api_key=LEAKCANARYquery0005"),
     ];
     for (name, kind, secret) in creds {
-        let out = home.ctl_stdin(&["cred", "add", "--name", name, "--type", kind, "--host", "api.example.com"], Some(secret));
+        let out = home.ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                name,
+                "--type",
+                kind,
+                "--host",
+                "api.example.com",
+            ],
+            Some(secret),
+        );
         observed.push_str(&out.success().stdout);
         needles.push(secret.to_string());
     }
     // A secret of the wrong shape is refused without being echoed.
     let bad = home.ctl_stdin(
-        &["cred", "add", "--name", "bad", "--type", "basic-auth", "--host", "api.example.com"],
+        &[
+            "cred",
+            "add",
+            "--name",
+            "bad",
+            "--type",
+            "basic-auth",
+            "--host",
+            "api.example.com",
+        ],
         Some("LEAKCANARYnocolon0006"),
     );
     observed.push_str(&bad.failure().stderr);
     needles.push("LEAKCANARYnocolon0006".into());
 
     let replaced = "sk-proj-LEAKCANARYreplaced0007";
-    observed.push_str(&home.ctl_stdin(&["cred", "set", "k"], Some(replaced)).success().stdout);
+    observed.push_str(
+        &home
+            .ctl_stdin(&["cred", "set", "k"], Some(replaced))
+            .success()
+            .stdout,
+    );
     needles.push(replaced.into());
-    let token = home.ctl(&["grant", "agent-1", "k"]).success().stdout.trim().to_string();
+    let token = home
+        .ctl(&["grant", "agent-1", "k"])
+        .success()
+        .stdout
+        .trim()
+        .to_string();
     assert!(token.starts_with("pxr_"));
     needles.push(token.clone());
 
     // Good and bad keys against the proxy, keeping every error body.
     assert_eq!(http::whoami(d.proxy, &agent).status, 200);
     let near_miss = format!("{}0", &agent[..agent.len() - 1]);
-    for presented in [near_miss.as_str(), &format!("{agent}x"), &sync.replace("cli_", "sk_live_")] {
+    for presented in [
+        near_miss.as_str(),
+        &format!("{agent}x"),
+        &sync.replace("cli_", "sk_live_"),
+    ] {
         let r = http::whoami(d.proxy, presented);
         assert_eq!(r.status, 401);
         observed.push_str(&r.body);
         needles.push(presented.to_string());
     }
-    let rotated = home.ctl(&["conn", "key", "agent-1", "--regenerate", "--grace", "1h"]).success().stdout.trim().to_string();
+    let rotated = home
+        .ctl(&["conn", "key", "agent-1", "--regenerate", "--grace", "1h"])
+        .success()
+        .stdout
+        .trim()
+        .to_string();
     needles.push(rotated.clone());
     assert_eq!(http::whoami(d.proxy, &rotated).status, 200);
-    observed.push_str(&home.ctl(&["conn", "rm", "sync-1", "--yes"]).success().stdout);
+    observed.push_str(
+        &home
+            .ctl(&["conn", "rm", "sync-1", "--yes"])
+            .success()
+            .stdout,
+    );
     observed.push_str(&http::whoami(d.proxy, &sync).body);
     observed.push_str(&home.ctl(&["conn", "ls"]).success().stdout);
     observed.push_str(&home.ctl(&["cred", "ls", "--json"]).success().stdout);
-    observed.push_str(&home.ctl(&["conn", "info", "agent-1", "--json"]).success().stdout);
+    observed.push_str(
+        &home
+            .ctl(&["conn", "info", "agent-1", "--json"])
+            .success()
+            .stdout,
+    );
 
     let pid = d.pid();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     d.stop();
     let logs = home.all_logs();
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the daemon should have logged at trace level");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "the daemon should have logged at trace level"
+    );
 
     let mut master_raw = [0u8; 32];
     for (i, byte) in master_raw.iter_mut().enumerate() {
@@ -79,19 +137,40 @@ fn secrets_never_appear_in_logs_errors_argv_or_the_data_dir() {
     }
     let data = read_tree(&home.data_dir());
     assert!(!data.is_empty());
-    for needle in needles.iter().map(String::as_bytes).chain([master_hex.as_bytes(), &master_raw[..]]) {
+    for needle in needles
+        .iter()
+        .map(String::as_bytes)
+        .chain([master_hex.as_bytes(), &master_raw[..]])
+    {
         let shown = String::from_utf8_lossy(&needle[..needle.len().min(12)]).into_owned();
-        assert!(!contains_bytes(logs.as_bytes(), needle), "{shown}… is in the log");
-        assert!(!contains_bytes(observed.as_bytes(), needle), "{shown}… is in an answer");
+        assert!(
+            !contains_bytes(logs.as_bytes(), needle),
+            "{shown}… is in the log"
+        );
+        assert!(
+            !contains_bytes(observed.as_bytes(), needle),
+            "{shown}… is in an answer"
+        );
         assert!(!contains_bytes(&cmdline, needle), "{shown}… is in argv");
-        assert!(!contains_bytes(&environ, needle), "{shown}… is in the environment");
+        assert!(
+            !contains_bytes(&environ, needle),
+            "{shown}… is in the environment"
+        );
         for (path, bytes) in &data {
-            assert!(!contains_bytes(bytes, needle), "{shown}… is in {}", path.display());
+            assert!(
+                !contains_bytes(bytes, needle),
+                "{shown}… is in {}",
+                path.display()
+            );
         }
     }
     // The canaries' distinctive part, in case of a partial or re-encoded leak.
     for (path, bytes) in &data {
-        assert!(!contains_bytes(bytes, b"LEAKCANARY"), "a canary is in {}", path.display());
+        assert!(
+            !contains_bytes(bytes, b"LEAKCANARY"),
+            "a canary is in {}",
+            path.display()
+        );
     }
     assert!(!logs.contains("LEAKCANARY") && !observed.contains("LEAKCANARY"));
 }

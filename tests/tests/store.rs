@@ -271,7 +271,9 @@ fn a_daemon_killed_mid_write_keeps_every_acknowledged_change() {
                 let mut acked = Vec::new();
                 for i in 0..400 {
                     let name = format!("r{round}-{i}");
-                    let out = socket_home.ctl(&["conn", "create", "--name", &name, "--kind", "agent", "--json"]);
+                    let out = socket_home.ctl(&[
+                        "conn", "create", "--name", &name, "--kind", "agent", "--json",
+                    ]);
                     if !out.status.success() {
                         break;
                     }
@@ -281,16 +283,30 @@ fn a_daemon_killed_mid_write_keeps_every_acknowledged_change() {
             });
             // Let a varying number of writes land, then kill without warning.
             std::thread::sleep(std::time::Duration::from_millis(60 + 45 * u64::from(round)));
-            std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
             writer.join().unwrap()
         });
         drop(d);
-        assert!(!acked.is_empty(), "round {round}: nothing was written before the kill");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: nothing was written before the kill"
+        );
         let d = home.start();
         let listed = home.ctl(&["conn", "ls", "--json"]).success().json();
-        let names: Vec<&str> = listed.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         for (name, key) in &acked {
-            assert!(names.contains(&name.as_str()), "round {round}: acknowledged {name} was lost");
+            assert!(
+                names.contains(&name.as_str()),
+                "round {round}: acknowledged {name} was lost"
+            );
         }
         let (_, last_key) = acked.last().unwrap();
         assert_eq!(http::whoami(d.proxy, last_key).status, 200);
@@ -304,14 +320,27 @@ fn a_full_disk_gives_clear_errors_and_loses_nothing_acknowledged() {
     let mount = home.path().join("small");
     std::fs::create_dir_all(&mount).unwrap();
     let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs", mount.to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=3m",
+            "tmpfs",
+            mount.to_str().unwrap(),
+        ])
         .status()
         .expect("mount (the tests run as root)");
-    assert!(status.success(), "mounting a small tmpfs failed; these tests need root");
+    assert!(
+        status.success(),
+        "mounting a small tmpfs failed; these tests need root"
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(mount.clone());
@@ -322,7 +351,10 @@ fn a_full_disk_gives_clear_errors_and_loses_nothing_acknowledged() {
     // Fill the disk from outside, leaving a little room.
     let filler = mount.join("filler");
     let mut chunk = vec![0u8; 64 * 1024];
-    chunk.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
+    chunk
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 251) as u8);
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&filler).unwrap();
@@ -331,7 +363,15 @@ fn a_full_disk_gives_clear_errors_and_loses_nothing_acknowledged() {
     let mut acked = Vec::new();
     let mut refusal = None;
     for i in 0..2000 {
-        let out = home.ctl(&["conn", "create", "--name", &format!("f{i}"), "--kind", "agent", "--json"]);
+        let out = home.ctl(&[
+            "conn",
+            "create",
+            "--name",
+            &format!("f{i}"),
+            "--kind",
+            "agent",
+            "--json",
+        ]);
         if out.status.success() {
             acked.push(out.json()["key"].as_str().unwrap().to_string());
         } else {
@@ -341,9 +381,16 @@ fn a_full_disk_gives_clear_errors_and_loses_nothing_acknowledged() {
     }
     let refusal = refusal.expect("a full disk must refuse writes");
     assert!(refusal.contains("check free space"), "{refusal}");
-    assert!(!d.log().contains("panicked"), "sidekeyd panicked on a full disk");
+    assert!(
+        !d.log().contains("panicked"),
+        "sidekeyd panicked on a full disk"
+    );
     if let Some(key) = acked.first() {
-        assert_eq!(http::whoami(d.proxy, key).status, 200, "reads keep working on a full disk");
+        assert_eq!(
+            http::whoami(d.proxy, key).status,
+            200,
+            "reads keep working on a full disk"
+        );
     }
 
     // Make room, restart: everything acknowledged is there.
