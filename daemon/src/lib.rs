@@ -204,14 +204,15 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     }
 }
 
-/// Drops audit records past `audit_retention`, once a minute and at start.
+/// Drops audit records past `audit_retention`: at start, then every half
+/// retention period (at least every second, at most every minute).
 async fn prune_audit(daemon: Arc<Daemon>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
+        let retention = sidekey_api::parse_duration_secs(&daemon.live_config().audit_retention).unwrap_or(30 * 86_400);
+        let every = std::time::Duration::from_secs((retention / 2).clamp(1, 60));
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {
-                let retention = sidekey_api::parse_duration_secs(&daemon.live_config().audit_retention).unwrap_or(30 * 86_400);
+            () = tokio::time::sleep(every) => {
                 match daemon.audit.prune(daemon.registry.store(), retention) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(removed = n, "pruned old audit records"),

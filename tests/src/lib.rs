@@ -2,7 +2,9 @@
 //! binaries: a private home per test, a daemon that is killed on drop (and
 //! whose log is printed when the test fails), and a plain HTTP client.
 
+pub mod agent;
 pub mod http;
+pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -318,6 +318,26 @@ fn parse_response(response: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `CONNECT target` through the proxy; returns the status code.
+fn connect_status(daemon: &Sidekeyd, target: &str, key: &str) -> u16 {
+    let mut stream = TcpStream::connect(daemon.proxy()).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Bearer {key}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    parse_response(&text(&head)).0
+}
+
 fn whoami_status(daemon: &Sidekeyd, key: &str) -> u16 {
     http_get(daemon.proxy(), "/v1/whoami", key).0
 }
@@ -391,6 +411,10 @@ fn sighup_reloads_level_and_rates_and_keeps_the_old_config_when_invalid() {
     for _ in 0..3 {
         assert_eq!(whoami_status(&daemon, &key), 200, "no default rate yet");
     }
+    // A host no credential is bound to: tunnelled while egress is "tunnel".
+    let unbound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unbound = unbound.local_addr().unwrap().to_string();
+    assert_eq!(connect_status(&daemon, &unbound, &key), 200);
     assert!(!daemon.log().contains("INFO"), "{}", daemon.log());
 
     env.write_config(
@@ -408,7 +432,11 @@ fn sighup_reloads_level_and_rates_and_keeps_the_old_config_when_invalid() {
     ] {
         assert!(line.contains(field), "{field} missing from: {line}");
     }
-    assert_eq!(whoami_status(&daemon, &key), 200);
+    assert_eq!(
+        connect_status(&daemon, &unbound, &key),
+        403,
+        "egress = \"deny\" is in force"
+    );
     assert_eq!(whoami_status(&daemon, &key), 200);
     let (status, body) = http_get(daemon.proxy(), "/v1/whoami", &key);
     assert_eq!(status, 429, "the default rate applies: {body}");
@@ -450,6 +478,11 @@ fn sighup_reloads_level_and_rates_and_keeps_the_old_config_when_invalid() {
         whoami_status(&daemon, &key),
         200,
         "no default rate any more"
+    );
+    assert_eq!(
+        connect_status(&daemon, &unbound, &key),
+        200,
+        "egress is back to tunnel"
     );
     assert!(!elsewhere.exists(), "the running daemon kept its data dir");
 }

@@ -65,7 +65,7 @@ pub fn respond(
         .store()
         .audit_tail(MAX_LIMIT * 10)?
         .into_iter()
-        .filter(|r: &AuditRecord| matches(r) && r.outcome != "started")
+        .filter(|r: &AuditRecord| matches(r))
         .collect();
     let newest = records[records.len().saturating_sub(limit)..].to_vec();
     if !follow {

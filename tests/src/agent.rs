@@ -1,0 +1,118 @@
+//! An agent's view of the proxy: a daemon with a credential granted to an
+//! agent connection, and real clients (curl) pointed at it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::upstream::TestCerts;
+use crate::{Daemon, Home};
+
+/// A daemon that trusts the test CA upstream, and one agent connection.
+pub struct Setup {
+    pub home: Home,
+    pub daemon: Daemon,
+    pub certs: TestCerts,
+    pub conn: String,
+    pub key: String,
+    /// The system roots plus the sidekey CA, as `sidekeyctl env` points to.
+    pub bundle: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Setup::with_args(&[])
+    }
+
+    pub fn with_args(args: &[&str]) -> Setup {
+        let home = Home::new();
+        let certs = TestCerts::new();
+        let ca_arg = format!("--upstream-ca-file={}", certs.ca.display());
+        let mut all = vec![ca_arg.as_str()];
+        all.extend_from_slice(args);
+        let daemon = home.start_with(&all, &[]).unwrap_or_else(|e| panic!("sidekeyd did not start: {e}"));
+        let (conn, key) = home.create_conn("agent-1", "agent", &[]);
+        let bundle = PathBuf::from(home.ctl(&["ca", "--bundle"]).success().stdout.trim());
+        Setup { home, daemon, certs, conn, key, bundle }
+    }
+
+    /// Adds a credential (secret on stdin) and grants it to the agent.
+    pub fn cred(&self, name: &str, kind: &str, hosts: &[&str], secret: &str) -> String {
+        let mut args = vec!["cred", "add", "--name", name, "--type", kind];
+        for host in hosts {
+            args.extend(["--host", host]);
+        }
+        self.home.ctl_stdin(&args, Some(secret)).success();
+        self.home.ctl(&["grant", "agent-1", name]).success().stdout.trim().to_string()
+    }
+
+    pub fn proxy(&self) -> SocketAddr {
+        self.daemon.proxy
+    }
+
+    /// `http://agent:<key>@127.0.0.1:<port>`, as HTTP_PROXY.
+    pub fn proxy_url(&self) -> String {
+        format!("http://agent:{}@{}", self.key, self.daemon.proxy)
+    }
+
+    /// curl through the proxy, trusting the bundle.
+    pub fn curl(&self, url: &str, extra: &[&str]) -> Curl {
+        let proxy = self.proxy_url();
+        let mut all = vec!["--proxy", &proxy, "--cacert", self.bundle.to_str().unwrap()];
+        all.extend_from_slice(extra);
+        all.push(url);
+        curl(&all)
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup::new()
+    }
+}
+
+/// A finished curl: status, response headers and body.
+#[derive(Debug)]
+pub struct Curl {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+    pub stderr: String,
+    pub exit: Option<i32>,
+}
+
+impl Curl {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().rev().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Runs curl with a clean environment (no inherited proxy or CA variables).
+pub fn curl(args: &[&str]) -> Curl {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    let out = Command::new("curl")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["-sS", "--max-time", "30", "-D"])
+        .arg(&headers)
+        .args(["-w", "%{http_code}", "-o"])
+        .arg(dir.path().join("body"))
+        .args(args)
+        .output()
+        .expect("curl runs");
+    Curl {
+        status: String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0),
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+        body: std::fs::read_to_string(dir.path().join("body")).unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit: out.status.code(),
+    }
+}

@@ -1,0 +1,157 @@
+//! Local upstream "APIs" for proxy tests: `upstream/recorder.py` on
+//! 127.0.0.1, plain or TLS, recording every request it receives. Test
+//! certificates come from rcgen; test host names come from /etc/hosts.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Names the tests use for upstreams, so clients that skip the proxy for
+/// `localhost` and `127.x` still use it.
+pub const TEST_HOSTS: &[&str] = &["api.sidekey.test", "other.sidekey.test", "elsewhere.sidekey.test"];
+
+/// Adds the test names to /etc/hosts once (the tests run as root).
+pub fn ensure_test_hosts() {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let missing: Vec<&str> = TEST_HOSTS.iter().copied().filter(|h| !hosts.split_whitespace().any(|w| w == *h)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let mut file = std::fs::OpenOptions::new().append(true).open("/etc/hosts").expect("/etc/hosts is writable (run the tests as root)");
+    writeln!(file, "127.0.0.1 {}", missing.join(" ")).unwrap();
+}
+
+/// A CA and a server certificate for the test host names and 127.0.0.1.
+pub struct TestCerts {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sidekey test upstream CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut names: Vec<String> = TEST_HOSTS.iter().map(|h| h.to_string()).collect();
+        names.push("127.0.0.1".into());
+        let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+        let paths = TestCerts {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            _dir: dir,
+        };
+        std::fs::write(&paths.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.cert, cert.pem()).unwrap();
+        std::fs::write(&paths.key, key.serialize_pem()).unwrap();
+        paths
+    }
+}
+
+impl Default for TestCerts {
+    fn default() -> Self {
+        TestCerts::new()
+    }
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sha256: Option<String>,
+    pub sni: Option<String>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// A running recorder, killed on drop.
+pub struct Upstream {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    pub fn http() -> Upstream {
+        Upstream::start(None)
+    }
+
+    pub fn https(certs: &TestCerts) -> Upstream {
+        Upstream::start(Some(certs))
+    }
+
+    fn start(certs: Option<&TestCerts>) -> Upstream {
+        ensure_test_hosts();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        std::fs::write(&log, "").unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("upstream").join("recorder.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg("--log").arg(&log);
+        if let Some(certs) = certs {
+            cmd.arg("--cert").arg(&certs.cert).arg("--key").arg(&certs.key);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()).expect("the recorder printed READY <port>");
+        Upstream { child, port, log, _dir: dir }
+    }
+
+    /// Every request so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|v| Seen {
+                method: v["method"].as_str().unwrap_or_default().to_string(),
+                path: v["path"].as_str().unwrap_or_default().to_string(),
+                headers: v["headers"]
+                    .as_array()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h[0].as_str().unwrap_or_default().to_string(), h[1].as_str().unwrap_or_default().to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                body_len: v["body_len"].as_u64().unwrap_or(0),
+                body_sha256: v["body_sha256"].as_str().map(str::to_string),
+                sni: v["sni"].as_str().map(str::to_string),
+            })
+            .collect()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream received a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen().len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
