@@ -208,7 +208,8 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
 /// retention period (at least every second, at most every minute).
 async fn prune_audit(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     loop {
-        let retention = sidekey_api::parse_duration_secs(&daemon.live_config().audit_retention).unwrap_or(30 * 86_400);
+        let retention = sidekey_api::parse_duration_secs(&daemon.live_config().audit_retention)
+            .unwrap_or(30 * 86_400);
         let every = std::time::Duration::from_secs((retention / 2).clamp(1, 60));
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -30,10 +30,19 @@ impl Setup {
         let ca_arg = format!("--upstream-ca-file={}", certs.ca.display());
         let mut all = vec![ca_arg.as_str()];
         all.extend_from_slice(args);
-        let daemon = home.start_with(&all, &[]).unwrap_or_else(|e| panic!("sidekeyd did not start: {e}"));
+        let daemon = home
+            .start_with(&all, &[])
+            .unwrap_or_else(|e| panic!("sidekeyd did not start: {e}"));
         let (conn, key) = home.create_conn("agent-1", "agent", &[]);
         let bundle = PathBuf::from(home.ctl(&["ca", "--bundle"]).success().stdout.trim());
-        Setup { home, daemon, certs, conn, key, bundle }
+        Setup {
+            home,
+            daemon,
+            certs,
+            conn,
+            key,
+            bundle,
+        }
     }
 
     /// Adds a credential (secret on stdin) and grants it to the agent.
@@ -43,7 +52,12 @@ impl Setup {
             args.extend(["--host", host]);
         }
         self.home.ctl_stdin(&args, Some(secret)).success();
-        self.home.ctl(&["grant", "agent-1", name]).success().stdout.trim().to_string()
+        self.home
+            .ctl(&["grant", "agent-1", name])
+            .success()
+            .stdout
+            .trim()
+            .to_string()
     }
 
     pub fn proxy(&self) -> SocketAddr {
@@ -89,7 +103,9 @@ impl Curl {
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.lines().rev().find_map(|line| {
             let (n, v) = line.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
@@ -109,7 +125,10 @@ pub fn curl(args: &[&str]) -> Curl {
         .output()
         .expect("curl runs");
     Curl {
-        status: String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0),
+        status: String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
         headers: std::fs::read_to_string(&headers).unwrap_or_default(),
         body: std::fs::read_to_string(dir.path().join("body")).unwrap_or_default(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

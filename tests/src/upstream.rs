@@ -8,16 +8,27 @@ use std::process::{Child, Command, Stdio};
 
 /// Names the tests use for upstreams, so clients that skip the proxy for
 /// `localhost` and `127.x` still use it.
-pub const TEST_HOSTS: &[&str] = &["api.sidekey.test", "other.sidekey.test", "elsewhere.sidekey.test"];
+pub const TEST_HOSTS: &[&str] = &[
+    "api.sidekey.test",
+    "other.sidekey.test",
+    "elsewhere.sidekey.test",
+];
 
 /// Adds the test names to /etc/hosts once (the tests run as root).
 pub fn ensure_test_hosts() {
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let missing: Vec<&str> = TEST_HOSTS.iter().copied().filter(|h| !hosts.split_whitespace().any(|w| w == *h)).collect();
+    let missing: Vec<&str> = TEST_HOSTS
+        .iter()
+        .copied()
+        .filter(|h| !hosts.split_whitespace().any(|w| w == *h))
+        .collect();
     if missing.is_empty() {
         return;
     }
-    let mut file = std::fs::OpenOptions::new().append(true).open("/etc/hosts").expect("/etc/hosts is writable (run the tests as root)");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open("/etc/hosts")
+        .expect("/etc/hosts is writable (run the tests as root)");
     writeln!(file, "127.0.0.1 {}", missing.join(" ")).unwrap();
 }
 
@@ -34,14 +45,19 @@ impl TestCerts {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sidekey test upstream CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sidekey test upstream CA");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, &ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
         let mut names: Vec<String> = TEST_HOSTS.iter().map(|h| h.to_string()).collect();
         names.push("127.0.0.1".into());
-        let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
         let paths = TestCerts {
             ca: dir.path().join("ca.pem"),
             cert: dir.path().join("server.pem"),
@@ -74,11 +90,18 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -92,29 +115,58 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn http() -> Upstream {
-        Upstream::start(None)
+        Upstream::start(None, 0)
+    }
+
+    /// A plain upstream on a fixed port (for CONNECT to port 80).
+    pub fn http_on(port: u16) -> Upstream {
+        Upstream::start(None, port)
     }
 
     pub fn https(certs: &TestCerts) -> Upstream {
-        Upstream::start(Some(certs))
+        Upstream::start(Some(certs), 0)
     }
 
-    fn start(certs: Option<&TestCerts>) -> Upstream {
+    fn start(certs: Option<&TestCerts>, port: u16) -> Upstream {
         ensure_test_hosts();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
         std::fs::write(&log, "").unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("upstream").join("recorder.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("upstream")
+            .join("recorder.py");
         let mut cmd = Command::new("python3");
-        cmd.arg(script).arg("--log").arg(&log);
+        cmd.arg(script)
+            .arg("--log")
+            .arg(&log)
+            .arg("--port")
+            .arg(port.to_string());
         if let Some(certs) = certs {
-            cmd.arg("--cert").arg(&certs.cert).arg("--key").arg(&certs.key);
+            cmd.arg("--cert")
+                .arg(&certs.cert)
+                .arg("--key")
+                .arg(&certs.key);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("python3 runs");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()).expect("the recorder printed READY <port>");
-        Upstream { child, port, log, _dir: dir }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .expect("the recorder printed READY <port>");
+        Upstream {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
     }
 
     /// Every request so far, oldest first.
@@ -129,7 +181,12 @@ impl Upstream {
                     .as_array()
                     .map(|hs| {
                         hs.iter()
-                            .map(|h| (h[0].as_str().unwrap_or_default().to_string(), h[1].as_str().unwrap_or_default().to_string()))
+                            .map(|h| {
+                                (
+                                    h[0].as_str().unwrap_or_default().to_string(),
+                                    h[1].as_str().unwrap_or_default().to_string(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),

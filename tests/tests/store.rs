@@ -307,7 +307,11 @@ fn a_daemon_killed_mid_write_keeps_every_acknowledged_change() {
                 names.contains(&name.as_str()),
                 "round {round}: acknowledged {name} was lost"
             );
-            assert_eq!(http::whoami(d.proxy, key).status, 200, "round {round}: {name}'s key stopped working");
+            assert_eq!(
+                http::whoami(d.proxy, key).status,
+                200,
+                "round {round}: {name}'s key stopped working"
+            );
         }
         d.stop();
     }

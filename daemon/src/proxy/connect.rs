@@ -76,6 +76,11 @@ pub async fn handle(
         return ok_response();
     }
 
+    // Probe the upstream, so that a closed port is a 502 now rather than
+    // a tunnel whose every request fails.
+    if let Err(e) = connect(&host, port).await {
+        return boxed(e.to_response());
+    }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };

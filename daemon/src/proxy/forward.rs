@@ -304,6 +304,7 @@ async fn send(
 }
 
 fn upstream_error(e: &hyper_util::client::legacy::Error, target: &Target) -> ApiError {
+    tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
     match classify(e) {
         Failure::Tls => ApiError::new(
             "upstream_tls",

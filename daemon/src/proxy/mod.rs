@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod connect;
 mod forward;
+mod guard;
 mod headers;
 mod target;
 pub mod tls;
@@ -60,12 +61,26 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = guard::HeadGuard::new(stream);
+        let smuggling = stream.flag.clone();
         let daemon = daemon.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(route(req, peer, daemon).await) }
+                let smuggling = smuggling.clone();
+                async move {
+                    // Request smuggling: a body with two framings is never forwarded.
+                    if smuggling.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                        let mut refused = boxed(
+                            ApiError::bad_request("The request has both Content-Length and Transfer-Encoding; send only one.")
+                                .to_response(),
+                        );
+                        refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return Ok::<_, Infallible>(refused);
+                    }
+                    Ok(route(req, peer, daemon).await)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

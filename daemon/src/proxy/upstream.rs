@@ -139,20 +139,36 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return Failure::Tls;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return Failure::Tls;
-            }
-            match io.kind() {
+        // An io::Error's source() skips the error it wraps; step into it instead.
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.kind() {
                 std::io::ErrorKind::TimedOut => return Failure::Timeout,
                 std::io::ErrorKind::PermissionDenied => return Failure::Forbidden,
-                _ => {}
-            }
-        }
-        current = e.source();
+                _ => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            },
+            None => e.source(),
+        };
     }
     Failure::Unreachable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_errors_are_found_inside_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let nested =
+            std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
+        assert_eq!(classify(&nested), Failure::Tls);
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(classify(&refused), Failure::Unreachable);
+        assert_eq!(
+            classify(&std::io::Error::new(std::io::ErrorKind::TimedOut, "slow")),
+            Failure::Timeout
+        );
+    }
 }
