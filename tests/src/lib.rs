@@ -179,6 +179,7 @@ impl Home {
         }
         let (Some(proxy), Some(socket)) = (proxy, control) else {
             let _ = child.kill();
+            let _ = child.wait();
             return Err("no ready lines within 20 s".into());
         };
         Ok(Daemon {

@@ -132,7 +132,7 @@ fn rotated_key_fails_on_next_request_under_concurrent_load() {
                 while !done.load(Ordering::Acquire) && i < 50_000 {
                     i += 1;
                     // Alternate between the newest key and an older one.
-                    let (generation, key) = if (i + w) % 3 == 0 {
+                    let (generation, key) = if (i + w).is_multiple_of(3) {
                         let keys = keys.lock().unwrap();
                         let g = (i * 7 + w) % keys.len();
                         (g, keys[g].clone())

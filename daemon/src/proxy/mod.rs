@@ -129,7 +129,7 @@ async fn route(
     if req.method() == Method::CONNECT {
         return match verify_proxy_key(&daemon, &req) {
             Ok((key, conn)) => connect::handle(daemon, req, key, conn).await,
-            Err(response) => response,
+            Err(e) => auth_failure(e),
         };
     }
     let own = req
@@ -153,7 +153,7 @@ async fn route(
 async fn forward_absolute(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (_, conn) = match verify_proxy_key(&daemon, &req) {
         Ok(verified) => verified,
-        Err(response) => return response,
+        Err(e) => return auth_failure(e),
     };
     let target = match Target::from_uri(req.uri()) {
         Ok(target) => target,
@@ -162,22 +162,20 @@ async fn forward_absolute(daemon: Arc<Daemon>, req: Request<Incoming>) -> Respon
     forward::forward(daemon, conn, target, req, Choice::Bound).await
 }
 
-/// The forward proxy's key check: 407 with `Proxy-Authenticate` when the
-/// key is missing or unusable, so clients like git retry with it.
+/// The forward proxy's key check, from `Proxy-Authorization`.
 fn verify_proxy_key(
     daemon: &Daemon,
     req: &Request<Incoming>,
-) -> Result<(Secret, Arc<crate::registry::LiveConn>), Response<ProxyBody>> {
+) -> Result<(Secret, Arc<crate::registry::LiveConn>), ApiError> {
     let key = auth::proxy_key(req.headers()).map(Secret::new);
-    match daemon
+    let verified = daemon
         .registry
-        .verify(key.as_ref().map(Secret::expose), "proxy")
-    {
-        Ok(verified) => Ok((key.expect("verified keys were present"), verified.conn)),
-        Err(e) => Err(auth_failure(e)),
-    }
+        .verify(key.as_ref().map(Secret::expose), "proxy")?;
+    Ok((key.expect("verified keys were present"), verified.conn))
 }
 
+/// 407 with `Proxy-Authenticate` when the key is missing or unusable, so
+/// clients like git retry with it.
 pub(crate) fn auth_failure(e: ApiError) -> Response<ProxyBody> {
     let proxy_status = e.status == StatusCode::UNAUTHORIZED;
     let e = if proxy_status {

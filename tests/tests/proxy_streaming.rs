@@ -1,0 +1,576 @@
+//! Bodies stream through the proxy: big uploads and downloads pass with the
+//! daemon's memory bounded, server-sent events arrive one by one, and a
+//! WebSocket echo works inside an intercepted tunnel with the credential on
+//! its handshake.
+//!
+//! The transfer test moves 64 MiB each way by default, and 1 GiB with
+//! `SIDEKEY_SLOW_TESTS=1`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sidekey_tests::Home;
+use sidekey_tests::agent::Setup;
+use sidekey_tests::upstream::{Seen, TestCerts, Upstream};
+
+const SECRET: &str = "sk-proj-STREAMsecretVALUE0123456789";
+const HOST: &str = "api.sidekey.test";
+/// The daemon's resident memory must stay under this during transfers.
+const RSS_LIMIT_KB: u64 = 64 * 1024;
+
+/// A daemon like [`Setup::new`], logging at info: trace logs of every
+/// chunk of a gigabyte would fill the disk, not test the proxy.
+fn setup() -> Setup {
+    let home = Home::new();
+    let certs = TestCerts::new();
+    let ca_arg = format!("--upstream-ca-file={}", certs.ca.display());
+    let daemon = home
+        .start_with(&[&ca_arg], &[("RUST_LOG", "info")])
+        .unwrap_or_else(|e| panic!("sidekeyd did not start: {e}"));
+    let (conn, key) = home.create_conn("agent-1", "agent", &[]);
+    let bundle = PathBuf::from(home.ctl(&["ca", "--bundle"]).success().stdout.trim());
+    let setup = Setup {
+        home,
+        daemon,
+        certs,
+        conn,
+        key,
+        bundle,
+    };
+    let token = setup.cred("openai", "api-key", &[HOST], SECRET);
+    assert!(token.starts_with("pxr_"), "grant printed {token:?}");
+    setup
+}
+
+/// The real interpreter: pyenv shims depend on `HOME`.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "python3 does not run");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `cmd`, failing the test if it outlives `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("child output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// curl through the proxy, trusting the bundle, with a clean environment.
+fn curl_command(setup: &Setup, max_time: Duration) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["-sS", "--fail-with-body", "--max-time"])
+        .arg(max_time.as_secs().to_string())
+        .arg("--proxy")
+        .arg(setup.proxy_url())
+        .arg("--cacert")
+        .arg(&setup.bundle)
+        .args(["-H", "Authorization: Bearer placeholder"]);
+    cmd
+}
+
+fn assert_injected(seen: &Seen, path: &str) {
+    assert_eq!(seen.path, path, "{seen:?}");
+    assert_eq!(
+        seen.headers_named("authorization"),
+        [format!("Bearer {SECRET}").as_str()],
+        "the real key replaces the placeholder: {seen:?}"
+    );
+    assert!(
+        seen.header("proxy-authorization").is_none(),
+        "Proxy-Authorization never reaches the upstream: {seen:?}"
+    );
+}
+
+fn transfer_bytes() -> u64 {
+    if std::env::var("SIDEKEY_SLOW_TESTS").as_deref() == Ok("1") {
+        1 << 30
+    } else {
+        64 << 20
+    }
+}
+
+/// Time allowed for one transfer: generous for a debug build on 2 cores.
+fn transfer_limit(bytes: u64) -> Duration {
+    Duration::from_secs(60 + bytes / (2 << 20))
+}
+
+/// Samples a process's VmRSS until stopped; yields (peak kB, samples).
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u64, usize)>,
+}
+
+impl RssSampler {
+    fn start(pid: u32, limit: Duration) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let (mut peak, mut samples) = (0, 0);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Some(kb) = vm_rss_kb(pid) {
+                    peak = peak.max(kb);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (peak, samples)
+        });
+        RssSampler { stop, thread }
+    }
+
+    fn finish(self) -> (u64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the sampler ran")
+    }
+}
+
+fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = output_within(
+        {
+            let mut cmd = Command::new("sha256sum");
+            cmd.arg(path);
+            cmd
+        },
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "sha256sum: {}", text(&out.stderr));
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Random bytes in a file, so no layer can compress or dedupe them.
+fn random_file(dir: &Path, bytes: u64) -> PathBuf {
+    let path = dir.join("upload.bin");
+    let mut cmd = Command::new("head");
+    cmd.args(["-c", &bytes.to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(&path).unwrap());
+    let status = cmd.status().expect("head runs");
+    assert!(status.success());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
+    path
+}
+
+/// The recorder's /bytes body: byte k is k mod 256. Returns the first bad offset.
+fn first_wrong_byte(path: &Path) -> Option<u64> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset: u64 = 0;
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            return None;
+        }
+        if let Some(i) = buf[..n]
+            .iter()
+            .enumerate()
+            .position(|(i, b)| u64::from(*b) != (offset + i as u64) % 256)
+        {
+            return Some(offset + i as u64);
+        }
+        offset += n as u64;
+    }
+}
+
+/// `sidekeyctl audit --json`: (url, bytes up, bytes down, outcome), oldest first.
+fn audit(setup: &Setup) -> Vec<(String, u64, u64, String)> {
+    let out = setup.home.ctl(&["audit", "--json"]).success();
+    out.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["url"].as_str().unwrap_or_default().to_string(),
+                v["bytes_up"].as_u64().unwrap_or(0),
+                v["bytes_down"].as_u64().unwrap_or(0),
+                v["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Uploads then downloads `transfer_bytes()` through the proxy over
+/// `scheme`, sampling the daemon's RSS throughout. With `chunked`, the
+/// upload comes from curl's stdin, so it has no length up front.
+fn big_transfers_keep_daemon_memory_bounded(scheme: &str, chunked: bool) {
+    let setup = setup();
+    let upstream = match scheme {
+        "https" => Upstream::https(&setup.certs),
+        _ => Upstream::http(),
+    };
+    let bytes = transfer_bytes();
+    let limit = transfer_limit(bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let file = random_file(dir.path(), bytes);
+    let sha = sha256_of(&file);
+    let base = format!("{scheme}://{HOST}:{}", upstream.port);
+    let pid = setup.daemon.pid();
+
+    // Upload.
+    let sampler = RssSampler::start(pid, limit);
+    let started = Instant::now();
+    let mut cmd = curl_command(&setup, limit);
+    cmd.args(["-X", "POST", "-H", "Content-Type: application/octet-stream"]);
+    if chunked {
+        cmd.args(["-T", "-"])
+            .stdin(std::fs::File::open(&file).unwrap());
+    } else {
+        cmd.arg("-T").arg(&file).stdin(Stdio::null());
+    }
+    cmd.arg(format!("{base}/upload"));
+    let out = output_within(cmd, limit + Duration::from_secs(10));
+    let upload_time = started.elapsed();
+    let (upload_peak, upload_samples) = sampler.finish();
+    assert!(
+        out.status.success(),
+        "upload: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("upload answer is not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(answer["len"].as_u64(), Some(bytes), "{answer}");
+    assert_eq!(answer["sha256"].as_str(), Some(sha.as_str()), "{answer}");
+    let seen = upstream.last();
+    assert_injected(&seen, "/upload");
+    assert_eq!(seen.body_len, bytes);
+    assert_eq!(seen.body_sha256.as_deref(), Some(sha.as_str()));
+    if chunked {
+        assert_eq!(
+            seen.header("transfer-encoding"),
+            Some("chunked"),
+            "the upload had no length up front: {seen:?}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+
+    // Download.
+    let target = dir.path().join("download.bin");
+    let sampler = RssSampler::start(pid, limit);
+    let started = Instant::now();
+    let mut cmd = curl_command(&setup, limit);
+    cmd.arg("-o")
+        .arg(&target)
+        .arg(format!("{base}/bytes?n={bytes}"))
+        .stdin(Stdio::null());
+    let out = output_within(cmd, limit + Duration::from_secs(10));
+    let download_time = started.elapsed();
+    let (download_peak, download_samples) = sampler.finish();
+    assert!(out.status.success(), "download: {}", text(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().len(),
+        bytes,
+        "the download is complete"
+    );
+    assert_eq!(first_wrong_byte(&target), None, "the download is intact");
+    assert_injected(&upstream.last(), &format!("/bytes?n={bytes}"));
+
+    eprintln!(
+        "{scheme}: {} MiB up in {upload_time:?} (peak RSS {upload_peak} kB, {upload_samples} samples), down in {download_time:?} (peak RSS {download_peak} kB, {download_samples} samples)",
+        bytes >> 20
+    );
+    for (what, peak, samples) in [
+        ("upload", upload_peak, upload_samples),
+        ("download", download_peak, download_samples),
+    ] {
+        assert!(samples >= 3, "{what}: RSS sampled {samples} times");
+        assert!(
+            peak < RSS_LIMIT_KB,
+            "{what} of {bytes} bytes: sidekeyd's RSS peaked at {peak} kB, over {RSS_LIMIT_KB} kB"
+        );
+    }
+
+    // The audit counted every byte each way.
+    let records = audit(&setup);
+    let upload = records
+        .iter()
+        .find(|r| r.0.ends_with("/upload"))
+        .unwrap_or_else(|| panic!("an audit record for the upload: {records:?}"));
+    assert_eq!((upload.1, upload.3.as_str()), (bytes, "ok"), "{upload:?}");
+    let download = records
+        .iter()
+        .find(|r| r.0.ends_with("/bytes"))
+        .unwrap_or_else(|| panic!("an audit record for the download: {records:?}"));
+    assert_eq!(
+        (download.2, download.3.as_str()),
+        (bytes, "ok"),
+        "{download:?}"
+    );
+}
+
+#[test]
+fn big_upload_and_download_through_intercepted_https_keep_daemon_rss_under_64_mb() {
+    big_transfers_keep_daemon_memory_bounded("https", false);
+}
+
+#[test]
+fn big_chunked_upload_and_download_over_plain_http_keep_daemon_rss_under_64_mb() {
+    big_transfers_keep_daemon_memory_bounded("http", true);
+}
+
+/// Streams /sse through the proxy with curl -N and returns when each event
+/// line arrived, relative to the first.
+fn sse_arrivals(setup: &Setup, url: &str, extra: &[&str]) -> Vec<(String, Duration)> {
+    let mut cmd = curl_command(setup, Duration::from_secs(30));
+    let mut child = cmd
+        .arg("-N")
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send((line, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut events = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((line, at)) if line.starts_with("data:") => events.push((line, at)),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("the SSE stream did not end within 30 s: {events:?}");
+            }
+        }
+    }
+    let out = child.wait_with_output().expect("curl exits");
+    assert!(out.status.success(), "curl: {}", text(&out.stderr));
+    let first = events
+        .first()
+        .map(|(_, at)| *at)
+        .unwrap_or_else(Instant::now);
+    events
+        .into_iter()
+        .map(|(line, at)| (line, at - first))
+        .collect()
+}
+
+/// Five events 300 ms apart must reach the agent about 300 ms apart, not
+/// all together when the stream ends.
+fn sse_events_arrive_one_by_one(scheme: &str, extra: &[&str]) {
+    let setup = setup();
+    let upstream = match scheme {
+        "https" => Upstream::https(&setup.certs),
+        _ => Upstream::http(),
+    };
+    let url = format!("{scheme}://{HOST}:{}/sse?n=5&gap_ms=300", upstream.port);
+    let events = sse_arrivals(&setup, &url, extra);
+    let lines: Vec<&str> = events.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(events.len(), 5, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("data: event {i} ")), "{lines:?}");
+    }
+    for pair in events.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        assert!(
+            gap >= Duration::from_millis(150),
+            "events arrived {gap:?} apart, batched rather than streamed: {events:?}"
+        );
+    }
+    assert_injected(&upstream.last(), "/sse?n=5&gap_ms=300");
+}
+
+#[test]
+fn sse_events_arrive_one_by_one_through_intercepted_https_over_http1() {
+    sse_events_arrive_one_by_one("https", &["--http1.1"]);
+}
+
+#[test]
+fn sse_events_arrive_one_by_one_through_intercepted_https_over_h2() {
+    sse_events_arrive_one_by_one("https", &["--http2"]);
+}
+
+#[test]
+fn sse_events_arrive_one_by_one_over_plain_http() {
+    sse_events_arrive_one_by_one("http", &[]);
+}
+
+/// A WebSocket client written out by hand: CONNECT, TLS with the bundle,
+/// the upgrade handshake with a placeholder key, then echoed frames.
+const WEBSOCKET_CLIENT: &str = r#"
+import base64, hashlib, json, os, socket, ssl, struct, sys
+
+proxy_port, host, port, proxy_key, cafile = sys.argv[1:6]
+sock = socket.create_connection(("127.0.0.1", int(proxy_port)), timeout=20)
+auth = base64.b64encode(("agent:" + proxy_key).encode()).decode()
+sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+head = b""
+while not head.endswith(b"\r\n\r\n") and len(head) < 65536:
+    byte = sock.recv(1)
+    if not byte:
+        break
+    head += byte
+assert head.startswith(b"HTTP/1.1 200"), head
+
+context = ssl.create_default_context(cafile=cafile)
+context.set_alpn_protocols(["http/1.1"])
+tls = context.wrap_socket(sock, server_hostname=host)
+reader = tls.makefile("rb")
+
+key = base64.b64encode(os.urandom(16)).decode()
+tls.sendall((
+    f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer placeholder\r\n\r\n"
+).encode())
+status = reader.readline().decode().strip()
+headers = {}
+while True:
+    line = reader.readline().decode().strip()
+    if not line:
+        break
+    name, _, value = line.partition(":")
+    headers[name.strip().lower()] = value.strip()
+expected = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+
+def send(opcode, data):
+    mask = os.urandom(4)
+    n = len(data)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+    tls.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+def recv():
+    head = reader.read(2)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", reader.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", reader.read(8))[0]
+    return head[0] & 0x0F, reader.read(n)
+
+messages = [(1, b"hello through sidekey"), (2, os.urandom(3000)), (1, "ünïcode ✓".encode())]
+echoed = []
+for opcode, data in messages:
+    send(opcode, data)
+    got_opcode, got = recv()
+    echoed.append(got_opcode == opcode and got == data)
+send(8, b"")
+close_opcode, _ = recv()
+print(json.dumps({
+    "status": status,
+    "accept_ok": headers.get("sec-websocket-accept") == expected,
+    "upgrade": headers.get("upgrade", ""),
+    "echoed": echoed,
+    "close_opcode": close_opcode,
+}))
+"#;
+
+#[test]
+fn websocket_echo_works_through_intercepted_tunnel_with_credential_on_handshake() {
+    let setup = setup();
+    let upstream = Upstream::https(&setup.certs);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("ws.py");
+    std::fs::write(&script, WEBSOCKET_CLIENT).unwrap();
+    let mut cmd = Command::new(python());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg(&script)
+        .arg(setup.proxy().port().to_string())
+        .arg(HOST)
+        .arg(upstream.port.to_string())
+        .arg(&setup.key)
+        .arg(&setup.bundle)
+        .stdin(Stdio::null());
+    let out = output_within(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert!(
+        result["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 101"),
+        "{result}"
+    );
+    assert_eq!(result["accept_ok"], true, "{result}");
+    assert!(
+        result["upgrade"]
+            .as_str()
+            .unwrap_or_default()
+            .eq_ignore_ascii_case("websocket"),
+        "{result}"
+    );
+    assert_eq!(
+        result["echoed"],
+        serde_json::json!([true, true, true]),
+        "{result}"
+    );
+    assert_eq!(result["close_opcode"], 8, "{result}");
+
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_injected(&seen[0], "/ws");
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].sni.as_deref(), Some(HOST));
+    assert!(
+        seen[0]
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket")),
+        "{seen:?}"
+    );
+}
