@@ -10,8 +10,10 @@ use crate::{Daemon, Home};
 
 /// A daemon that trusts the test CA upstream, and one agent connection.
 pub struct Setup {
-    pub home: Home,
+    /// Declared before `home`, so it drops first and can print its log
+    /// before the home (log included) is deleted.
     pub daemon: Daemon,
+    pub home: Home,
     pub certs: TestCerts,
     pub conn: String,
     pub key: String,

@@ -58,8 +58,10 @@ fn every_credential_type_injects_over_every_path() {
     let s = Setup::new();
     let http = Upstream::http();
     let tls = Upstream::https(&s.certs);
+    let mut pxr_tokens = Vec::new();
     for (name, kind, secret) in TYPES {
         let pxr = s.cred(name, kind, &["api.sidekey.test"], secret);
+        pxr_tokens.push(pxr.clone());
         let placeholder = [
             "-H",
             "Authorization: Bearer placeholder",
@@ -160,6 +162,41 @@ fn every_credential_type_injects_over_every_path() {
         assert_eq!(r.status, 200, "{kind} via /v1/proxy sk_live: {}", r.body);
         // Revoke so the next type is the only one bound.
         s.home.ctl(&["revoke", "agent-1", name]).success();
+    }
+
+    // After all of that at trace level: no secret, key or token anywhere.
+    let audit = s
+        .home
+        .ctl(&["audit", "--json", "--limit", "1000"])
+        .success()
+        .stdout;
+    assert!(
+        audit.lines().count() >= TYPES.len() * 6,
+        "every request was audited"
+    );
+    let logs = s.home.all_logs();
+    let data = read_tree(&s.home.data_dir());
+    let mut needles: Vec<String> = TYPES
+        .iter()
+        .map(|(_, _, secret)| secret.to_string())
+        .collect();
+    needles.extend([
+        "INJECTEDpassword000002".to_string(),
+        "YWxpY2U6SU5KRUNURURwYXNzd29yZDAwMDAwMg".to_string(),
+    ]);
+    needles.push(s.key.clone());
+    needles.extend(pxr_tokens);
+    for needle in &needles {
+        let shown = &needle[..needle.len().min(14)];
+        assert!(!logs.contains(needle.as_str()), "{shown}… is in the log");
+        assert!(!audit.contains(needle.as_str()), "{shown}… is in the audit");
+        for (path, bytes) in &data {
+            assert!(
+                !contains_bytes(bytes, needle.as_bytes()),
+                "{shown}… is in {}",
+                path.display()
+            );
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,16 @@ const SECRET: &str = "sk-proj-STREAMsecretVALUE0123456789";
 const HOST: &str = "api.sidekey.test";
 /// The daemon's resident memory must stay under this during transfers.
 const RSS_LIMIT_KB: u64 = 64 * 1024;
+
+/// Held by the big transfers and the timing tests, so two cores busy with a
+/// gigabyte never delay the events whose spacing a test measures.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A daemon like [`Setup::new`], logging at info: trace logs of every
 /// chunk of a gigabyte would fill the disk, not test the proxy.
@@ -242,6 +252,7 @@ fn audit(setup: &Setup) -> Vec<(String, u64, u64, String)> {
 /// `scheme`, sampling the daemon's RSS throughout. With `chunked`, the
 /// upload comes from curl's stdin, so it has no length up front.
 fn big_transfers_keep_daemon_memory_bounded(scheme: &str, chunked: bool) {
+    let _heavy = exclusive();
     let setup = setup();
     let upstream = match scheme {
         "https" => Upstream::https(&setup.certs),
@@ -254,6 +265,7 @@ fn big_transfers_keep_daemon_memory_bounded(scheme: &str, chunked: bool) {
     let sha = sha256_of(&file);
     let base = format!("{scheme}://{HOST}:{}", upstream.port);
     let pid = setup.daemon.pid();
+    let idle = vm_rss_kb(pid).expect("sidekeyd's /proc status");
 
     // Upload.
     let sampler = RssSampler::start(pid, limit);
@@ -315,7 +327,7 @@ fn big_transfers_keep_daemon_memory_bounded(scheme: &str, chunked: bool) {
     assert_injected(&upstream.last(), &format!("/bytes?n={bytes}"));
 
     eprintln!(
-        "{scheme}: {} MiB up in {upload_time:?} (peak RSS {upload_peak} kB, {upload_samples} samples), down in {download_time:?} (peak RSS {download_peak} kB, {download_samples} samples)",
+        "{scheme}: idle RSS {idle} kB; {} MiB up in {upload_time:?} (peak RSS {upload_peak} kB, {upload_samples} samples), down in {download_time:?} (peak RSS {download_peak} kB, {download_samples} samples)",
         bytes >> 20
     );
     for (what, peak, samples) in [
@@ -414,7 +426,10 @@ fn sse_events_arrive_one_by_one(scheme: &str, extra: &[&str]) {
         _ => Upstream::http(),
     };
     let url = format!("{scheme}://{HOST}:{}/sse?n=5&gap_ms=300", upstream.port);
-    let events = sse_arrivals(&setup, &url, extra);
+    let events = {
+        let _heavy = exclusive();
+        sse_arrivals(&setup, &url, extra)
+    };
     let lines: Vec<&str> = events.iter().map(|(l, _)| l.as_str()).collect();
     assert_eq!(events.len(), 5, "{lines:?}");
     for (i, line) in lines.iter().enumerate() {

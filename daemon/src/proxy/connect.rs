@@ -1,7 +1,8 @@
 //! CONNECT: hosts bound to a granted credential (or every host, with
 //! `intercept = "all"`) are intercepted with a leaf from the local CA;
 //! others are tunnelled untouched, or refused with `egress = "deny"`.
-//! Port 80 is served as plain HTTP inside the tunnel, as undici expects.
+//! Plain HTTP inside a tunnel (undici sends CONNECT even for http://,
+//! port 80 or not) is told from TLS by its first byte.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use super::forward::{Choice, Target, forward};
+use super::rewind::Rewind;
 use super::target::forbidden_name;
 use super::upstream::resolve;
 use super::{auth_failure, authority_matches};
@@ -84,11 +86,18 @@ pub async fn handle(
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        if port == 80 {
-            serve_inner(daemon, key, host, port, "http", upgraded).await;
+        // undici tunnels http:// too: a TLS ClientHello starts with 0x16,
+        // anything else is plain HTTP inside the tunnel.
+        let mut io = TokioIo::new(upgraded);
+        let mut first = [0u8; 1];
+        let Ok(1) = tokio::io::AsyncReadExt::read(&mut io, &mut first).await else {
+            return;
+        };
+        let io = Rewind::new(first.to_vec(), io);
+        if first[0] != 0x16 {
+            serve_inner(daemon, key, host, port, "http", TokioIo::new(io)).await;
             return;
         }
-        let io = TokioIo::new(upgraded);
         let tls_config = match daemon.authority.server_config(&host) {
             Ok(config) => config,
             Err(e) => {

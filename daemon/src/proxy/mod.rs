@@ -9,6 +9,7 @@ mod connect;
 mod forward;
 mod guard;
 mod headers;
+mod rewind;
 mod target;
 pub mod tls;
 pub mod upstream;

@@ -455,6 +455,32 @@ impl Store {
         Ok(removed)
     }
 
+    // --- tables for sync: shares, sessions, journals and indexes
+
+    /// A named table of JSON records; created on first use.
+    pub fn table(&self, name: &str) -> Result<Table, StoreError> {
+        let tree = self.db.open_tree(name).map_err(|e| self.write_error(e))?;
+        Ok(Table {
+            tree,
+            path: self.path.clone(),
+        })
+    }
+
+    pub fn drop_table(&self, name: &str) -> Result<(), StoreError> {
+        self.db.drop_tree(name).map_err(|e| self.write_error(e))?;
+        Ok(())
+    }
+
+    /// Seals a secret that is not a connection key or credential (sync keys,
+    /// identity keys) under `aad`.
+    pub fn seal(&self, aad: &str, secret: &Secret) -> String {
+        hex::encode(self.cipher.seal(aad.as_bytes(), secret.expose().as_bytes()))
+    }
+
+    pub fn unseal(&self, aad: &str, sealed_hex: &str) -> Result<Secret, StoreError> {
+        self.open_secret(aad, sealed_hex)
+    }
+
     // --- helpers
 
     fn put<T: Serialize>(&self, tree: &sled::Tree, id: &str, record: &T) -> Result<(), StoreError> {
@@ -542,5 +568,81 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(corrupt(e.to_string())),
         Err(_) => Err(corrupt("reading it failed".into())),
+    }
+}
+
+/// One named sled tree of JSON values, keyed by bytes. Iteration is in key order.
+#[derive(Clone)]
+pub struct Table {
+    tree: sled::Tree,
+    path: PathBuf,
+}
+
+impl Table {
+    pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key).map_err(|e| self.error(e))? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("a sync record does not parse: {e}"),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn put<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).expect("records always serialize");
+        self.tree.insert(key, bytes).map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key).map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Every (key, value) with a key at or after `from`, in key order.
+    pub fn range_from<T: DeserializeOwned>(
+        &self,
+        from: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        self.tree
+            .range(from..)
+            .map(|entry| {
+                let (k, v) = entry.map_err(|e| self.error(e))?;
+                let value = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("a sync record does not parse: {e}"),
+                })?;
+                Ok((k.to_vec(), value))
+            })
+            .collect()
+    }
+
+    pub fn all<T: DeserializeOwned>(&self) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        self.range_from(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush_async().await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    fn error(&self, e: sled::Error) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
     }
 }

@@ -1,0 +1,247 @@
+//! Writing into a replica without ever losing or half-writing a file: every
+//! incoming file goes to a temp file in its target directory, is verified
+//! against its SHA-256, made durable, and only then renamed over its name.
+//! Nothing here follows a symlink.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::ignore::TEMP_PREFIX;
+
+/// Walks to `relative`'s parent, creating missing directories, and refuses
+/// any component that is a symlink or a file.
+pub fn safe_parent(root: &Path, relative: &Path) -> std::io::Result<PathBuf> {
+    let mut dir = root.to_path_buf();
+    if let Some(parent) = relative.parent() {
+        for component in parent.components() {
+            dir.push(component);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("{} is not a directory (or is a symlink)", dir.display()),
+                    ));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir(&dir)?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// The target must be absent or a regular file or directory, never a symlink.
+pub fn check_target(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(std::io::Error::new(
+            ErrorKind::AlreadyExists,
+            format!("{} is a symlink; sidekey never writes through one", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A file being received: bytes go to a temp file and into the hash.
+pub struct Incoming {
+    file: tokio::fs::File,
+    hasher: Sha256,
+    written: u64,
+    temp: PathBuf,
+    target: PathBuf,
+    exec: bool,
+}
+
+/// A verified temp file, waiting to be renamed over its target.
+pub struct Staged {
+    temp: PathBuf,
+    pub target: PathBuf,
+}
+
+impl Incoming {
+    pub async fn create(root: &Path, relative: &Path, exec: bool) -> std::io::Result<Incoming> {
+        let parent = safe_parent(root, relative)?;
+        let target = root.join(relative);
+        check_target(&target)?;
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let temp = parent.join(format!("{TEMP_PREFIX}{}", hex::encode(random)));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .mode(0o644)
+            .open(&temp)
+            .await?;
+        Ok(Incoming { file, hasher: Sha256::new(), written: 0, temp, target, exec })
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.file.write_all(bytes).await
+    }
+
+    /// Verifies the content; with `durable`, fsyncs the file now (a single
+    /// edit), else leaves that to one `syncfs` for the whole batch.
+    pub async fn finish(mut self, expected_sha: &str, durable: bool) -> std::io::Result<Staged> {
+        let outcome = async {
+            self.file.flush().await?;
+            let sha = hex::encode(self.hasher.finalize_reset());
+            if sha != expected_sha {
+                return Err(std::io::Error::new(ErrorKind::InvalidData, "the received content does not match its SHA-256"));
+            }
+            let mode = if self.exec { 0o755 } else { 0o644 };
+            self.file.set_permissions(std::fs::Permissions::from_mode(mode)).await?;
+            if durable {
+                self.file.sync_all().await?;
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(Staged { temp: self.temp, target: self.target }),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&self.temp).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn abandon(self) {
+        let _ = tokio::fs::remove_file(&self.temp).await;
+    }
+}
+
+impl Staged {
+    /// Renames into place. The caller has checked the target still holds
+    /// what the plan expected.
+    pub fn commit(self) -> std::io::Result<()> {
+        if let Err(e) = check_target(&self.target).and_then(|()| std::fs::rename(&self.temp, &self.target)) {
+            let _ = std::fs::remove_file(&self.temp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+/// Makes everything written so far under `root` durable: one `syncfs` for a
+/// whole batch instead of an fsync per file.
+pub fn sync_fs(root: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(root)?;
+    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+}
+
+/// Makes a rename durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a file, or a directory if it is empty. Never follows symlinks.
+pub fn remove(root: &Path, relative: &Path) -> std::io::Result<()> {
+    let path = root.join(relative);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path),
+        Ok(meta) if meta.is_file() => std::fs::remove_file(&path),
+        Ok(_) => Err(std::io::Error::new(ErrorKind::Other, "not a file or directory")),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn make_dir(root: &Path, relative: &Path) -> std::io::Result<()> {
+    safe_parent(root, relative)?;
+    let path = root.join(relative);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(std::io::Error::new(ErrorKind::AlreadyExists, format!("{} exists and is not a directory", path.display()))),
+        Err(_) => std::fs::create_dir(&path),
+    }
+}
+
+/// `notes.md` → `notes.sync-conflict-20261124-031500-laptop.md`.
+pub fn conflict_name(relative: &str, host: &str, unix_secs: u64) -> String {
+    let stamp = time::OffsetDateTime::from_unix_timestamp(unix_secs as i64)
+        .ok()
+        .and_then(|t| t.format(time::macros::format_description!("[year][month][day]-[hour][minute][second]")).ok())
+        .unwrap_or_else(|| unix_secs.to_string());
+    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let (dir, name) = match relative.rsplit_once('/') {
+        Some((dir, name)) => (format!("{dir}/"), name),
+        None => (String::new(), relative),
+    };
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        _ => (name, String::new()),
+    };
+    format!("{dir}{stem}.sync-conflict-{stamp}-{host}{ext}")
+}
+
+/// Renames a local path aside as a conflict copy; returns the new wire path.
+pub fn move_to_conflict(root: &Path, relative: &str, host: &str, unix_secs: u64) -> std::io::Result<String> {
+    let mut name = conflict_name(relative, host, unix_secs);
+    let mut n = 1;
+    while std::fs::symlink_metadata(root.join(&name)).is_ok() {
+        n += 1;
+        name = conflict_name(relative, &format!("{host}-{n}"), unix_secs);
+    }
+    std::fs::rename(root.join(relative), root.join(&name))?;
+    Ok(name)
+}
+
+/// Removes temp files a crash left behind.
+pub fn remove_leftovers(paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot remove a leftover temp file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        assert_eq!(conflict_name("notes.md", "laptop", 0), "notes.sync-conflict-19700101-000000-laptop.md");
+        assert_eq!(conflict_name("a/b/Makefile", "my host", 0), "a/b/Makefile.sync-conflict-19700101-000000-my-host");
+        assert_eq!(conflict_name(".env", "h", 0), ".env.sync-conflict-19700101-000000-h");
+    }
+
+    #[tokio::test]
+    async fn a_bad_hash_leaves_nothing_and_a_good_one_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = Incoming::create(dir.path(), Path::new("x/y.txt"), false).await.unwrap();
+        bad.write(b"hello").await.unwrap();
+        assert!(bad.finish(&"0".repeat(64), true).await.is_err());
+        assert_eq!(std::fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
+
+        let mut good = Incoming::create(dir.path(), Path::new("x/y.txt"), true).await.unwrap();
+        good.write(b"hello").await.unwrap();
+        let sha = hex::encode(Sha256::digest(b"hello"));
+        good.finish(&sha, true).await.unwrap().commit().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("x/y.txt")).unwrap(), b"hello");
+        let mode = std::fs::metadata(dir.path().join("x/y.txt")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111);
+    }
+
+    #[tokio::test]
+    async fn writes_never_go_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        assert!(Incoming::create(dir.path(), Path::new("link/evil.txt"), false).await.is_err());
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("file-link")).unwrap();
+        assert!(Incoming::create(dir.path(), Path::new("file-link"), false).await.is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+}
