@@ -74,6 +74,9 @@ pub struct Conn {
     /// While a rotation grace period runs: when the previous key stops working.
     pub grace_until: Option<u64>,
     pub grants: Vec<String>,
+    /// For sync connections: the share the key opens, and whether it is read-only.
+    pub share: Option<String>,
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +86,11 @@ pub struct ConnCreate {
     pub kind: ConnKind,
     pub expires_in_secs: Option<u64>,
     pub rate: Option<RateLimit>,
+    /// Sync connections only: the share the key opens.
+    #[serde(default)]
+    pub share: Option<String>,
+    #[serde(default)]
+    pub read_only: Option<bool>,
 }
 
 /// A connection with its full key: returned once on create, on rotation, and
@@ -247,6 +255,131 @@ pub struct Whoami {
     pub name: String,
     pub kind: ConnKind,
     pub expires_at: Option<u64>,
+}
+
+// --- sync: shares (hub side) and sessions (peer side)
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareCreate {
+    pub name: String,
+    /// An absolute path.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Share {
+    pub name: String,
+    pub path: String,
+    pub files: u64,
+    pub version: u64,
+    /// Names of the sync connections that open this share.
+    pub peers: Vec<String>,
+    /// Why the share stopped accepting changes, if it did.
+    pub halted: Option<String>,
+    pub skipped: Vec<String>,
+    pub case_collisions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteCreate {
+    #[serde(default)]
+    pub read_only: bool,
+    /// The sync connection's name (default: `<share>-peer-N`).
+    pub name: Option<String>,
+    /// The host name peers reach this hub by (default: from sync_listen, or this machine's name).
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    /// `sidekey://host:port/<share>#key=cli_…&fp=sha256:…`: holds the key.
+    pub invite: String,
+    pub conn_id: String,
+    pub conn_name: String,
+}
+
+impl std::fmt::Debug for Invite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invite")
+            .field("conn_id", &self.conn_id)
+            .field("invite", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCreate {
+    /// An absolute path.
+    pub folder: String,
+    pub invite: String,
+}
+
+impl std::fmt::Debug for SessionCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCreate")
+            .field("folder", &self.folder)
+            .field("invite", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionKey {
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Watching,
+    Scanning,
+    Syncing,
+    Paused,
+    Halted,
+    AuthFailed,
+    Error,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Watching => "watching",
+            SessionState::Scanning => "scanning",
+            SessionState::Syncing => "syncing",
+            SessionState::Paused => "paused",
+            SessionState::Halted => "halted",
+            SessionState::AuthFailed => "auth_failed",
+            SessionState::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub folder: String,
+    /// `host:port/share`
+    pub hub: String,
+    pub share: String,
+    pub state: SessionState,
+    /// What to do about the state, when it is not a healthy one.
+    pub message: Option<String>,
+    pub files: u64,
+    pub pending: u64,
+    pub conflicts: u64,
+    pub bytes_moved: u64,
+    pub last_sync: Option<u64>,
+    /// The initial sync: paths done and to do.
+    pub progress_done: u64,
+    pub progress_total: u64,
+    pub initial_sync_done: bool,
+    pub skipped: Vec<String>,
+    pub case_collisions: Vec<String>,
 }
 
 impl std::str::FromStr for RateLimit {

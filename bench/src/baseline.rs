@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 /// As long as a whoami answer for a bench connection, give or take a byte.
-const BODY: &str = r#"{"id":"c_0123456789abcdef","name":"bench-000000","kind":"agent","expires_at":null}"#;
+const BODY: &str =
+    r#"{"id":"c_0123456789abcdef","name":"bench-000000","kind":"agent","expires_at":null}"#;
 /// The daemon's proxy listener uses these; so does the baseline.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BUF: usize = 64 * 1024;

@@ -54,19 +54,22 @@ pub struct FoundationArgs {
     /// Concurrent keep-alive connections of the load generator.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Load generator threads (default: one per CPU).
+    #[arg(long)]
+    pub load_threads: Option<usize>,
     /// Rounds of [baseline, valid key, unknown key] runs, in rotating order;
     /// each figure is the median over the rounds. Two cores shared by the
     /// load generator and the server make single runs noisy.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Measured seconds per load run (after the warm-up).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub duration: u64,
     /// Warm-up seconds per load run, not measured.
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,
     /// Seconds of the single-connection (unloaded) latency run per target.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub unloaded: u64,
     /// Connections in the store for the verification and RSS runs.
     #[arg(long, default_value_t = 10_000)]

@@ -45,6 +45,8 @@ impl Control {
             kind: ConnKind::Agent,
             expires_in_secs: None,
             rate: None,
+            share: None,
+            read_only: None,
         };
         let body = serde_json::to_vec(&request).context("encoding the create request")?;
         let created = self

@@ -245,8 +245,8 @@ impl Daemon {
 
     /// The end of the daemon's stderr, to explain a failure.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.scratch.path().join("stderr.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.scratch.path().join("stderr.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
         if tail.is_empty() {
@@ -278,7 +278,9 @@ async fn read_stdout(stdout: ChildStdout, ready: oneshot::Sender<Result<Ready>>)
                 addr.strip_prefix("http://")
                     .unwrap_or(addr)
                     .parse::<SocketAddr>()
-                    .with_context(|| format!("the daemon printed an unreadable proxy address {addr:?}")),
+                    .with_context(|| {
+                        format!("the daemon printed an unreadable proxy address {addr:?}")
+                    }),
             );
         } else if line.trim().starts_with("control:") {
             control = true;

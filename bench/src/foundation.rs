@@ -15,14 +15,15 @@ use crate::daemon::{self, Daemon};
 use crate::load::{self, LoadReport, LoadSpec};
 use crate::report::{self, duration, megabytes, micros_delta, rate, ratio, verdict};
 use crate::store_cache::{self, CachedStore};
-use crate::sysinfo::{self, Machine};
+use crate::sysinfo::{self, CpuTicks, Machine};
 use crate::verify_model::{self, ModelTimes};
 
 const TARGET_VERIFY: Duration = Duration::from_micros(20);
 const TARGET_RSS_BYTES: u64 = 20_000_000;
 const TARGET_STARTUP: Duration = Duration::from_secs(1);
 /// Well formed, so the daemon hashes it and looks it up, and misses.
-const UNKNOWN_KEY: &str = "sk_live_0000000000000000000000000000000000000000000000000000000000000000";
+const UNKNOWN_KEY: &str =
+    "sk_live_0000000000000000000000000000000000000000000000000000000000000000";
 const MODEL_BUDGET: Duration = Duration::from_secs(1);
 const UNLOADED_WARMUP: Duration = Duration::from_millis(200);
 
@@ -43,6 +44,9 @@ struct Sample {
     cpu: f64,
     unloaded_p50: f64,
     unloaded_p99: f64,
+    /// Machine-wide shares of CPU time during the loaded run.
+    steal: f64,
+    idle: f64,
 }
 
 impl Target {
@@ -117,7 +121,14 @@ pub async fn run(args: FoundationArgs) -> Result<()> {
     println!();
     print_load(&args, &side);
     print_targets(&args, &side, &startup, empty_rss, big.conns);
-    print_supporting(&side, &model, &startup, &empty_startup, store.conns, big.conns);
+    print_supporting(
+        &side,
+        &model,
+        &startup,
+        &empty_startup,
+        store.conns,
+        big.conns,
+    );
     Ok(())
 }
 
@@ -140,7 +151,9 @@ async fn side_by_side(
     scratch: &Path,
 ) -> Result<SideBySide> {
     let data = store.working_copy(scratch)?;
-    let mut daemon = Daemon::start(binary, data.path(), scratch).await?;
+    let mut daemon = Daemon::start(binary, data.path(), scratch)
+        .await
+        .with_context(|| store.stale_hint())?;
     let (_, conns) = daemon.wait_control().await?;
     if conns != store.conns as u64 {
         bail!(
@@ -148,7 +161,10 @@ async fn side_by_side(
             store.conns
         );
     }
-    eprintln!("idle RSS with {conns} connections ({} s idle) ...", args.idle);
+    eprintln!(
+        "idle RSS with {conns} connections ({} s idle) ...",
+        args.idle
+    );
     tokio::time::sleep(Duration::from_secs(args.idle)).await;
     let idle_rss = sysinfo::rss_bytes(daemon.pid())?;
 
@@ -166,6 +182,9 @@ async fn side_by_side(
         authorization: valid_keys,
         expect: StatusCode::OK,
         connections: args.connections,
+        threads: args
+            .load_threads
+            .unwrap_or_else(|| Machine::describe().cpus),
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration),
     };
@@ -202,13 +221,15 @@ async fn side_by_side(
             let target = &mut targets[(round + offset) % 3];
             let sample = measure(target, unloaded).await?;
             eprintln!(
-                "round {}/{rounds}: {:<32} {:>7} req/s, p50 {}, server CPU {}/req, unloaded p50 {}",
+                "round {}/{rounds}: {:<32} {:>7} req/s, p50 {}, server CPU {}/req, unloaded p50 {}, CPU stolen {:.0}%, idle {:.0}%",
                 round + 1,
                 target.label,
                 rate(sample.rps),
                 micros_figure(sample.p50),
                 micros_figure(sample.cpu),
                 micros_figure(sample.unloaded_p50),
+                sample.steal * 100.0,
+                sample.idle * 100.0,
             );
             target.samples.push(sample);
         }
@@ -230,8 +251,10 @@ async fn side_by_side(
 /// (one connection) run for latency without queueing.
 async fn measure(target: &Target, unloaded: Duration) -> Result<Sample> {
     let cpu_before = sysinfo::cpu_time(target.pid)?;
+    let machine_before = CpuTicks::now()?;
     let loaded = load::run(&target.spec).await?;
     let cpu = sysinfo::cpu_time(target.pid)?.saturating_sub(cpu_before);
+    let (steal, idle) = CpuTicks::now()?.shares_since(&machine_before);
     check_answers(target, &loaded)?;
     let single = LoadSpec {
         connections: 1,
@@ -248,6 +271,8 @@ async fn measure(target: &Target, unloaded: Duration) -> Result<Sample> {
         cpu: micros(cpu) / loaded.all_requests as f64,
         unloaded_p50: micros(single.latency.p50),
         unloaded_p99: micros(single.latency.p99),
+        steal,
+        idle,
     })
 }
 
@@ -274,14 +299,18 @@ async fn measure_startup(
     runs: usize,
 ) -> Result<Startup> {
     let data = store.working_copy(scratch)?;
-    let startup = time_starts(binary, data.path(), scratch, runs, Some(store.conns)).await?;
-    Ok(startup)
+    time_starts(binary, data.path(), scratch, runs, Some(store.conns))
+        .await
+        .with_context(|| store.stale_hint())
 }
 
 async fn measure_startup_empty(binary: &Path, scratch: &Path, runs: usize) -> Result<Startup> {
     let data = store_cache::empty_data_dir(scratch)?;
     // The first start creates the master key and the database; time opens.
-    Daemon::start(binary, data.path(), scratch).await?.stop().await?;
+    Daemon::start(binary, data.path(), scratch)
+        .await?
+        .stop()
+        .await?;
     time_starts(binary, data.path(), scratch, runs, Some(0)).await
 }
 

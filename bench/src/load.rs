@@ -4,11 +4,13 @@
 //! checked, so a run that measured errors says so.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -23,6 +25,8 @@ pub struct LoadSpec {
     pub authorization: Vec<String>,
     pub expect: StatusCode,
     pub connections: usize,
+    /// Generator threads, each with its own runtime.
+    pub threads: usize,
     pub warmup: Duration,
     pub duration: Duration,
 }
@@ -77,27 +81,43 @@ struct ConnTally {
     errors: u64,
 }
 
+/// Runs the load on `spec.threads` threads, each with its own single-thread
+/// runtime and a fixed share of the connections, as wrk does. One
+/// work-stealing runtime for the generator left its throughput bimodal from
+/// run to run on two cores, depending on how its tasks landed on workers.
 pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
+    let spec = Arc::new(spec.clone());
+    tokio::task::spawn_blocking(move || run_threads(&spec))
+        .await
+        .context("the load generator panicked")?
+}
+
+fn run_threads(spec: &Arc<LoadSpec>) -> Result<LoadReport> {
     if spec.connections == 0 {
         bail!("a load run needs at least one connection");
     }
-    let begun = Instant::now();
-    let measure_from = begun + spec.warmup;
+    let threads = spec.threads.clamp(1, spec.connections);
+    let measure_from = Instant::now() + spec.warmup;
     let until = measure_from + spec.duration;
-    let mut tasks = JoinSet::new();
-    for index in 0..spec.connections {
-        let authorization = if spec.authorization.is_empty() {
-            None
-        } else {
-            Some(spec.authorization[index % spec.authorization.len()].clone())
-        };
-        let spec = spec.clone();
-        tasks.spawn(async move { drive(&spec, authorization, measure_from, until).await });
-    }
+    let tallies = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let spec = spec.clone();
+                scope.spawn(move || run_thread(spec, thread, threads, measure_from, until))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a load thread panicked"))?
+            })
+            .collect::<Result<Vec<Vec<ConnTally>>>>()
+    })?;
     let mut nanos = Vec::new();
     let (mut all, mut errors) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        let tally = joined.context("a load connection panicked")??;
+    for tally in tallies.into_iter().flatten() {
         nanos.extend(tally.nanos);
         all += tally.all;
         errors += tally.errors;
@@ -111,6 +131,34 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport> {
     })
 }
 
+/// One generator thread: connections `thread`, `thread + threads`, ...
+fn run_thread(
+    spec: Arc<LoadSpec>,
+    thread: usize,
+    threads: usize,
+    measure_from: Instant,
+    until: Instant,
+) -> Result<Vec<ConnTally>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a load thread's runtime")?;
+    runtime.block_on(async move {
+        let mut tasks = JoinSet::new();
+        for index in (thread..spec.connections).step_by(threads) {
+            let authorization = (!spec.authorization.is_empty())
+                .then(|| spec.authorization[index % spec.authorization.len()].clone());
+            let spec = spec.clone();
+            tasks.spawn(async move { drive(&spec, authorization, measure_from, until).await });
+        }
+        let mut tallies = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            tallies.push(joined.context("a load connection panicked")??);
+        }
+        Ok(tallies)
+    })
+}
+
 async fn drive(
     spec: &LoadSpec,
     authorization: Option<String>,
@@ -121,10 +169,26 @@ async fn drive(
         .await
         .with_context(|| format!("connecting to {}", spec.addr))?;
     stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("HTTP/1.1 handshake")?;
-    tokio::spawn(connection);
+    // The connection is polled in this same task, not spawned: a spawned
+    // connection task can land on another worker, and then every request
+    // costs cross-thread wake-ups that swamp what is being measured.
+    let requests = send_until(sender, spec, authorization, measure_from, until);
+    let (tally, _) = tokio::join!(requests, connection);
+    tally
+}
+
+/// Sends requests one after another until `until`; dropping the sender at
+/// the end lets the connection close.
+async fn send_until(
+    mut sender: SendRequest<Empty<Bytes>>,
+    spec: &LoadSpec,
+    authorization: Option<String>,
+    measure_from: Instant,
+    until: Instant,
+) -> Result<ConnTally> {
     let host = spec.addr.to_string();
     let mut tally = ConnTally::default();
     loop {
@@ -155,7 +219,9 @@ async fn drive(
             tally.errors += 1;
         }
         if sent >= measure_from {
-            tally.nanos.push(done.duration_since(sent).as_nanos() as u64);
+            tally
+                .nanos
+                .push(done.duration_since(sent).as_nanos() as u64);
         }
     }
     Ok(tally)

@@ -78,7 +78,10 @@ mod tests {
     fn medians_of_odd_and_even_lists() {
         let ms = Duration::from_millis;
         assert_eq!(median(&[ms(3), ms(1), ms(2)]), ms(2));
-        assert_eq!(median(&[ms(4), ms(1), ms(2), ms(3)]), Duration::from_micros(2500));
+        assert_eq!(
+            median(&[ms(4), ms(1), ms(2), ms(3)]),
+            Duration::from_micros(2500)
+        );
         assert_eq!(median(&[]), Duration::ZERO);
         assert_eq!(median_f64([3.0, 1.0, 2.0, 10.0]), 2.5);
         assert!(median_f64([]).is_nan());

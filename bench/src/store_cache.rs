@@ -65,13 +65,22 @@ impl CachedStore {
     /// The first `count` keys, in creation order.
     pub fn keys(&self, count: usize) -> Result<Vec<String>> {
         let path = self.keys_file();
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let keys: Vec<String> = text.lines().take(count).map(str::to_string).collect();
         if keys.len() < count.min(self.conns) {
             bail!("{} holds fewer keys than asked for", path.display());
         }
         Ok(keys)
+    }
+
+    /// Added to a failed start on a copy: the cache may predate a change of
+    /// the daemon's store format.
+    pub fn stale_hint(&self) -> String {
+        format!(
+            "sidekeyd did not start on a copy of the cached store {}; if the daemon's store format changed since it was populated, run again with --repopulate",
+            self.root.display()
+        )
     }
 
     /// A private copy of the data dir, removed when dropped.

@@ -16,7 +16,13 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     let kib = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .with_context(|| format!("no VmRSS line in {path}"))?;
     Ok(kib * 1024)
 }
@@ -64,7 +70,13 @@ impl Machine {
         let memory_kib = meminfo
             .lines()
             .find_map(|line| line.strip_prefix("MemTotal:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0);
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
@@ -84,5 +96,45 @@ impl std::fmt::Display for Machine {
             "{} CPUs ({}), {:.1} GiB RAM, Linux {}",
             self.cpus, self.cpu_model, self.memory_gib, self.kernel
         )
+    }
+}
+
+/// Machine-wide CPU ticks from the first line of `/proc/stat`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTicks {
+    pub busy: u64,
+    pub idle: u64,
+    /// Time the hypervisor ran something else while a vCPU wanted to run.
+    pub steal: u64,
+}
+
+impl CpuTicks {
+    pub fn now() -> Result<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat
+            .lines()
+            .find(|line| line.starts_with("cpu "))
+            .context("/proc/stat has no cpu line")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal
+        Ok(CpuTicks {
+            busy: field(0) + field(1) + field(2) + field(5) + field(6),
+            idle: field(3) + field(4),
+            steal: field(7),
+        })
+    }
+
+    /// The share of all CPU time since `earlier` that was stolen, and idle.
+    pub fn shares_since(&self, earlier: &CpuTicks) -> (f64, f64) {
+        let busy = self.busy.saturating_sub(earlier.busy);
+        let idle = self.idle.saturating_sub(earlier.idle);
+        let steal = self.steal.saturating_sub(earlier.steal);
+        let total = (busy + idle + steal).max(1) as f64;
+        (steal as f64 / total, idle as f64 / total)
     }
 }

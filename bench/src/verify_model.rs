@@ -2,8 +2,9 @@
 //! it, so this is a faithful model of `Registry::verify` on the whoami path
 //! rather than the daemon's own code: parse the key's shape, SHA-256 it, look
 //! the hash up under a read lock among `store_conns` entries, compare in
-//! constant time, check the connection's flags and mark it used. If the
-//! daemon's verify changes, this model has to follow.
+//! constant time, check the connection's flags, take the process-wide
+//! default-rate lock (no default rate set, as in the bench), and mark the
+//! connection used. If the daemon's verify changes, this model has to follow.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -33,6 +34,8 @@ struct Live {
 
 struct Model {
     by_hash: RwLock<HashMap<[u8; 32], Arc<Live>>>,
+    /// The daemon's `DefaultRates`: one mutex taken by every agent request.
+    default_rates: Mutex<Option<HashMap<String, u64>>>,
 }
 
 impl Model {
@@ -52,6 +55,7 @@ impl Model {
             .collect();
         Model {
             by_hash: RwLock::new(by_hash),
+            default_rates: Mutex::new(None),
         }
     }
 
@@ -71,6 +75,14 @@ impl Model {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if live.disabled.load(Ordering::Acquire) || live.expires_at.is_some_and(|at| now >= at) {
+            return None;
+        }
+        if self
+            .default_rates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             return None;
         }
         live.last_used_at.store(now, Ordering::Relaxed);

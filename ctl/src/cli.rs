@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Shares: folders this daemon serves to sync peers (the hub side).
+    #[command(subcommand)]
+    Share(ShareCommand),
+    /// Sync sessions: folders kept in two-way sync with a share on a hub.
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// Show proxied requests: who, which credential, host and path, status, latency.
     Audit {
         /// Keep streaming new records.
@@ -202,4 +208,84 @@ pub enum CredCommand {
     Set { name: String },
     /// Remove a credential and every grant of it.
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Serve a folder to sync peers.
+    Add {
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List shares.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving a share and revoke its peers' keys (the folder stays).
+    Rm { name: String },
+    /// Create a sync connection for a peer and print the invite it pastes.
+    Invite {
+        share: String,
+        #[arg(long, value_parser = ["rw", "ro"], default_value = "rw")]
+        mode: String,
+        /// The sync connection's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The host name peers reach this hub by.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Keep a folder in sync with a share. The invite comes from the
+    /// argument or, safer (it holds a key), from stdin.
+    Add {
+        folder: PathBuf,
+        invite: Option<String>,
+        /// Return at once instead of showing the initial sync's progress.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sync sessions.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session: state, pending changes, conflicts, bytes moved.
+    Status {
+        id: String,
+        /// Keep showing progress until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Stop syncing this folder (its files stay).
+    Rm {
+        id: String,
+    },
+    /// Rotate this session's cli_ key over the session itself.
+    RotateKey {
+        id: String,
+    },
+    /// Use a new cli_ key (from stdin or a hidden prompt) after the hub's owner rotated or revoked the old one.
+    SetKey {
+        id: String,
+    },
 }

@@ -14,7 +14,8 @@ use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{Serialize, de::DeserializeOwned};
 use sidekey_api::{
     AuditRecord, Conn, ConnCreate, ConnWithKey, Cred, CredCreate, CredSecret, ErrorBody,
-    GrantCreate, GrantCreated, KeyRegenerate, Status,
+    GrantCreate, GrantCreated, Invite, InviteCreate, KeyRegenerate, Session, SessionCreate,
+    SessionKey, Share, ShareCreate, Status,
 };
 
 /// Why a call failed, so `main` can pick the exit code.
@@ -154,6 +155,79 @@ impl Client {
         self.send(Method::DELETE, &path, None::<&()>)
             .await
             .map(|_| ())
+    }
+
+    pub async fn shares(&self) -> ClientResult<Vec<Share>> {
+        self.call(Method::GET, "/v1/shares", None::<&()>).await
+    }
+
+    pub async fn share_add(&self, req: &ShareCreate) -> ClientResult<Share> {
+        self.call(Method::POST, "/v1/shares", Some(req)).await
+    }
+
+    pub async fn share_remove(&self, name: &str) -> ClientResult<()> {
+        self.send(
+            Method::DELETE,
+            &format!("/v1/shares/{}", seg(name)),
+            None::<&()>,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn share_invite(&self, name: &str, req: &InviteCreate) -> ClientResult<Invite> {
+        self.call(
+            Method::POST,
+            &format!("/v1/shares/{}/invite", seg(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn sessions(&self) -> ClientResult<Vec<Session>> {
+        self.call(Method::GET, "/v1/sessions", None::<&()>).await
+    }
+
+    pub async fn session(&self, id: &str) -> ClientResult<Session> {
+        self.call(
+            Method::GET,
+            &format!("/v1/sessions/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn session_add(&self, req: &SessionCreate) -> ClientResult<Session> {
+        self.call(Method::POST, "/v1/sessions", Some(req)).await
+    }
+
+    pub async fn session_remove(&self, id: &str) -> ClientResult<()> {
+        self.send(
+            Method::DELETE,
+            &format!("/v1/sessions/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `pause`, `resume` or `rotate-key`.
+    pub async fn session_action(&self, id: &str, action: &str) -> ClientResult<Session> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/{action}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn session_set_key(&self, id: &str, req: &SessionKey) -> ClientResult<Session> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/sessions/{}/key", seg(id)),
+            Some(req),
+        )
+        .await
     }
 
     pub async fn audit(&self, conn: Option<&str>, limit: usize) -> ClientResult<Vec<AuditRecord>> {

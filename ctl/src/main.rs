@@ -51,6 +51,8 @@ async fn dispatch(client: &Client, command: Command) -> client::ClientResult<()>
         Command::Cred(command) => cmd::cred::run(client, command).await,
         Command::Grant { conn, cred, json } => cmd::cred::grant(client, conn, cred, json).await,
         Command::Revoke { conn, cred } => cmd::cred::revoke(client, conn, cred).await,
+        Command::Share(command) => cmd::sync::share(client, command).await,
+        Command::Sync(command) => cmd::sync::sync(client, command).await,
         Command::Ca { bundle } => cmd::agent::ca(client, bundle).await,
         Command::Env { conn } => cmd::agent::env(client, &conn).await,
         Command::Run { conn, command } => cmd::agent::run(client, &conn, command).await,

@@ -12,6 +12,7 @@
 //! - `control`   the Unix-socket API and its routes
 //! - `proxy`     the injecting proxy: forwarding, CONNECT interception, /v1/proxy, /v1/whoami
 //! - `audit`     one record per proxied request, and its retention
+//! - `sync`      two-way folder sync: shares on a hub, sessions on peers
 //! - `fsutil`    private directories and the data-dir lock
 //! - `logging`   tracing setup
 //! - `service`   life under a service manager: readiness, reload, `--daemonize`
@@ -31,6 +32,7 @@ mod ratelimit;
 mod registry;
 pub mod service;
 mod store;
+mod sync;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -55,6 +57,7 @@ pub struct Daemon {
     authority: proxy::tls::Authority,
     upstream: proxy::upstream::Upstream,
     audit: audit::Audit,
+    sync: sync::Engine,
     /// Cancelled at shutdown; long-lived streams watch it.
     shutdown: CancellationToken,
     started: Instant,
@@ -68,6 +71,8 @@ pub struct Daemon {
 pub struct Listeners {
     proxy: TcpListener,
     control: interprocess::local_socket::tokio::Listener,
+    /// Only when `sync_listen` is set.
+    sync: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -82,7 +87,21 @@ impl Listeners {
             tracing::warn!(addr = %config.proxy_listen, "the proxy listens beyond loopback, as the config asks");
         }
         let control = control::bind(&config.socket_path).await?;
-        Ok(Listeners { proxy, control })
+        let sync = match config.sync_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for sync; is another sidekeyd running? Set sync_listen to another address")
+            })?),
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            control,
+            sync,
+        })
+    }
+
+    pub fn sync_addr(&self) -> Option<SocketAddr> {
+        self.sync.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
@@ -103,10 +122,12 @@ impl Daemon {
         registry.set_default_rate(config.default_rate());
         let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
         let upstream = proxy::upstream::Upstream::new(config.upstream_ca_file.as_deref())?;
+        let sync = sync::Engine::new(registry.store(), &config)?;
         Ok(Daemon {
             authority,
             upstream,
             audit: audit::Audit::new(),
+            sync,
             shutdown: CancellationToken::new(),
             live: RwLock::new(Arc::new(config.clone())),
             config,
@@ -135,7 +156,13 @@ impl Daemon {
             self.master_key_path.display(),
             self.config.socket_path.display(),
             self.proxy_addr,
-        )
+        ) + &match self.sync.listen() {
+            Some(addr) => format!(
+                "  sync:       {addr} ({})\n",
+                self.sync.identity.fingerprint
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -148,6 +175,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<Daemon>),
 ) -> Result<()> {
     daemon.proxy_addr = listeners.proxy_addr();
+    daemon.sync.set_listen(listeners.sync_addr());
     daemon.shutdown = shutdown.clone();
     let daemon = Arc::new(daemon);
     let tracker = TaskTracker::new();
@@ -165,6 +193,15 @@ pub async fn run(
     ));
     tracker.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
     tracker.spawn(prune_audit(daemon.clone(), shutdown.clone()));
+    if let Some(listener) = listeners.sync {
+        tracker.spawn(sync::hub::serve(
+            listener,
+            daemon.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    sync::Engine::start(&daemon);
     on_ready(&daemon);
 
     shutdown.cancelled().await;

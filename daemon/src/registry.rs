@@ -34,6 +34,9 @@ pub struct LiveConn {
     pub name: String,
     pub kind: ConnKind,
     pub expires_at: Option<u64>,
+    /// A sync key's share, and whether it may only pull.
+    pub share: Option<String>,
+    pub read_only: bool,
     disabled: AtomicBool,
     limiter: Option<TokenBucket>,
     last_used_at: AtomicU64,
@@ -344,6 +347,8 @@ impl Registry {
             last_used_at: None,
             last_used_by: None,
             previous: None,
+            share: req.share.filter(|_| req.kind == ConnKind::Sync),
+            read_only: req.read_only.unwrap_or(false),
         };
         self.store.put_conn(&record)?;
         self.store.flush().await?;
@@ -732,6 +737,8 @@ impl Index {
             name: record.name.clone(),
             kind: record.kind,
             expires_at: record.expires_at,
+            share: record.share.clone(),
+            read_only: record.read_only,
             disabled: AtomicBool::new(record.disabled),
             limiter: record.rate.map(TokenBucket::new),
             last_used_at: AtomicU64::new(record.last_used_at.unwrap_or(0)),
@@ -857,6 +864,8 @@ impl Index {
             last_used_by: (!last_used_by.is_empty()).then_some(last_used_by),
             expires_at: record.expires_at,
             rate: record.rate,
+            share: record.share.clone(),
+            read_only: record.read_only,
             grace_until: record
                 .previous
                 .as_ref()

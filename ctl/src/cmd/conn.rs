@@ -36,6 +36,8 @@ pub async fn run(client: &Client, command: ConnCommand) -> ClientResult<()> {
                     kind,
                     expires_in_secs,
                     rate,
+                    share: None,
+                    read_only: None,
                 })
                 .await?;
             if json {

@@ -6,3 +6,4 @@ pub mod conn;
 pub mod cred;
 pub mod service;
 pub mod status;
+pub mod sync;

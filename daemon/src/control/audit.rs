@@ -2,20 +2,18 @@
 //! JSON array, or with `follow` as NDJSON that stays open and streams each
 //! record as its request completes.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::Incoming;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::Daemon;
 use crate::audit::AuditRecord;
 use crate::error::ApiError;
-use crate::http_util::{BoxError, ProxyBody, json};
+use crate::http_util::{ChannelBody, ProxyBody, json};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 10_000;
@@ -99,7 +97,7 @@ pub fn respond(
             }
         }
     });
-    let mut response = Response::new(ChannelBody { rx }.boxed());
+    let mut response = Response::new(ChannelBody::new(rx).boxed());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
@@ -111,23 +109,4 @@ fn line(record: &AuditRecord) -> Bytes {
     let mut bytes = serde_json::to_vec(record).expect("records serialize");
     bytes.push(b'\n');
     Bytes::from(bytes)
-}
-
-/// A body fed by a channel: each message is one chunk.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
-    }
 }

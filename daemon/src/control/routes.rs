@@ -3,7 +3,10 @@
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use sidekey_api::{ConnCreate, CredCreate, CredSecret, GrantCreate, KeyRegenerate, Status};
+use sidekey_api::{
+    ConnCreate, CredCreate, CredSecret, GrantCreate, InviteCreate, KeyRegenerate, SessionCreate,
+    SessionKey, ShareCreate, Status,
+};
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use crate::Daemon;
 use crate::error::ApiError;
 use crate::http_util::{Body, ProxyBody, boxed, json, read_json};
 use crate::keys::Secret;
+use crate::sync::Engine;
 
 /// Bodies are small JSON documents; a credential secret is capped at 16 KiB.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -29,7 +33,7 @@ fn is_from_browser(req: &Request<Incoming>) -> bool {
     req.headers().contains_key(header::ORIGIN) || req.headers().contains_key(header::REFERER)
 }
 
-async fn route(req: Request<Incoming>, daemon: &Daemon) -> Result<Response<Body>, ApiError> {
+async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<Body>, ApiError> {
     // A browser has no business here: refuse anything a web page could send.
     if is_from_browser(&req) {
         return Err(ApiError::permission_denied(
@@ -88,6 +92,56 @@ async fn route(req: Request<Incoming>, daemon: &Daemon) -> Result<Response<Body>
         (&Method::DELETE, ["v1", "grants", conn, cred]) => {
             registry.revoke_grant(conn, cred).await?;
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
+        }
+
+        (&Method::GET, ["v1", "shares"]) => ok(&daemon.sync.shares(daemon)),
+        (&Method::POST, ["v1", "shares"]) => {
+            let body: ShareCreate = read_json(req.into_body(), BODY_LIMIT).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &Engine::add_share(daemon, &body.name, &body.path)?,
+            ))
+        }
+        (&Method::GET, ["v1", "shares", name]) => ok(&daemon.sync.share_view(daemon, name)?),
+        (&Method::DELETE, ["v1", "shares", name]) => {
+            Engine::remove_share(daemon, name).await?;
+            Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::POST, ["v1", "shares", name, "invite"]) => {
+            let name = name.to_string();
+            let body: InviteCreate = read_json(req.into_body(), BODY_LIMIT).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &Engine::invite(daemon, &name, body).await?,
+            ))
+        }
+
+        (&Method::GET, ["v1", "sessions"]) => ok(&daemon.sync.sessions()),
+        (&Method::POST, ["v1", "sessions"]) => {
+            let body: SessionCreate = read_json(req.into_body(), BODY_LIMIT).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &Engine::add_session(daemon, &body.folder, &body.invite).await?,
+            ))
+        }
+        (&Method::GET, ["v1", "sessions", id]) => ok(&daemon.sync.session_view(id)?),
+        (&Method::DELETE, ["v1", "sessions", id]) => {
+            Engine::remove_session(daemon, id).await?;
+            Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::POST, ["v1", "sessions", id, "pause"]) => {
+            ok(&Engine::set_paused(daemon, id, true).await?)
+        }
+        (&Method::POST, ["v1", "sessions", id, "resume"]) => {
+            ok(&Engine::set_paused(daemon, id, false).await?)
+        }
+        (&Method::POST, ["v1", "sessions", id, "rotate-key"]) => {
+            ok(&Engine::rotate_session_key(daemon, id).await?)
+        }
+        (&Method::PUT, ["v1", "sessions", id, "key"]) => {
+            let id = id.to_string();
+            let body: SessionKey = read_json(req.into_body(), BODY_LIMIT).await?;
+            ok(&Engine::set_session_key(daemon, &id, Secret::new(body.key)).await?)
         }
 
         _ => Err(ApiError::not_found(format!(

@@ -77,6 +77,11 @@ pub struct ConnRecord {
     pub last_used_by: Option<String>,
     /// The key before the last rotation, valid until `until` (a grace period).
     pub previous: Option<PreviousKey>,
+    /// For sync connections: the one share the key opens, and whether it may push.
+    #[serde(default)]
+    pub share: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! Nothing here follows a symlink.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -40,7 +40,10 @@ pub fn check_target(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => Err(std::io::Error::new(
             ErrorKind::AlreadyExists,
-            format!("{} is a symlink; sidekey never writes through one", path.display()),
+            format!(
+                "{} is a symlink; sidekey never writes through one",
+                path.display()
+            ),
         )),
         _ => Ok(()),
     }
@@ -77,7 +80,14 @@ impl Incoming {
             .mode(0o644)
             .open(&temp)
             .await?;
-        Ok(Incoming { file, hasher: Sha256::new(), written: 0, temp, target, exec })
+        Ok(Incoming {
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            temp,
+            target,
+            exec,
+        })
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -93,10 +103,15 @@ impl Incoming {
             self.file.flush().await?;
             let sha = hex::encode(self.hasher.finalize_reset());
             if sha != expected_sha {
-                return Err(std::io::Error::new(ErrorKind::InvalidData, "the received content does not match its SHA-256"));
+                return Err(std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    "the received content does not match its SHA-256",
+                ));
             }
             let mode = if self.exec { 0o755 } else { 0o644 };
-            self.file.set_permissions(std::fs::Permissions::from_mode(mode)).await?;
+            self.file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .await?;
             if durable {
                 self.file.sync_all().await?;
             }
@@ -104,7 +119,10 @@ impl Incoming {
         }
         .await;
         match outcome {
-            Ok(()) => Ok(Staged { temp: self.temp, target: self.target }),
+            Ok(()) => Ok(Staged {
+                temp: self.temp,
+                target: self.target,
+            }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&self.temp).await;
                 Err(e)
@@ -121,7 +139,9 @@ impl Staged {
     /// Renames into place. The caller has checked the target still holds
     /// what the plan expected.
     pub fn commit(self) -> std::io::Result<()> {
-        if let Err(e) = check_target(&self.target).and_then(|()| std::fs::rename(&self.temp, &self.target)) {
+        if let Err(e) =
+            check_target(&self.target).and_then(|()| std::fs::rename(&self.temp, &self.target))
+        {
             let _ = std::fs::remove_file(&self.temp);
             return Err(e);
         }
@@ -151,7 +171,10 @@ pub fn remove(root: &Path, relative: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path),
         Ok(meta) if meta.is_file() => std::fs::remove_file(&path),
-        Ok(_) => Err(std::io::Error::new(ErrorKind::Other, "not a file or directory")),
+        Ok(_) => Err(std::io::Error::new(
+            ErrorKind::Other,
+            "not a file or directory",
+        )),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -162,7 +185,10 @@ pub fn make_dir(root: &Path, relative: &Path) -> std::io::Result<()> {
     let path = root.join(relative);
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(std::io::Error::new(ErrorKind::AlreadyExists, format!("{} exists and is not a directory", path.display()))),
+        Ok(_) => Err(std::io::Error::new(
+            ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", path.display()),
+        )),
         Err(_) => std::fs::create_dir(&path),
     }
 }
@@ -171,9 +197,23 @@ pub fn make_dir(root: &Path, relative: &Path) -> std::io::Result<()> {
 pub fn conflict_name(relative: &str, host: &str, unix_secs: u64) -> String {
     let stamp = time::OffsetDateTime::from_unix_timestamp(unix_secs as i64)
         .ok()
-        .and_then(|t| t.format(time::macros::format_description!("[year][month][day]-[hour][minute][second]")).ok())
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year][month][day]-[hour][minute][second]"
+            ))
+            .ok()
+        })
         .unwrap_or_else(|| unix_secs.to_string());
-    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let (dir, name) = match relative.rsplit_once('/') {
         Some((dir, name)) => (format!("{dir}/"), name),
         None => (String::new(), relative),
@@ -186,7 +226,12 @@ pub fn conflict_name(relative: &str, host: &str, unix_secs: u64) -> String {
 }
 
 /// Renames a local path aside as a conflict copy; returns the new wire path.
-pub fn move_to_conflict(root: &Path, relative: &str, host: &str, unix_secs: u64) -> std::io::Result<String> {
+pub fn move_to_conflict(
+    root: &Path,
+    relative: &str,
+    host: &str,
+    unix_secs: u64,
+) -> std::io::Result<String> {
     let mut name = conflict_name(relative, host, unix_secs);
     let mut n = 1;
     while std::fs::symlink_metadata(root.join(&name)).is_ok() {
@@ -212,25 +257,41 @@ mod tests {
 
     #[test]
     fn conflict_names_keep_the_extension() {
-        assert_eq!(conflict_name("notes.md", "laptop", 0), "notes.sync-conflict-19700101-000000-laptop.md");
-        assert_eq!(conflict_name("a/b/Makefile", "my host", 0), "a/b/Makefile.sync-conflict-19700101-000000-my-host");
-        assert_eq!(conflict_name(".env", "h", 0), ".env.sync-conflict-19700101-000000-h");
+        assert_eq!(
+            conflict_name("notes.md", "laptop", 0),
+            "notes.sync-conflict-19700101-000000-laptop.md"
+        );
+        assert_eq!(
+            conflict_name("a/b/Makefile", "my host", 0),
+            "a/b/Makefile.sync-conflict-19700101-000000-my-host"
+        );
+        assert_eq!(
+            conflict_name(".env", "h", 0),
+            ".env.sync-conflict-19700101-000000-h"
+        );
     }
 
     #[tokio::test]
     async fn a_bad_hash_leaves_nothing_and_a_good_one_lands() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bad = Incoming::create(dir.path(), Path::new("x/y.txt"), false).await.unwrap();
+        let mut bad = Incoming::create(dir.path(), Path::new("x/y.txt"), false)
+            .await
+            .unwrap();
         bad.write(b"hello").await.unwrap();
         assert!(bad.finish(&"0".repeat(64), true).await.is_err());
         assert_eq!(std::fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
 
-        let mut good = Incoming::create(dir.path(), Path::new("x/y.txt"), true).await.unwrap();
+        let mut good = Incoming::create(dir.path(), Path::new("x/y.txt"), true)
+            .await
+            .unwrap();
         good.write(b"hello").await.unwrap();
         let sha = hex::encode(Sha256::digest(b"hello"));
         good.finish(&sha, true).await.unwrap().commit().unwrap();
         assert_eq!(std::fs::read(dir.path().join("x/y.txt")).unwrap(), b"hello");
-        let mode = std::fs::metadata(dir.path().join("x/y.txt")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("x/y.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111);
     }
 
@@ -239,9 +300,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        assert!(Incoming::create(dir.path(), Path::new("link/evil.txt"), false).await.is_err());
+        assert!(
+            Incoming::create(dir.path(), Path::new("link/evil.txt"), false)
+                .await
+                .is_err()
+        );
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("file-link")).unwrap();
-        assert!(Incoming::create(dir.path(), Path::new("file-link"), false).await.is_err());
+        assert!(
+            Incoming::create(dir.path(), Path::new("file-link"), false)
+                .await
+                .is_err()
+        );
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }

@@ -9,7 +9,15 @@ pub const MARKER: &str = ".sidekey-replica";
 pub const TEMP_PREFIX: &str = ".sidekey-tmp-";
 pub const IGNORE_FILE: &str = ".sidekeyignore";
 
-const BUILT_IN: &[&str] = &[".DS_Store", "Thumbs.db", "desktop.ini", ".#*", "*.swp", "*.swx", "*~.tmp"];
+const BUILT_IN: &[&str] = &[
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    ".#*",
+    "*.swp",
+    "*.swx",
+    "*~.tmp",
+];
 
 /// Names no wire path may use: they belong to sidekey.
 pub fn is_reserved_name(name: &str) -> bool {
@@ -41,7 +49,11 @@ impl Ignorer {
     /// `relative` is the wire path.
     pub fn ignored(&self, relative: &str, is_dir: bool) -> bool {
         let name = relative.rsplit('/').next().unwrap_or(relative);
-        is_reserved_name(name) || self.rules.matched_path_or_any_parents(relative, is_dir).is_ignore()
+        is_reserved_name(name)
+            || self
+                .rules
+                .matched_path_or_any_parents(relative, is_dir)
+                .is_ignore()
     }
 }
 

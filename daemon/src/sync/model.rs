@@ -79,10 +79,19 @@ pub struct PushHead {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum PushResult {
-    Accepted { path: String, version: u64 },
+    Accepted {
+        path: String,
+        version: u64,
+    },
     /// The hub moved on from `base`; here is what it has now.
-    Conflict { path: String, current: Entry },
-    Refused { path: String, message: String },
+    Conflict {
+        path: String,
+        current: Entry,
+    },
+    Refused {
+        path: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,12 +23,17 @@ pub fn check(path: &str) -> Result<PathBuf, String> {
         match component {
             "" => return Err("path has an empty component".into()),
             "." | ".." => return Err("path has a '.' or '..' component".into()),
-            name if is_reserved_name(name) => return Err(format!("'{name}' is reserved for sidekey")),
+            name if is_reserved_name(name) => {
+                return Err(format!("'{name}' is reserved for sidekey"));
+            }
             _ => {}
         }
     }
     let relative = PathBuf::from(path);
-    if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
         return Err("path is not normalized".into());
     }
     Ok(relative)
@@ -37,7 +42,10 @@ pub fn check(path: &str) -> Result<PathBuf, String> {
 /// The wire form of a path under `root`: `/`-separated, UTF-8.
 pub fn wire(root: &Path, full: &Path) -> Option<String> {
     let relative = full.strip_prefix(root).ok()?;
-    let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
+    let parts: Option<Vec<&str>> = relative
+        .components()
+        .map(|c| c.as_os_str().to_str())
+        .collect();
     Some(parts?.join("/"))
 }
 
@@ -52,7 +60,19 @@ mod tests {
 
     #[test]
     fn traversal_and_odd_paths_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "a\0b", "a\\b", ".sidekey-replica", "d/.sidekey-tmp-1"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\0b",
+            "a\\b",
+            ".sidekey-replica",
+            "d/.sidekey-tmp-1",
+        ] {
             assert!(check(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(check(&"a".repeat(5000)).is_err());
@@ -60,7 +80,16 @@ mod tests {
 
     #[test]
     fn ordinary_paths_pass() {
-        for good in ["a", "a/b/c.txt", "name with spaces/ünïcødé.md", ".env", "skills/x.sh", "a/..b", "...", "dir.d/f"] {
+        for good in [
+            "a",
+            "a/b/c.txt",
+            "name with spaces/ünïcødé.md",
+            ".env",
+            "skills/x.sh",
+            "a/..b",
+            "...",
+            "dir.d/f",
+        ] {
             assert_eq!(check(good).unwrap(), PathBuf::from(good));
         }
     }

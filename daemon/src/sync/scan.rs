@@ -53,7 +53,10 @@ pub fn scan(root: &Path, ignorer: &Ignorer) -> std::io::Result<Scan> {
         };
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                out.skipped.push(format!("{prefix}{} (name is not UTF-8)", entry.file_name().to_string_lossy()));
+                out.skipped.push(format!(
+                    "{prefix}{} (name is not UTF-8)",
+                    entry.file_name().to_string_lossy()
+                ));
                 continue;
             };
             let relative = format!("{prefix}{name}");
@@ -61,7 +64,9 @@ pub fn scan(root: &Path, ignorer: &Ignorer) -> std::io::Result<Scan> {
                 out.leftovers.push(entry.path());
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
             let is_dir = meta.is_dir();
             if ignorer.ignored(&relative, is_dir) {
                 continue;

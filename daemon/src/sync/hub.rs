@@ -1,0 +1,426 @@
+//! The hub's side of the wire: a TLS 1.3 + h2 listener (off unless
+//! `sync_listen` is set) serving shares to peers that present a `cli_` key
+//! scoped to the share.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::frames::{FrameReader, FrameWriter};
+use super::model::{FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced};
+use super::share::{Share, deleted};
+use super::{fsops, paths};
+use crate::Daemon;
+use crate::error::ApiError;
+use crate::http_util::{ChannelBody, ProxyBody, boxed, json, read_json};
+use crate::registry::LiveConn;
+
+/// A batch applies its small files with one `syncfs` instead of an fsync each.
+const FETCH_LIMIT: usize = 20_000;
+const LONG_POLL_MAX: Duration = Duration::from_secs(30);
+
+pub async fn serve(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(daemon.sync.identity.server_config.clone());
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (daemon, acceptor, shutdown) = (daemon.clone(), acceptor.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let Ok(tls) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+                .map_err(|_| ())
+                .and_then(|r| r.map_err(|_| ()))
+            else {
+                return;
+            };
+            let service = service_fn(move |req| {
+                let daemon = daemon.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        route(req, daemon)
+                            .await
+                            .unwrap_or_else(|e| boxed(e.to_response())),
+                    )
+                }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    daemon: Arc<Daemon>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["v1", "shares", share_name, action] = segments.as_slice() else {
+        return Err(ApiError::not_found(format!(
+            "No sync route {path}; are both daemons the same version?"
+        )));
+    };
+    let key = crate::proxy::bearer(req.headers());
+    let verified = daemon.registry.verify(key.as_deref(), "sync")?;
+    let conn = verified.conn;
+    if conn.kind != sidekey_api::ConnKind::Sync || conn.share.as_deref() != Some(*share_name) {
+        return Err(ApiError::permission_denied(format!(
+            "This key does not open the share '{share_name}'; ask the hub's owner for an invite to it."
+        )));
+    }
+    let share = daemon.sync.share(share_name)?;
+    match (req.method().clone(), *action) {
+        (Method::GET, "hello") => Ok(boxed(json(
+            StatusCode::OK,
+            &Hello {
+                share: share.record.name.clone(),
+                replica: share.record.replica.clone(),
+                read_only: conn.read_only,
+            },
+        ))),
+        (Method::GET, "changes") => changes(&req, &share).await,
+        (Method::POST, "fetch") => fetch(req, share).await,
+        (Method::POST, "push") => {
+            if conn.read_only {
+                return Err(ApiError::permission_denied(
+                    "This key is read-only: it may pull from the share but never push to it.",
+                ));
+            }
+            push(req, &share).await
+        }
+        (Method::POST, "rotate-key") => rotate(&daemon, &conn).await,
+        _ => Err(ApiError::not_found(format!(
+            "No sync route {} {path}.",
+            req.method()
+        ))),
+    }
+}
+
+async fn changes(
+    req: &Request<Incoming>,
+    share: &Arc<Share>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let mut since = 0u64;
+    let mut wait = Duration::ZERO;
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("since", v) => {
+                since = v
+                    .parse()
+                    .map_err(|_| ApiError::bad_request("since must be a number."))?
+            }
+            ("wait", v) => {
+                wait = Duration::from_secs(
+                    v.parse()
+                        .map_err(|_| ApiError::bad_request("wait must be seconds."))?,
+                )
+                .min(LONG_POLL_MAX)
+            }
+            _ => {}
+        }
+    }
+    if let Some(why) = share.halted() {
+        return Err(ApiError::new(
+            "share_halted",
+            StatusCode::SERVICE_UNAVAILABLE,
+            why,
+        ));
+    }
+    if share.journal.last_version() <= since && !wait.is_zero() {
+        share.journal.wait_past(since, wait).await;
+    }
+    let changes = share.journal.changes_since(since, FETCH_LIMIT)?;
+    Ok(boxed(json(StatusCode::OK, &changes)))
+}
+
+/// Streams the current content of each asked-for path, each led by its entry.
+async fn fetch(req: Request<Incoming>, share: Arc<Share>) -> Result<Response<ProxyBody>, ApiError> {
+    let request: FetchRequest = read_json(req.into_body(), 16 * 1024 * 1024).await?;
+    for path in &request.paths {
+        paths::check(path)
+            .map_err(|why| ApiError::bad_request(format!("Path {path:?} is refused: {why}.")))?;
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let writer = FrameWriter::new(tx);
+        for path in request.paths {
+            let entry = match share.journal.entry_of(&path) {
+                Ok(Some(entry)) => entry,
+                _ => continue,
+            };
+            if writer.head(&entry).await.is_err() {
+                return;
+            }
+            if entry.kind == Kind::File {
+                // A file that changed since it was journaled fails the
+                // peer's hash check and is fetched again after the next scan.
+                if let Err(e) = writer.file(&share.root.join(&path), entry.size).await {
+                    tracing::debug!(error = %e, %path, "a fetch stopped mid-file");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Response::new(ChannelBody::new(rx).boxed()))
+}
+
+/// Applies a batch of pushed changes. Each lands only if the hub's version
+/// still equals the change's base; otherwise the peer gets the current entry.
+async fn push(req: Request<Incoming>, share: &Share) -> Result<Response<ProxyBody>, ApiError> {
+    if let Some(why) = share.halted() {
+        return Err(ApiError::new(
+            "share_halted",
+            StatusCode::SERVICE_UNAVAILABLE,
+            why,
+        ));
+    }
+    let _guard = share.lock.lock().await;
+    let mut reader = FrameReader::new(req.into_body());
+    let mut results = Vec::new();
+    let mut staged: Vec<(PushHead, fsops::Staged)> = Vec::new();
+    let bad = |e: std::io::Error| {
+        ApiError::bad_request(format!(
+            "The push stream is broken: {e}; it will be retried."
+        ))
+    };
+    while let Some(head) = reader.head::<PushHead>().await.map_err(bad)? {
+        let size = if head.kind == Kind::File {
+            head.size
+        } else {
+            0
+        };
+        let relative = match paths::check(&head.path) {
+            Ok(relative) => relative,
+            Err(why) => {
+                reader.skip(size).await.map_err(bad)?;
+                results.push(PushResult::Refused {
+                    path: head.path.clone(),
+                    message: format!("path refused: {why}"),
+                });
+                continue;
+            }
+        };
+        let current = share.refresh(&head.path)?;
+        if !Share::base_matches(current.as_ref(), &head) {
+            reader.skip(size).await.map_err(bad)?;
+            let current = current.expect("a mismatched base means the hub has an entry");
+            results.push(PushResult::Conflict {
+                path: head.path.clone(),
+                current,
+            });
+            continue;
+        }
+        match head.kind {
+            Kind::File => match receive(&mut reader, share, &relative, &head).await {
+                Ok(file) => staged.push((head, file)),
+                Err(e) => results.push(PushResult::Refused {
+                    path: head.path.clone(),
+                    message: e.to_string(),
+                }),
+            },
+            Kind::Dir => results.push(apply_dir(share, &relative, &head)?),
+            Kind::Deleted => results.push(apply_delete(share, &relative, &head)?),
+        }
+    }
+    if !staged.is_empty() {
+        let durable = fsops::sync_fs(&share.root);
+        for (head, file) in staged {
+            if let Err(e) = &durable {
+                file.discard();
+                results.push(PushResult::Refused {
+                    path: head.path.clone(),
+                    message: format!("could not make it durable: {e}"),
+                });
+                continue;
+            }
+            results.push(land(share, head, file)?);
+        }
+        let _ = fsops::sync_fs(&share.root);
+    }
+    share.journal.flush().await?;
+    Ok(boxed(json(StatusCode::OK, &results)))
+}
+
+async fn receive(
+    reader: &mut FrameReader,
+    share: &Share,
+    relative: &std::path::Path,
+    head: &PushHead,
+) -> std::io::Result<fsops::Staged> {
+    let mut incoming = match fsops::Incoming::create(&share.root, relative, head.exec).await {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            reader.skip(head.size).await?;
+            return Err(e);
+        }
+    };
+    match reader.receive(head.size, &mut incoming).await {
+        Ok(Ok(())) => {
+            incoming
+                .finish(head.sha256.as_deref().unwrap_or_default(), false)
+                .await
+        }
+        Ok(Err(e)) | Err(e) => {
+            incoming.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+/// Renames a verified file into place, if the hub's file has not changed
+/// since the base check, and journals it.
+fn land(share: &Share, head: PushHead, file: fsops::Staged) -> Result<PushResult, ApiError> {
+    let current = share.refresh(&head.path)?;
+    if !Share::base_matches(current.as_ref(), &head) {
+        file.discard();
+        let current = current.expect("a mismatched base means the hub has an entry");
+        return Ok(PushResult::Conflict {
+            path: head.path,
+            current,
+        });
+    }
+    let target = file.target.clone();
+    if let Err(e) = file.commit() {
+        return Ok(PushResult::Refused {
+            path: head.path,
+            message: e.to_string(),
+        });
+    }
+    let stat = std::fs::symlink_metadata(&target).map(|m| super::scan::stat_of(&m));
+    let (mtime_ns, inode) = stat.map(|s| (s.mtime_ns, s.inode)).unwrap_or((0, 0));
+    let version = share.journal.record(
+        &head.path,
+        Synced {
+            kind: Kind::File,
+            sha256: head.sha256.clone(),
+            size: head.size,
+            exec: head.exec,
+            version: 0,
+            mtime_ns,
+            inode,
+        },
+    )?;
+    Ok(PushResult::Accepted {
+        path: head.path,
+        version,
+    })
+}
+
+fn apply_dir(
+    share: &Share,
+    relative: &std::path::Path,
+    head: &PushHead,
+) -> Result<PushResult, ApiError> {
+    if let Err(e) = fsops::make_dir(&share.root, relative) {
+        return Ok(PushResult::Refused {
+            path: head.path.clone(),
+            message: e.to_string(),
+        });
+    }
+    let inode = std::fs::symlink_metadata(share.root.join(relative))
+        .map(|m| super::scan::stat_of(&m).inode)
+        .unwrap_or(0);
+    let version = share.journal.record(
+        &head.path,
+        Synced {
+            kind: Kind::Dir,
+            sha256: None,
+            size: 0,
+            exec: false,
+            version: 0,
+            mtime_ns: 0,
+            inode,
+        },
+    )?;
+    Ok(PushResult::Accepted {
+        path: head.path.clone(),
+        version,
+    })
+}
+
+fn apply_delete(
+    share: &Share,
+    relative: &std::path::Path,
+    head: &PushHead,
+) -> Result<PushResult, ApiError> {
+    if let Err(e) = fsops::remove(&share.root, relative) {
+        // A directory that still holds files: an edit beats a delete.
+        let current = share.refresh(&head.path)?;
+        return Ok(match current {
+            Some(current) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                PushResult::Conflict {
+                    path: head.path.clone(),
+                    current,
+                }
+            }
+            _ => PushResult::Refused {
+                path: head.path.clone(),
+                message: e.to_string(),
+            },
+        });
+    }
+    let version = share.journal.record(&head.path, deleted())?;
+    Ok(PushResult::Accepted {
+        path: head.path.clone(),
+        version,
+    })
+}
+
+/// The holder of a `cli_` key rotates it over its own session; the old key
+/// keeps working for a minute so a lost answer cannot lock the peer out.
+async fn rotate(daemon: &Daemon, conn: &LiveConn) -> Result<Response<ProxyBody>, ApiError> {
+    let rotated = daemon.registry.rotate_key(&conn.id, Some(60)).await?;
+    Ok(boxed(json(
+        StatusCode::OK,
+        &RotatedKey { key: rotated.key },
+    )))
+}
+
+pub fn share_path(path: &str) -> Result<PathBuf, ApiError> {
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(ApiError::bad_request(
+            "Give the folder as an absolute path.",
+        ));
+    }
+    Ok(path)
+}

@@ -1,0 +1,820 @@
+//! Two-way folder sync, hub and spoke. A hub serves shares (see [`hub`]);
+//! a peer keeps a folder in sync with one share (see [`session`]).
+//! notify events are only hints: every round compares stat data with the
+//! last-synced state and hashes only what changed.
+
+mod client;
+mod frames;
+mod fsops;
+pub mod hub;
+mod identity;
+mod ignore;
+mod journal;
+mod model;
+mod paths;
+mod scan;
+mod session;
+mod share;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sidekey_api::{ConnCreate, ConnKind, Invite, InviteCreate, SessionState};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::Daemon;
+use crate::error::ApiError;
+use crate::keys::Secret;
+use crate::registry::now_secs;
+use crate::store::Store;
+use client::{HubClient, SyncError, parse_invite};
+pub use identity::Identity;
+use journal::Journal;
+use session::{RoundError, Session, SessionRecord};
+use share::{Share, ShareRecord};
+
+/// How long notify events are gathered before a round starts.
+const DEBOUNCE: Duration = Duration::from_millis(15);
+/// Failed rounds in a row before a session stops retrying on its own.
+const MAX_FAILURES: u32 = 8;
+
+struct Running {
+    session: Arc<Session>,
+    /// Bumped by user actions (resume, set-key, pause), which restart a
+    /// session that stopped itself.
+    user: watch::Sender<u64>,
+    stop: CancellationToken,
+}
+
+pub struct Engine {
+    pub identity: Identity,
+    shares: RwLock<BTreeMap<String, (Arc<Share>, CancellationToken)>>,
+    sessions: RwLock<BTreeMap<String, Running>>,
+    host: String,
+    sync_listen: Option<std::net::SocketAddr>,
+    data_dir: PathBuf,
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn api_error(e: crate::store::StoreError) -> ApiError {
+    ApiError::from(e)
+}
+
+impl Engine {
+    pub fn new(store: &Store, config: &crate::Config) -> anyhow::Result<Engine> {
+        Ok(Engine {
+            identity: Identity::load_or_create(store)?,
+            shares: RwLock::new(BTreeMap::new()),
+            sessions: RwLock::new(BTreeMap::new()),
+            host: hostname(),
+            sync_listen: config.sync_listen,
+            data_dir: config.data_dir.clone(),
+        })
+    }
+
+    /// Starts every stored share and session.
+    pub fn start(daemon: &Arc<Daemon>) {
+        let store = daemon.registry.store();
+        let shares: Vec<ShareRecord> = store
+            .table("shares")
+            .and_then(|t| t.all())
+            .map(|v| v.into_iter().map(|(_, r)| r).collect())
+            .unwrap_or_default();
+        for record in shares {
+            if let Err(e) = Engine::start_share(daemon, record) {
+                tracing::error!(error = %e.message, "cannot start a share");
+            }
+        }
+        let sessions: Vec<SessionRecord> = store
+            .table("sessions")
+            .and_then(|t| t.all())
+            .map(|v| v.into_iter().map(|(_, r)| r).collect())
+            .unwrap_or_default();
+        for record in sessions {
+            if let Err(e) = Engine::start_session(daemon, record) {
+                tracing::error!(error = %e.message, "cannot start a sync session");
+            }
+        }
+    }
+
+    /// The address the sync listener actually bound (port 0 becomes real).
+    pub fn set_listen(&mut self, addr: Option<std::net::SocketAddr>) {
+        self.sync_listen = addr;
+    }
+
+    pub fn listen(&self) -> Option<std::net::SocketAddr> {
+        self.sync_listen
+    }
+
+    pub fn share(&self, name: &str) -> Result<Arc<Share>, ApiError> {
+        self.shares
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(s, _)| s.clone())
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "No share is named '{name}'; list them with: sidekeyctl share ls"
+                ))
+            })
+    }
+
+    // --- hub side
+
+    pub fn add_share(
+        daemon: &Arc<Daemon>,
+        name: &str,
+        path: &str,
+    ) -> Result<sidekey_api::Share, ApiError> {
+        let engine = &daemon.sync;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ApiError::bad_request(format!(
+                "The share name '{name}' is not valid; use letters, digits, '-', '_' or '.'."
+            )));
+        }
+        let root = hub::share_path(path)?;
+        engine.check_folder(&root)?;
+        if !root.is_dir() {
+            return Err(ApiError::bad_request(format!(
+                "{} is not a directory; create it first.",
+                root.display()
+            )));
+        }
+        if engine
+            .shares
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+        {
+            return Err(ApiError::conflict(format!(
+                "A share named '{name}' exists; pick another name."
+            )));
+        }
+        let replica = random_id("r");
+        Share::write_marker(&root, &replica).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Cannot write the marker in {}: {e}.",
+                root.display()
+            ))
+        })?;
+        let record = ShareRecord {
+            name: name.to_string(),
+            path: root.display().to_string(),
+            replica,
+            created_at: now_secs(),
+        };
+        daemon
+            .registry
+            .store()
+            .table("shares")
+            .and_then(|t| t.put(name.as_bytes(), &record))
+            .map_err(api_error)?;
+        Engine::start_share(daemon, record)?;
+        engine.share_view(daemon, name)
+    }
+
+    fn start_share(daemon: &Arc<Daemon>, record: ShareRecord) -> Result<(), ApiError> {
+        let journal =
+            Journal::for_share(daemon.registry.store(), &record.name).map_err(api_error)?;
+        let share = Arc::new(Share::new(record.clone(), journal));
+        let stop = daemon.shutdown.child_token();
+        daemon
+            .sync
+            .shares
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.name.clone(), (share.clone(), stop.clone()));
+        tokio::spawn(run_share(share, stop));
+        Ok(())
+    }
+
+    pub async fn remove_share(daemon: &Arc<Daemon>, name: &str) -> Result<(), ApiError> {
+        let (_, stop) = daemon
+            .sync
+            .shares
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| ApiError::not_found(format!("No share is named '{name}'.")))?;
+        stop.cancel();
+        for conn in daemon
+            .registry
+            .list_conns()
+            .into_iter()
+            .filter(|c| c.share.as_deref() == Some(name))
+        {
+            daemon.registry.remove_conn(&conn.id).await?;
+        }
+        let store = daemon.registry.store();
+        store
+            .table("shares")
+            .and_then(|t| t.remove(name.as_bytes()))
+            .map_err(api_error)?;
+        Journal::drop_tables_for_share(store, name).map_err(api_error)?;
+        store.flush().await?;
+        Ok(())
+    }
+
+    pub fn shares(&self, daemon: &Daemon) -> Vec<sidekey_api::Share> {
+        let names: Vec<String> = self
+            .shares
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .iter()
+            .filter_map(|n| self.share_view(daemon, n).ok())
+            .collect()
+    }
+
+    pub fn share_view(&self, daemon: &Daemon, name: &str) -> Result<sidekey_api::Share, ApiError> {
+        let share = self.share(name)?;
+        let report = share.report.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(sidekey_api::Share {
+            name: share.record.name.clone(),
+            path: share.record.path.clone(),
+            files: share.journal.live_count().map_err(api_error)? as u64,
+            version: share.journal.last_version(),
+            peers: daemon
+                .registry
+                .list_conns()
+                .into_iter()
+                .filter(|c| c.share.as_deref() == Some(name))
+                .map(|c| c.name)
+                .collect(),
+            halted: share.halted(),
+            skipped: report.skipped.clone(),
+            case_collisions: report.case_collisions.clone(),
+        })
+    }
+
+    pub async fn invite(
+        daemon: &Arc<Daemon>,
+        share: &str,
+        req: InviteCreate,
+    ) -> Result<Invite, ApiError> {
+        let engine = &daemon.sync;
+        engine.share(share)?;
+        let Some(listen) = engine.sync_listen else {
+            return Err(ApiError::bad_request(
+                "This daemon serves no shares over the network yet: set sync_listen (like \"0.0.0.0:7443\") in the config and restart it.",
+            ));
+        };
+        let name = match req.name {
+            Some(name) => name,
+            None => {
+                let taken: Vec<String> = daemon
+                    .registry
+                    .list_conns()
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect();
+                (1..)
+                    .map(|n| format!("{share}-peer-{n}"))
+                    .find(|n| !taken.contains(n))
+                    .expect("a free name")
+            }
+        };
+        let created = daemon
+            .registry
+            .create_conn(ConnCreate {
+                name,
+                kind: ConnKind::Sync,
+                expires_in_secs: None,
+                rate: None,
+                share: Some(share.to_string()),
+                read_only: Some(req.read_only),
+            })
+            .await?;
+        let host = req.host.unwrap_or_else(|| {
+            if listen.ip().is_unspecified() {
+                engine.host.clone()
+            } else {
+                listen.ip().to_string()
+            }
+        });
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(Invite {
+            invite: format!(
+                "sidekey://{host}:{}/{share}#key={}&fp={}",
+                listen.port(),
+                created.key,
+                engine.identity.fingerprint
+            ),
+            conn_id: created.conn.id,
+            conn_name: created.conn.name,
+        })
+    }
+
+    // --- peer side
+
+    pub async fn add_session(
+        daemon: &Arc<Daemon>,
+        folder: &str,
+        invite: &str,
+    ) -> Result<sidekey_api::Session, ApiError> {
+        let parts = parse_invite(invite)
+            .map_err(|why| ApiError::bad_request(format!("The invite is not valid: {why}.")))?;
+        let root = hub::share_path(folder)?;
+        daemon.sync.check_folder(&root)?;
+        std::fs::create_dir_all(&root).map_err(|e| {
+            ApiError::bad_request(format!("Cannot create {}: {e}.", root.display()))
+        })?;
+        if daemon
+            .sync
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|r| r.session.root == root)
+        {
+            return Err(ApiError::conflict(format!(
+                "{} is already synced; see: sidekeyctl sync ls",
+                root.display()
+            )));
+        }
+        // Check the hub, its fingerprint and the key now, so mistakes surface here.
+        let client = HubClient::new(
+            parts.addr.clone(),
+            parts.share.clone(),
+            parts.fingerprint.clone(),
+            parts.key.clone(),
+        );
+        client.hello().await.map_err(|e| match e {
+            SyncError::Auth(m) | SyncError::Refused(m) => {
+                ApiError::permission_denied(format!("The hub refused the invite's key: {m}."))
+            }
+            SyncError::Fingerprint(m) => ApiError::permission_denied(format!("{m}.")),
+            SyncError::Transport(m) => ApiError::new(
+                "upstream_unreachable",
+                http::StatusCode::BAD_GATEWAY,
+                format!("{m}; check the address and that the hub's sync_listen is reachable."),
+            ),
+        })?;
+        let id = random_id("s");
+        let store = daemon.registry.store();
+        let record = SessionRecord {
+            key_sealed: store.seal(&format!("session:{id}:key"), &parts.key),
+            id: id.clone(),
+            folder: root.display().to_string(),
+            addr: parts.addr,
+            share: parts.share,
+            fingerprint: parts.fingerprint,
+            cursor: 0,
+            paused: false,
+            replica: random_id("r"),
+            created_at: now_secs(),
+            initial_sync_done: false,
+        };
+        store
+            .table("sessions")
+            .and_then(|t| t.put(id.as_bytes(), &record))
+            .map_err(api_error)?;
+        store.flush().await?;
+        Engine::start_session(daemon, record)?;
+        daemon.sync.session_view(&id)
+    }
+
+    fn start_session(daemon: &Arc<Daemon>, record: SessionRecord) -> Result<(), ApiError> {
+        let store = daemon.registry.store();
+        let key = store
+            .unseal(&format!("session:{}:key", record.id), &record.key_sealed)
+            .map_err(api_error)?;
+        let index = Journal::for_session(store, &record.id).map_err(api_error)?;
+        let client = HubClient::new(
+            record.addr.clone(),
+            record.share.clone(),
+            record.fingerprint.clone(),
+            key,
+        );
+        let session = Arc::new(Session::new(
+            record.clone(),
+            index,
+            client,
+            daemon.sync.host.clone(),
+        ));
+        let wake = Arc::new(Notify::new());
+        let stop = daemon.shutdown.child_token();
+        let (user, user_rx) = watch::channel(0u64);
+        daemon
+            .sync
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                record.id.clone(),
+                Running {
+                    session: session.clone(),
+                    user,
+                    stop: stop.clone(),
+                },
+            );
+        tokio::spawn(run_session(daemon.clone(), session, wake, user_rx, stop));
+        Ok(())
+    }
+
+    fn running<T>(&self, id: &str, f: impl FnOnce(&Running) -> T) -> Result<T, ApiError> {
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        let running = sessions.get(id).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "No sync session has the id '{id}'; list them with: sidekeyctl sync ls"
+            ))
+        })?;
+        Ok(f(running))
+    }
+
+    pub fn sessions(&self) -> Vec<sidekey_api::Session> {
+        let ids: Vec<String> = self
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.iter()
+            .filter_map(|id| self.session_view(id).ok())
+            .collect()
+    }
+
+    pub fn session_view(&self, id: &str) -> Result<sidekey_api::Session, ApiError> {
+        let session = self.running(id, |r| r.session.clone())?;
+        let record = session.record();
+        let status = session.status();
+        Ok(sidekey_api::Session {
+            id: record.id.clone(),
+            folder: record.folder.clone(),
+            hub: format!("{}/{}", record.addr, record.share),
+            share: record.share.clone(),
+            state: status.state,
+            message: status.message,
+            files: session.index.live_count().map_err(api_error)? as u64,
+            pending: status.pending,
+            conflicts: status.conflicts,
+            bytes_moved: session
+                .bytes_moved
+                .load(std::sync::atomic::Ordering::Relaxed),
+            last_sync: status.last_sync,
+            progress_done: status.progress_done,
+            progress_total: status.progress_total,
+            initial_sync_done: record.initial_sync_done,
+            skipped: status.skipped,
+            case_collisions: status.case_collisions,
+        })
+    }
+
+    pub async fn set_paused(
+        daemon: &Arc<Daemon>,
+        id: &str,
+        paused: bool,
+    ) -> Result<sidekey_api::Session, ApiError> {
+        let (session, user) = daemon
+            .sync
+            .running(id, |r| (r.session.clone(), r.user.clone()))?;
+        session
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paused = paused;
+        save(daemon.registry.store(), &session).await?;
+        if paused {
+            session.set_state(
+                SessionState::Paused,
+                Some(format!("Paused; resume with: sidekeyctl sync resume {id}")),
+            );
+        } else {
+            session.set_state(SessionState::Scanning, None);
+        }
+        user.send_modify(|v| *v += 1);
+        daemon.sync.session_view(id)
+    }
+
+    pub async fn remove_session(daemon: &Arc<Daemon>, id: &str) -> Result<(), ApiError> {
+        let running = daemon
+            .sync
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .ok_or_else(|| ApiError::not_found(format!("No sync session has the id '{id}'.")))?;
+        running.stop.cancel();
+        let store = daemon.registry.store();
+        store
+            .table("sessions")
+            .and_then(|t| t.remove(id.as_bytes()))
+            .map_err(api_error)?;
+        Journal::drop_tables_for_session(store, id).map_err(api_error)?;
+        let _ = std::fs::remove_file(running.session.root.join(ignore::MARKER));
+        store.flush().await?;
+        Ok(())
+    }
+
+    /// The peer rotates its own key over its session.
+    pub async fn rotate_session_key(
+        daemon: &Arc<Daemon>,
+        id: &str,
+    ) -> Result<sidekey_api::Session, ApiError> {
+        let session = daemon.sync.running(id, |r| r.session.clone())?;
+        let key = session.client.rotate().await.map_err(|e| {
+            ApiError::new(
+                "upstream_unreachable",
+                http::StatusCode::BAD_GATEWAY,
+                format!("The hub did not rotate the key: {e}."),
+            )
+        })?;
+        Engine::store_key(daemon, &session, key).await?;
+        daemon.sync.session_view(id)
+    }
+
+    /// A new key pasted by the user, after the hub's owner rotated or revoked the old one.
+    pub async fn set_session_key(
+        daemon: &Arc<Daemon>,
+        id: &str,
+        key: Secret,
+    ) -> Result<sidekey_api::Session, ApiError> {
+        if crate::keys::parse(key.expose()) != Some(crate::keys::KeyPrefix::Cli) {
+            return Err(ApiError::bad_request(
+                "A sync key is cli_ followed by 64 hex characters; paste it again.",
+            ));
+        }
+        let (session, user) = daemon
+            .sync
+            .running(id, |r| (r.session.clone(), r.user.clone()))?;
+        Engine::store_key(daemon, &session, key).await?;
+        session.set_state(SessionState::Scanning, None);
+        user.send_modify(|v| *v += 1);
+        daemon.sync.session_view(id)
+    }
+
+    async fn store_key(daemon: &Daemon, session: &Session, key: Secret) -> Result<(), ApiError> {
+        let store = daemon.registry.store();
+        {
+            let mut record = session.record.lock().unwrap_or_else(|p| p.into_inner());
+            record.key_sealed = store.seal(&format!("session:{}:key", record.id), &key);
+        }
+        save(store, session).await?;
+        session.client.set_key(key);
+        Ok(())
+    }
+
+    /// Folders inside the data dir (the store lives there) are refused.
+    fn check_folder(&self, root: &Path) -> Result<(), ApiError> {
+        if root.starts_with(&self.data_dir) || self.data_dir.starts_with(root) {
+            return Err(ApiError::bad_request(format!(
+                "{} overlaps the daemon's data dir {}; sync a folder outside it.",
+                root.display(),
+                self.data_dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn save(store: &Store, session: &Session) -> Result<(), ApiError> {
+    let record = session.record();
+    store
+        .table("sessions")
+        .and_then(|t| t.put(record.id.as_bytes(), &record))
+        .map_err(api_error)?;
+    session.index.flush().await.map_err(api_error)?;
+    store.flush().await?;
+    Ok(())
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+/// A periodic rescan catches what notify missed; jitter keeps many replicas
+/// from scanning in lockstep.
+fn rescan_interval() -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    Duration::from_secs(45 + u64::from(byte[0]) % 30)
+}
+
+/// notify events (and watcher errors, such as overflow) only wake the loop.
+fn watch(root: &Path, hints: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = &event
+            && matches!(event.kind, EventKind::Access(_))
+        {
+            return;
+        }
+        let _ = hints.try_send(());
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch; relying on periodic rescans"))
+    .ok()?;
+    if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
+        tracing::warn!(error = %e, root = %root.display(), "cannot watch (inotify limits?); relying on periodic rescans");
+        return None;
+    }
+    Some(watcher)
+}
+
+/// Waits for a hint (then gathers more for [`DEBOUNCE`]), a rescan tick, or stop.
+async fn next_wake(
+    hints: &mut mpsc::Receiver<()>,
+    wake: Option<&Notify>,
+    stop: &CancellationToken,
+    poll: Duration,
+) -> bool {
+    let woke = tokio::select! {
+        () = stop.cancelled() => return false,
+        _ = hints.recv() => true,
+        () = async { match wake { Some(w) => w.notified().await, None => std::future::pending().await } } => true,
+        () = tokio::time::sleep(poll) => true,
+    };
+    if woke {
+        tokio::time::sleep(DEBOUNCE).await;
+        while hints.try_recv().is_ok() {}
+    }
+    true
+}
+
+async fn run_share(share: Arc<Share>, stop: CancellationToken) {
+    let (tx, mut hints) = mpsc::channel(1);
+    let watcher = watch(&share.root, tx);
+    let poll = if watcher.is_some() {
+        rescan_interval()
+    } else {
+        Duration::from_secs(2)
+    };
+    loop {
+        {
+            let _guard = share.lock.lock().await;
+            if let Err(e) = tokio::task::block_in_place(|| share.scan()) {
+                tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
+            }
+            let _ = share.journal.flush().await;
+        }
+        if !next_wake(&mut hints, None, &stop, poll).await {
+            return;
+        }
+    }
+}
+
+async fn run_session(
+    daemon: Arc<Daemon>,
+    session: Arc<Session>,
+    wake: Arc<Notify>,
+    mut user: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let (tx, mut hints) = mpsc::channel(1);
+    let watcher = watch(&session.root, tx);
+    let poll = if watcher.is_some() {
+        rescan_interval()
+    } else {
+        Duration::from_secs(2)
+    };
+    tokio::spawn(long_poll(
+        session.clone(),
+        wake.clone(),
+        user.clone(),
+        stop.clone(),
+    ));
+    let store = daemon.registry.store();
+    let mut failures = 0u32;
+    let mut again = 0u32;
+    loop {
+        let id = session.record().id;
+        if session.record().paused {
+            session.set_state(
+                SessionState::Paused,
+                Some(format!("Paused; resume with: sidekeyctl sync resume {id}")),
+            );
+            if !wait_for_user(&mut user, &stop).await {
+                return;
+            }
+            continue;
+        }
+        let stopped = match session.round().await {
+            Ok(()) => {
+                failures = 0;
+                again = 0;
+                false
+            }
+            Err(RoundError::Again) if again < 5 => {
+                again += 1;
+                continue;
+            }
+            Err(RoundError::Again) => {
+                again = 0;
+                false
+            }
+            Err(RoundError::Halt(why)) => {
+                session.set_state(SessionState::Halted, Some(why));
+                true
+            }
+            Err(RoundError::Sync(SyncError::Auth(why))) => {
+                session.set_state(SessionState::AuthFailed, Some(why.replace("<id>", &id)));
+                true
+            }
+            Err(RoundError::Sync(SyncError::Fingerprint(why) | SyncError::Refused(why))) => {
+                session.set_state(SessionState::Error, Some(why));
+                true
+            }
+            Err(RoundError::Sync(SyncError::Transport(why)) | RoundError::Retry(why)) => {
+                failures += 1;
+                if failures >= MAX_FAILURES {
+                    session.set_state(SessionState::Error, Some(format!("{why}; gave up after {failures} tries. Retry with: sidekeyctl sync resume {id}")));
+                    true
+                } else {
+                    // Bounded exponential backoff: 2, 4, ... 64 s.
+                    session.set_state(SessionState::Error, Some(format!("{why}; retrying")));
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1u64 << failures.min(6))) => {}
+                    }
+                    continue;
+                }
+            }
+        };
+        if let Err(e) = save(store, &session).await {
+            tracing::warn!(error = %e.message, "cannot save the session");
+        }
+        if stopped {
+            // Never retry on our own: wait for resume or set-key.
+            if !wait_for_user(&mut user, &stop).await {
+                return;
+            }
+            failures = 0;
+            continue;
+        }
+        tokio::select! {
+            keep = next_wake(&mut hints, Some(&wake), &stop, poll) => if !keep { return },
+            _ = user.changed() => {}
+        }
+    }
+}
+
+async fn wait_for_user(user: &mut watch::Receiver<u64>, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        changed = user.changed() => changed.is_ok(),
+    }
+}
+
+/// Waits on the hub's change feed and wakes the session when it moves.
+/// After a refused key it waits for the user, like the session does.
+async fn long_poll(
+    session: Arc<Session>,
+    wake: Arc<Notify>,
+    mut user: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let since = session.record().cursor;
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = session.client.changes(since, 25) => outcome,
+        };
+        match outcome {
+            Ok(changes) => {
+                failures = 0;
+                if !changes.entries.is_empty() {
+                    wake.notify_one();
+                    // Let the round move the cursor before asking again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(SyncError::Auth(_) | SyncError::Fingerprint(_) | SyncError::Refused(_)) => {
+                wake.notify_one();
+                if !wait_for_user(&mut user, &stop).await {
+                    return;
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1u64 << failures.min(6))) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! A peer's sync session: a local folder kept in two-way sync with a share
+//! on a hub. Each round pushes local changes (each made on a base version),
+//! resolves what the hub refused without losing a byte, then pulls.
+//!
+//! Rules: an edit beats a delete; on edit/edit the hub's version keeps the
+//! name and the local one becomes `name.sync-conflict-<ts>-<host>.ext`,
+//! which then syncs like any file; an incoming change is applied only while
+//! the local path still matches what was last synced.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use sidekey_api::SessionState;
+use tokio::sync::mpsc;
+
+use super::client::{HubClient, SyncError};
+use super::frames::FrameWriter;
+use super::ignore::{Ignorer, MARKER};
+use super::journal::Journal;
+use super::model::{Entry, Kind, PushHead, PushResult, Synced};
+use super::scan::{self, Stat};
+use super::share::same_stat;
+use super::{fsops, paths};
+use crate::http_util::ChannelBody;
+use crate::registry::{now_ms, now_secs};
+
+/// Files at most this big travel together in one request.
+const SMALL_FILE: u64 = 1024 * 1024;
+const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+const BATCH_FILES: usize = 2000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub folder: String,
+    pub addr: String,
+    pub share: String,
+    pub fingerprint: String,
+    pub key_sealed: String,
+    pub cursor: u64,
+    pub paused: bool,
+    pub replica: String,
+    pub created_at: u64,
+    #[serde(default)]
+    pub initial_sync_done: bool,
+}
+
+/// What `sync status` shows.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: SessionState,
+    pub message: Option<String>,
+    pub pending: u64,
+    pub conflicts: u64,
+    pub last_sync: Option<u64>,
+    pub progress_done: u64,
+    pub progress_total: u64,
+    pub skipped: Vec<String>,
+    pub case_collisions: Vec<String>,
+}
+
+pub struct Session {
+    pub record: Mutex<SessionRecord>,
+    pub root: PathBuf,
+    pub index: Arc<Journal>,
+    pub client: HubClient,
+    pub status: Mutex<Status>,
+    pub bytes_moved: AtomicU64,
+    pub host: String,
+    /// Set when the hub refuses our pushes (a read-only key): pull only.
+    read_only: std::sync::atomic::AtomicBool,
+}
+
+/// A local change to push.
+struct Change {
+    head: PushHead,
+    stat: Option<Stat>,
+}
+
+impl Session {
+    pub fn new(
+        record: SessionRecord,
+        index: Arc<Journal>,
+        client: HubClient,
+        host: String,
+    ) -> Session {
+        Session {
+            root: PathBuf::from(&record.folder),
+            status: Mutex::new(Status {
+                state: if record.paused {
+                    SessionState::Paused
+                } else {
+                    SessionState::Scanning
+                },
+                message: None,
+                pending: 0,
+                conflicts: 0,
+                last_sync: None,
+                progress_done: 0,
+                progress_total: 0,
+                skipped: Vec::new(),
+                case_collisions: Vec::new(),
+            }),
+            record: Mutex::new(record),
+            index,
+            client,
+            bytes_moved: AtomicU64::new(0),
+            host,
+            read_only: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_state(&self, state: SessionState, message: Option<String>) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.state = state;
+        status.message = message;
+    }
+
+    fn update<F: FnOnce(&mut Status)>(&self, f: F) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Checks the marker: a folder whose marker vanished while it has synced
+    /// files is not trusted (it may be a different, empty folder).
+    pub fn check_marker(&self) -> Result<(), String> {
+        let marker = self.root.join(MARKER);
+        let replica = self.record().replica;
+        match std::fs::read_to_string(&marker) {
+            Ok(text) if text.trim() == replica => Ok(()),
+            Ok(_) => Err(format!(
+                "{} belongs to another replica; nothing was deleted. Remove this session and add the folder again",
+                marker.display()
+            )),
+            Err(_) if self.index.is_empty() => {
+                std::fs::create_dir_all(&self.root)
+                    .map_err(|e| format!("cannot create {}: {e}", self.root.display()))?;
+                std::fs::write(&marker, format!("{replica}\n"))
+                    .map_err(|e| format!("cannot write {}: {e}", marker.display()))
+            }
+            Err(_) => Err(format!(
+                "the marker {} is gone, so this may not be the synced folder any more; nothing was deleted anywhere. If the folder moved, remove this session and add it again",
+                marker.display()
+            )),
+        }
+    }
+
+    /// One full round: push local changes, then pull the hub's.
+    pub async fn round(&self) -> Result<(), RoundError> {
+        self.check_marker().map_err(RoundError::Halt)?;
+        self.update(|s| s.state = SessionState::Scanning);
+        let ignorer = Ignorer::load(&self.root);
+        let found = scan::scan(&self.root, &ignorer)
+            .map_err(|e| RoundError::Halt(format!("cannot read {}: {e}", self.root.display())))?;
+        fsops::remove_leftovers(&found.leftovers);
+        let index: BTreeMap<String, Synced> =
+            self.index.all().map_err(store_error)?.into_iter().collect();
+        let live = index.values().filter(|s| s.kind != Kind::Deleted).count();
+        if found.entries.is_empty() && live > 0 {
+            return Err(RoundError::Halt(format!(
+                "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove this session",
+                self.root.display()
+            )));
+        }
+        self.update(|s| {
+            s.skipped = found.skipped.clone();
+            s.case_collisions = found.case_collisions.clone();
+        });
+
+        let changes = self.local_changes(&found.entries, &index, &ignorer)?;
+        let first = !self.record().initial_sync_done;
+        let unpushed = changes.len() as u64;
+        let read_only = self.read_only.load(Ordering::Relaxed);
+        if !changes.is_empty() && !read_only {
+            self.update(|s| {
+                s.state = SessionState::Syncing;
+                s.pending = unpushed;
+                if first {
+                    s.progress_total += unpushed;
+                }
+            });
+            match self.push(changes).await {
+                Err(RoundError::Sync(SyncError::Refused(why))) => {
+                    tracing::warn!(session = %self.record().id, %why, "the hub refused our changes; pulling only");
+                    self.read_only.store(true, Ordering::Relaxed);
+                    self.update(|s| s.message = Some(format!("The hub refused our changes ({why}); they stay in this folder, and changes from the hub still arrive.")));
+                }
+                other => other?,
+            }
+        }
+        self.pull(first).await?;
+        let read_only = self.read_only.load(Ordering::Relaxed);
+        let mut record = self.record();
+        if first {
+            record.initial_sync_done = true;
+        }
+        *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
+        self.update(|s| {
+            s.state = SessionState::Watching;
+            if !read_only {
+                s.message = None;
+            }
+            s.pending = if read_only { unpushed } else { 0 };
+            s.last_sync = Some(now_secs());
+        });
+        Ok(())
+    }
+
+    fn local_changes(
+        &self,
+        found: &BTreeMap<String, Stat>,
+        index: &BTreeMap<String, Synced>,
+        ignorer: &Ignorer,
+    ) -> Result<Vec<Change>, RoundError> {
+        let mut creates = Vec::new();
+        for (path, stat) in found {
+            let synced = index.get(path).filter(|s| s.kind != Kind::Deleted);
+            let base = index.get(path).map(|s| s.version).unwrap_or(0);
+            if let Some(synced) = synced
+                && same_stat(synced, stat)
+            {
+                continue;
+            }
+            let head = match stat.kind {
+                Kind::Dir => {
+                    if synced.is_some_and(|s| s.kind == Kind::Dir) {
+                        continue;
+                    }
+                    PushHead {
+                        path: path.clone(),
+                        kind: Kind::Dir,
+                        base,
+                        sha256: None,
+                        size: 0,
+                        exec: false,
+                    }
+                }
+                _ => {
+                    let Ok((sha, size)) = scan::hash_file(&self.root.join(path)) else {
+                        continue;
+                    };
+                    if let Some(synced) = synced
+                        && synced.kind == Kind::File
+                        && synced.sha256.as_deref() == Some(sha.as_str())
+                        && synced.exec == stat.exec
+                    {
+                        // Touched, not changed: remember the new stat data.
+                        let touched = Synced {
+                            mtime_ns: stat.mtime_ns,
+                            inode: stat.inode,
+                            size,
+                            ..synced.clone()
+                        };
+                        self.index.put(path, &touched).map_err(store_error)?;
+                        continue;
+                    }
+                    PushHead {
+                        path: path.clone(),
+                        kind: Kind::File,
+                        base,
+                        sha256: Some(sha),
+                        size,
+                        exec: stat.exec,
+                    }
+                }
+            };
+            creates.push(Change {
+                head,
+                stat: Some(stat.clone()),
+            });
+        }
+        let mut deletes = Vec::new();
+        for (path, synced) in index {
+            if synced.kind == Kind::Deleted || found.contains_key(path) {
+                continue;
+            }
+            if ignorer.ignored(path, synced.kind == Kind::Dir) {
+                // Newly ignored: forget it here, leave it alone everywhere else.
+                self.index.remove(path).map_err(store_error)?;
+                continue;
+            }
+            let head = PushHead {
+                path: path.clone(),
+                kind: Kind::Deleted,
+                base: synced.version,
+                sha256: None,
+                size: 0,
+                exec: false,
+            };
+            deletes.push(Change { head, stat: None });
+        }
+        // Parents before children when creating; children before parents when deleting.
+        creates.sort_by_key(|c| c.head.path.matches('/').count());
+        deletes.sort_by_key(|c| std::cmp::Reverse(c.head.path.matches('/').count()));
+        creates.extend(deletes);
+        Ok(creates)
+    }
+
+    async fn push(&self, changes: Vec<Change>) -> Result<(), RoundError> {
+        let mut batch: Vec<Change> = Vec::new();
+        let mut batch_bytes = 0u64;
+        for change in changes {
+            let size = if change.head.kind == Kind::File {
+                change.head.size
+            } else {
+                0
+            };
+            if !batch.is_empty()
+                && (batch.len() >= BATCH_FILES
+                    || batch_bytes + size > BATCH_BYTES
+                    || size > SMALL_FILE)
+            {
+                self.push_batch(std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(change);
+        }
+        if !batch.is_empty() {
+            self.push_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn push_batch(&self, batch: Vec<Change>) -> Result<(), RoundError> {
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let root = self.root.clone();
+        let heads: Vec<PushHead> = batch.iter().map(|c| c.head.clone()).collect();
+        let sending = heads.clone();
+        let writer_task = tokio::spawn(async move {
+            let writer = FrameWriter::new(tx);
+            for head in sending {
+                writer.head(&head).await?;
+                if head.kind == Kind::File {
+                    writer.file(&root.join(&head.path), head.size).await?;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let results = self
+            .client
+            .push(ChannelBody::new(rx).boxed())
+            .await
+            .map_err(RoundError::Sync)?;
+        if let Ok(Err(e)) = writer_task.await {
+            // The file changed while it was sent: the next round sends it again.
+            tracing::debug!(error = %e, "a pushed file changed while it was sent");
+        }
+        let sent: u64 = heads.iter().map(|h| h.size).sum();
+        self.bytes_moved.fetch_add(sent, Ordering::Relaxed);
+        let mut again = false;
+        for (result, change) in results.into_iter().zip(batch) {
+            match result {
+                PushResult::Accepted { path, version } => {
+                    let state = match (change.head.kind, &change.stat) {
+                        (Kind::Deleted, _) | (_, None) => Synced {
+                            kind: Kind::Deleted,
+                            sha256: None,
+                            size: 0,
+                            exec: false,
+                            version,
+                            mtime_ns: 0,
+                            inode: 0,
+                        },
+                        (kind, Some(stat)) => Synced {
+                            kind,
+                            sha256: change.head.sha256.clone(),
+                            size: change.head.size,
+                            exec: change.head.exec,
+                            version,
+                            mtime_ns: stat.mtime_ns,
+                            inode: stat.inode,
+                        },
+                    };
+                    self.index.put(&path, &state).map_err(store_error)?;
+                }
+                PushResult::Conflict { path, current } => {
+                    again |= self.resolve(&change.head, &path, &current)?
+                }
+                PushResult::Refused { path, message } => {
+                    tracing::warn!(session = %self.record().id, %path, %message, "the hub refused a change");
+                }
+            }
+            self.update(|s| {
+                s.pending = s.pending.saturating_sub(1);
+                s.progress_done += 1;
+            });
+        }
+        if again {
+            return Err(RoundError::Again);
+        }
+        Ok(())
+    }
+
+    /// The hub moved on from our base. Returns whether another round is due.
+    fn resolve(&self, mine: &PushHead, path: &str, current: &Entry) -> Result<bool, RoundError> {
+        let forget = |version| Synced {
+            kind: Kind::Deleted,
+            sha256: None,
+            size: 0,
+            exec: false,
+            version,
+            mtime_ns: 0,
+            inode: 0,
+        };
+        // Same result on both sides: nothing to resolve.
+        if current.kind == mine.kind && current.sha256 == mine.sha256 && current.exec == mine.exec {
+            let stat = std::fs::symlink_metadata(self.root.join(path))
+                .map(|m| scan::stat_of(&m))
+                .ok();
+            let state = Synced {
+                kind: current.kind,
+                sha256: current.sha256.clone(),
+                size: current.size,
+                exec: current.exec,
+                version: current.version,
+                mtime_ns: stat.as_ref().map(|s| s.mtime_ns).unwrap_or(0),
+                inode: stat.map(|s| s.inode).unwrap_or(0),
+            };
+            self.index.put(path, &state).map_err(store_error)?;
+            return Ok(false);
+        }
+        match (mine.kind, current.kind) {
+            // We deleted, they edited: the edit wins; the pull brings it back.
+            (Kind::Deleted, _) => {
+                self.index.put(path, &forget(0)).map_err(store_error)?;
+                Ok(false)
+            }
+            // We edited, they deleted: the edit wins; push again on their tombstone.
+            (_, Kind::Deleted) => {
+                self.index
+                    .put(path, &forget(current.version))
+                    .map_err(store_error)?;
+                Ok(true)
+            }
+            // A directory against anything else, or two different edits:
+            // keep ours beside theirs as a conflict copy.
+            _ => {
+                if mine.kind == Kind::Dir && current.kind == Kind::Dir {
+                    return Ok(false);
+                }
+                let copy = fsops::move_to_conflict(&self.root, path, &self.host, now_ms() / 1000)
+                    .map_err(|e| {
+                    RoundError::Retry(format!("cannot keep the conflicting copy of {path}: {e}"))
+                })?;
+                tracing::info!(session = %self.record().id, %path, %copy, "conflict: kept the local side as a copy");
+                self.index.put(path, &forget(0)).map_err(store_error)?;
+                self.update(|s| s.conflicts += 1);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn pull(&self, first: bool) -> Result<(), RoundError> {
+        loop {
+            let since = self.record().cursor;
+            let changes = self
+                .client
+                .changes(since, 0)
+                .await
+                .map_err(RoundError::Sync)?;
+            if first {
+                self.update(|s| s.progress_total += changes.entries.len() as u64);
+            }
+            let mut files = Vec::new();
+            for entry in &changes.entries {
+                if paths::check(&entry.path).is_err() {
+                    tracing::warn!(path = %entry.path, "refused a path from the hub");
+                    continue;
+                }
+                let synced = self.index.get(&entry.path).map_err(store_error)?;
+                if synced.as_ref().is_some_and(|s| s.version == entry.version) {
+                    self.update(|s| s.progress_done += 1);
+                    continue;
+                }
+                if !self.unchanged_since_sync(&entry.path, synced.as_ref()) {
+                    // A local change waits to be pushed; the next round meets the conflict.
+                    continue;
+                }
+                match entry.kind {
+                    Kind::File => files.push(entry.clone()),
+                    Kind::Dir => {
+                        let relative = PathBuf::from(&entry.path);
+                        if let Err(e) = fsops::make_dir(&self.root, &relative) {
+                            tracing::warn!(error = %e, path = %entry.path, "cannot create a directory");
+                            continue;
+                        }
+                        let stat = std::fs::symlink_metadata(self.root.join(&relative))
+                            .map(|m| scan::stat_of(&m))
+                            .ok();
+                        self.index
+                            .put(&entry.path, &synced_from(entry, stat.as_ref()))
+                            .map_err(store_error)?;
+                        self.update(|s| s.progress_done += 1);
+                    }
+                    Kind::Deleted => {
+                        if fsops::remove(&self.root, Path::new(&entry.path)).is_ok() {
+                            self.index
+                                .put(&entry.path, &synced_from(entry, None))
+                                .map_err(store_error)?;
+                        }
+                        self.update(|s| s.progress_done += 1);
+                    }
+                }
+            }
+            self.fetch(files).await?;
+            let mut record = self.record();
+            record.cursor = changes.cursor;
+            *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
+            if !changes.more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the local path still holds what was last synced (or nothing,
+    /// if nothing was).
+    fn unchanged_since_sync(&self, path: &str, synced: Option<&Synced>) -> bool {
+        let local = std::fs::symlink_metadata(self.root.join(path)).ok();
+        match (synced.filter(|s| s.kind != Kind::Deleted), local) {
+            (None, None) => true,
+            (Some(synced), Some(meta)) => {
+                (meta.is_file() || meta.is_dir()) && same_stat(synced, &scan::stat_of(&meta))
+            }
+            _ => false,
+        }
+    }
+
+    async fn fetch(&self, files: Vec<Entry>) -> Result<(), RoundError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        for entry in files {
+            if !batch.is_empty()
+                && (batch.len() >= BATCH_FILES
+                    || bytes + entry.size > BATCH_BYTES
+                    || entry.size > SMALL_FILE)
+            {
+                self.fetch_batch(std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+            bytes += entry.size;
+            batch.push(entry);
+        }
+        if !batch.is_empty() {
+            self.fetch_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches, verifies and applies a batch: temp files first, one syncfs,
+    /// then the renames, then one more syncfs. A single file fsyncs itself.
+    async fn fetch_batch(&self, batch: Vec<Entry>) -> Result<(), RoundError> {
+        let single = batch.len() == 1;
+        let mut reader = self
+            .client
+            .fetch(batch.iter().map(|e| e.path.clone()).collect())
+            .await
+            .map_err(RoundError::Sync)?;
+        let mut staged: Vec<(Entry, fsops::Staged)> = Vec::new();
+        let broken =
+            |e: std::io::Error| RoundError::Retry(format!("the hub's answer broke off: {e}"));
+        while let Some(entry) = reader.head::<Entry>().await.map_err(broken)? {
+            if entry.kind != Kind::File {
+                continue;
+            }
+            let Ok(relative) = paths::check(&entry.path) else {
+                reader.skip(entry.size).await.map_err(broken)?;
+                continue;
+            };
+            let mut incoming = match fsops::Incoming::create(&self.root, &relative, entry.exec)
+                .await
+            {
+                Ok(incoming) => incoming,
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %entry.path, "cannot receive a file here");
+                    reader.skip(entry.size).await.map_err(broken)?;
+                    continue;
+                }
+            };
+            let size = entry.size;
+            if let Err(e) = reader.receive(size, &mut incoming).await.map_err(broken)? {
+                incoming.abandon().await;
+                return Err(RoundError::Retry(format!(
+                    "cannot write {}: {e}",
+                    entry.path
+                )));
+            }
+            match incoming
+                .finish(entry.sha256.as_deref().unwrap_or_default(), single)
+                .await
+            {
+                Ok(file) => staged.push((entry, file)),
+                Err(e) => {
+                    tracing::info!(error = %e, path = %entry.path, "a fetched file did not verify; it will be fetched again")
+                }
+            }
+            self.bytes_moved.fetch_add(size, Ordering::Relaxed);
+        }
+        if !single {
+            fsops::sync_fs(&self.root).map_err(|e| {
+                RoundError::Retry(format!("cannot make received files durable: {e}"))
+            })?;
+        }
+        for (entry, file) in staged {
+            let synced = self.index.get(&entry.path).map_err(store_error)?;
+            if !self.unchanged_since_sync(&entry.path, synced.as_ref()) {
+                file.discard();
+                continue;
+            }
+            let target = file.target.clone();
+            if let Err(e) = file.commit() {
+                tracing::warn!(error = %e, path = %entry.path, "cannot put a received file in place");
+                continue;
+            }
+            let stat = std::fs::symlink_metadata(&target)
+                .map(|m| scan::stat_of(&m))
+                .ok();
+            self.index
+                .put(&entry.path, &synced_from(&entry, stat.as_ref()))
+                .map_err(store_error)?;
+            self.update(|s| s.progress_done += 1);
+            if single && let Some(dir) = target.parent() {
+                let _ = fsops::sync_dir(dir);
+            }
+        }
+        if !single {
+            let _ = fsops::sync_fs(&self.root);
+        }
+        Ok(())
+    }
+}
+
+fn synced_from(entry: &Entry, stat: Option<&Stat>) -> Synced {
+    Synced {
+        kind: entry.kind,
+        sha256: entry.sha256.clone(),
+        size: entry.size,
+        exec: entry.exec,
+        version: entry.version,
+        mtime_ns: stat.map(|s| s.mtime_ns).unwrap_or(0),
+        inode: stat.map(|s| s.inode).unwrap_or(0),
+    }
+}
+
+#[derive(Debug)]
+pub enum RoundError {
+    /// Stop and say why; nothing more is done until the user acts.
+    Halt(String),
+    Sync(SyncError),
+    /// Try again soon.
+    Retry(String),
+    /// Conflicts were resolved; run another round at once.
+    Again,
+}
+
+fn store_error(e: crate::store::StoreError) -> RoundError {
+    RoundError::Retry(format!("the store failed: {e}"))
+}

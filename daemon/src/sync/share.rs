@@ -1,0 +1,223 @@
+//! One shared folder on the hub. The hub's folder is itself a replica: its
+//! own edits are journaled by [`Share::scan`], and peers' pushes are applied
+//! only when the hub's file still matches the journal.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::fsops;
+use super::ignore::{Ignorer, MARKER};
+use super::journal::Journal;
+use super::model::{Entry, Kind, PushHead, Synced};
+use super::scan::{self, Stat};
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShareRecord {
+    pub name: String,
+    pub path: String,
+    pub replica: String,
+    pub created_at: u64,
+}
+
+#[derive(Default)]
+pub struct ScanReport {
+    pub skipped: Vec<String>,
+    pub case_collisions: Vec<String>,
+}
+
+pub struct Share {
+    pub record: ShareRecord,
+    pub root: PathBuf,
+    pub journal: Arc<Journal>,
+    /// Serializes the hub's own scans and peers' pushes on this share.
+    pub lock: tokio::sync::Mutex<()>,
+    pub halted: Mutex<Option<String>>,
+    pub report: Mutex<ScanReport>,
+}
+
+impl Share {
+    pub fn new(record: ShareRecord, journal: Arc<Journal>) -> Share {
+        Share {
+            root: PathBuf::from(&record.path),
+            record,
+            journal,
+            lock: tokio::sync::Mutex::new(()),
+            halted: Mutex::new(None),
+            report: Mutex::new(ScanReport::default()),
+        }
+    }
+
+    pub fn halted(&self) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn halt(&self, why: String) {
+        tracing::error!(share = %self.record.name, reason = %why, "share halted; nothing will be deleted");
+        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Writes the replica marker when the share is created.
+    pub fn write_marker(root: &Path, replica: &str) -> std::io::Result<()> {
+        std::fs::write(root.join(MARKER), format!("{replica}\n"))
+    }
+
+    /// Journals the hub's own changes: the caller holds `lock`. A vanished
+    /// marker or a folder that suddenly went empty halts the share instead.
+    pub fn scan(&self) -> Result<(), String> {
+        if self.halted().is_some() {
+            return Ok(());
+        }
+        let marker = std::fs::read_to_string(self.root.join(MARKER)).unwrap_or_default();
+        if marker.trim() != self.record.replica {
+            self.halt(format!(
+                "the marker {} is gone or changed, so this may not be the shared folder any more; nothing was deleted. If the folder moved, remove the share and add it again",
+                self.root.join(MARKER).display()
+            ));
+            return Ok(());
+        }
+        let ignorer = Ignorer::load(&self.root);
+        let found = scan::scan(&self.root, &ignorer)
+            .map_err(|e| format!("cannot read {}: {e}", self.root.display()))?;
+        fsops::remove_leftovers(&found.leftovers);
+        let known = self.journal.all().map_err(|e| e.to_string())?;
+        let live = known
+            .iter()
+            .filter(|(_, s)| s.kind != Kind::Deleted)
+            .count();
+        if found.entries.is_empty() && live > 0 {
+            self.halt(format!(
+                "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove the share and add it again",
+                self.root.display()
+            ));
+            return Ok(());
+        }
+        for (path, stat) in &found.entries {
+            let synced = known.iter().find(|(p, _)| p == path).map(|(_, s)| s);
+            self.journal_local(path, stat, synced)
+                .map_err(|e| e.to_string())?;
+        }
+        for (path, synced) in &known {
+            if synced.kind != Kind::Deleted
+                && !found.entries.contains_key(path)
+                && !ignorer.ignored(path, synced.kind == Kind::Dir)
+            {
+                self.journal
+                    .record(path, deleted())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = ScanReport {
+            skipped: found.skipped,
+            case_collisions: found.case_collisions,
+        };
+        Ok(())
+    }
+
+    /// Journals one path's local state if it differs from the journal.
+    fn journal_local(
+        &self,
+        path: &str,
+        stat: &Stat,
+        synced: Option<&Synced>,
+    ) -> Result<(), StoreError> {
+        if let Some(synced) = synced
+            && same_stat(synced, stat)
+        {
+            return Ok(());
+        }
+        let state = match stat.kind {
+            Kind::Dir => Synced {
+                kind: Kind::Dir,
+                sha256: None,
+                size: 0,
+                exec: false,
+                version: 0,
+                mtime_ns: stat.mtime_ns,
+                inode: stat.inode,
+            },
+            _ => {
+                let Ok((sha, size)) = scan::hash_file(&self.root.join(path)) else {
+                    return Ok(());
+                };
+                Synced {
+                    kind: Kind::File,
+                    sha256: Some(sha),
+                    size,
+                    exec: stat.exec,
+                    version: 0,
+                    mtime_ns: stat.mtime_ns,
+                    inode: stat.inode,
+                }
+            }
+        };
+        match synced {
+            Some(old)
+                if old.kind == state.kind
+                    && old.sha256 == state.sha256
+                    && old.exec == state.exec =>
+            {
+                self.journal.touch(
+                    path,
+                    &Synced {
+                        version: old.version,
+                        ..state
+                    },
+                )
+            }
+            _ => self.journal.record(path, state).map(|_| ()),
+        }
+    }
+
+    /// Before a push lands on `path`, journal any local edit there, so the
+    /// push meets it as a conflict instead of overwriting it.
+    pub fn refresh(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        let synced = self.journal.get(path)?;
+        match std::fs::symlink_metadata(self.root.join(path)) {
+            Ok(meta) if meta.is_file() || meta.is_dir() => {
+                self.journal_local(path, &scan::stat_of(&meta), synced.as_ref())?
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if synced.as_ref().is_some_and(|s| s.kind != Kind::Deleted) {
+                    self.journal.record(path, deleted())?;
+                }
+            }
+        }
+        self.journal.entry_of(path)
+    }
+
+    /// Whether a push made on `base` may land.
+    pub fn base_matches(current: Option<&Entry>, head: &PushHead) -> bool {
+        match current {
+            None => head.base == 0,
+            Some(entry) => entry.version == head.base,
+        }
+    }
+}
+
+pub fn deleted() -> Synced {
+    Synced {
+        kind: Kind::Deleted,
+        sha256: None,
+        size: 0,
+        exec: false,
+        version: 0,
+        mtime_ns: 0,
+        inode: 0,
+    }
+}
+
+pub fn same_stat(synced: &Synced, stat: &Stat) -> bool {
+    synced.kind == stat.kind
+        && (stat.kind == Kind::Dir
+            || (synced.size == stat.size
+                && synced.mtime_ns == stat.mtime_ns
+                && synced.inode == stat.inode
+                && synced.exec == stat.exec))
+}
