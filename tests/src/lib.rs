@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod http;
+pub mod sync;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};

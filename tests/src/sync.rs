@@ -1,0 +1,175 @@
+//! Sync tests' world: a hub daemon serving a share, and peer daemons each
+//! syncing their own folder with it, all real processes on loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{Daemon, Home, wait_until};
+
+/// A daemon with a folder of its own.
+pub struct Replica {
+    pub daemon: Option<Daemon>,
+    pub home: Home,
+    pub dir: PathBuf,
+    /// The peer's session id (peers only).
+    pub session: Option<String>,
+    args: Vec<String>,
+}
+
+impl Replica {
+    pub fn ctl(&self, args: &[&str]) -> crate::Ctl {
+        self.home.ctl(args)
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+
+    pub fn write(&self, relative: &str, content: &[u8]) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    pub fn read(&self, relative: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.path(relative)).ok()
+    }
+
+    pub fn exists(&self, relative: &str) -> bool {
+        std::fs::symlink_metadata(self.path(relative)).is_ok()
+    }
+
+    /// Kills the daemon (SIGKILL when `hard`), leaving its files.
+    pub fn stop(&mut self, hard: bool) {
+        if let Some(daemon) = self.daemon.take() {
+            if hard {
+                daemon.signal("KILL");
+                drop(daemon);
+            } else {
+                daemon.stop();
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop(false);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.daemon = Some(self.home.start_with(&args, &[]).unwrap_or_else(|e| panic!("restart failed: {e}")));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("running").pid()
+    }
+
+    pub fn session_status(&self) -> serde_json::Value {
+        let id = self.session.as_deref().expect("a peer");
+        self.ctl(&["sync", "status", id, "--json"]).success().json()
+    }
+
+    /// The files of the folder as (wire path → content), skipping our marker.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+        snapshot(&self.dir)
+    }
+}
+
+/// Every file (content) and directory (`None`) under `root`, by wire path.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".sidekey-replica" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, None);
+                stack.push(path);
+            } else if meta.is_file() {
+                out.insert(rel, Some(std::fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+pub struct World {
+    pub hub: Replica,
+    pub peers: Vec<Replica>,
+    pub share: String,
+}
+
+impl World {
+    /// A hub with `files` already in its folder, and `peers` peers that have
+    /// finished their initial sync.
+    pub fn new(peers: usize, files: &[(&str, &[u8])]) -> World {
+        World::with(peers, files, &[])
+    }
+
+    pub fn with(peers: usize, files: &[(&str, &[u8])], hub_args: &[&str]) -> World {
+        let home = Home::new();
+        let dir = home.path().join("share");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let mut args: Vec<String> = vec!["--sync-listen".into(), "127.0.0.1:0".into()];
+        args.extend(hub_args.iter().map(|a| a.to_string()));
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = home.start_with(&arg_refs, &[]).unwrap_or_else(|e| panic!("hub: {e}"));
+        home.ctl(&["share", "add", dir.to_str().unwrap(), "--name", "work"]).success();
+        let hub = Replica { daemon: Some(daemon), home, dir, session: None, args };
+        let mut world = World { hub, peers: Vec::new(), share: "work".into() };
+        for _ in 0..peers {
+            world.add_peer("rw");
+        }
+        world
+    }
+
+    pub fn invite(&self, mode: &str) -> String {
+        self.hub.ctl(&["share", "invite", &self.share, "--mode", mode]).success().stdout.trim().to_string()
+    }
+
+    /// Adds a peer with its own daemon and waits for its initial sync.
+    pub fn add_peer(&mut self, mode: &str) -> usize {
+        let invite = self.invite(mode);
+        let home = Home::new();
+        let dir = home.path().join("folder");
+        let daemon = home.start();
+        let out = home.ctl_stdin(&["sync", "add", dir.to_str().unwrap(), "--json", "--no-wait"], Some(&invite)).success();
+        let session = out.json()["id"].as_str().unwrap().to_string();
+        self.peers.push(Replica { daemon: Some(daemon), home, dir, session: Some(session), args: Vec::new() });
+        let index = self.peers.len() - 1;
+        wait_until("the initial sync finishes", Duration::from_secs(60), || {
+            let s = self.peers[index].session_status();
+            s["initial_sync_done"] == true && s["state"] == "watching"
+        });
+        index
+    }
+
+    /// Waits until every replica holds the same files and directories.
+    pub fn converge(&self, limit: Duration) {
+        let mut last = String::new();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            let hub = self.hub.snapshot();
+            let differing: Vec<String> = self
+                .peers
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.snapshot() != hub)
+                .map(|(i, p)| format!("peer {i}: {:?} vs hub {:?}", p.snapshot().keys().collect::<Vec<_>>(), hub.keys().collect::<Vec<_>>()))
+                .collect();
+            if differing.is_empty() {
+                return;
+            }
+            last = differing.join("\n");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("replicas did not converge within {limit:?}:\n{last}");
+    }
+}
