@@ -54,7 +54,11 @@ impl Replica {
     pub fn restart(&mut self) {
         self.stop(false);
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.daemon = Some(self.home.start_with(&args, &[]).unwrap_or_else(|e| panic!("restart failed: {e}")));
+        self.daemon = Some(
+            self.home
+                .start_with(&args, &[])
+                .unwrap_or_else(|e| panic!("restart failed: {e}")),
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -79,11 +83,18 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if rel == ".sidekey-replica" {
                 continue;
             }
-            let meta = std::fs::symlink_metadata(&path).unwrap();
+            // A file may vanish mid-walk while sync is busy.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.is_dir() {
                 out.insert(rel, None);
                 stack.push(path);
@@ -120,10 +131,23 @@ impl World {
         let mut args: Vec<String> = vec!["--sync-listen".into(), "127.0.0.1:0".into()];
         args.extend(hub_args.iter().map(|a| a.to_string()));
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let daemon = home.start_with(&arg_refs, &[]).unwrap_or_else(|e| panic!("hub: {e}"));
-        home.ctl(&["share", "add", dir.to_str().unwrap(), "--name", "work"]).success();
-        let hub = Replica { daemon: Some(daemon), home, dir, session: None, args };
-        let mut world = World { hub, peers: Vec::new(), share: "work".into() };
+        let daemon = home
+            .start_with(&arg_refs, &[])
+            .unwrap_or_else(|e| panic!("hub: {e}"));
+        home.ctl(&["share", "add", dir.to_str().unwrap(), "--name", "work"])
+            .success();
+        let hub = Replica {
+            daemon: Some(daemon),
+            home,
+            dir,
+            session: None,
+            args,
+        };
+        let mut world = World {
+            hub,
+            peers: Vec::new(),
+            share: "work".into(),
+        };
         for _ in 0..peers {
             world.add_peer("rw");
         }
@@ -131,7 +155,12 @@ impl World {
     }
 
     pub fn invite(&self, mode: &str) -> String {
-        self.hub.ctl(&["share", "invite", &self.share, "--mode", mode]).success().stdout.trim().to_string()
+        self.hub
+            .ctl(&["share", "invite", &self.share, "--mode", mode])
+            .success()
+            .stdout
+            .trim()
+            .to_string()
     }
 
     /// Adds a peer with its own daemon and waits for its initial sync.
@@ -140,9 +169,20 @@ impl World {
         let home = Home::new();
         let dir = home.path().join("folder");
         let daemon = home.start();
-        let out = home.ctl_stdin(&["sync", "add", dir.to_str().unwrap(), "--json", "--no-wait"], Some(&invite)).success();
+        let out = home
+            .ctl_stdin(
+                &["sync", "add", dir.to_str().unwrap(), "--json", "--no-wait"],
+                Some(&invite),
+            )
+            .success();
         let session = out.json()["id"].as_str().unwrap().to_string();
-        self.peers.push(Replica { daemon: Some(daemon), home, dir, session: Some(session), args: Vec::new() });
+        self.peers.push(Replica {
+            daemon: Some(daemon),
+            home,
+            dir,
+            session: Some(session),
+            args: Vec::new(),
+        });
         let index = self.peers.len() - 1;
         wait_until("the initial sync finishes", Duration::from_secs(60), || {
             let s = self.peers[index].session_status();
@@ -162,7 +202,13 @@ impl World {
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.snapshot() != hub)
-                .map(|(i, p)| format!("peer {i}: {:?} vs hub {:?}", p.snapshot().keys().collect::<Vec<_>>(), hub.keys().collect::<Vec<_>>()))
+                .map(|(i, p)| {
+                    format!(
+                        "peer {i}: {:?} vs hub {:?}",
+                        p.snapshot().keys().collect::<Vec<_>>(),
+                        hub.keys().collect::<Vec<_>>()
+                    )
+                })
                 .collect();
             if differing.is_empty() {
                 return;
@@ -171,5 +217,168 @@ impl World {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("replicas did not converge within {limit:?}:\n{last}");
+    }
+}
+
+// Helpers for tests/tests/sync_durability.rs: hubs that keep their port
+// across restarts, peers that join without waiting, and daemons run under a
+// wrapper command (such as `unshare`, for a private inotify limit).
+
+/// A loopback port that was free a moment ago. A hub that must restart
+/// listens on one, because its peers store `host:port` in their sessions.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+impl World {
+    /// A hub with `files` in its folder, listening on a fixed loopback port
+    /// (so [`Replica::restart`] keeps it reachable), and no peers yet. With a
+    /// non-empty `wrap` the hub's daemon runs under that command; such a hub
+    /// restarts unwrapped, so tests that use `wrap` do not restart it.
+    pub fn with_fixed_hub_port(files: &[(&str, &[u8])], wrap: &[&str]) -> World {
+        let home = Home::new();
+        let dir = home.path().join("share");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let args: Vec<String> = vec!["--sync-listen".into(), format!("127.0.0.1:{}", free_port())];
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = home
+            .start_wrapped(wrap, &arg_refs, &[])
+            .unwrap_or_else(|e| panic!("hub: {e}"));
+        home.ctl(&["share", "add", dir.to_str().unwrap(), "--name", "work"])
+            .success();
+        let hub = Replica {
+            daemon: Some(daemon),
+            home,
+            dir,
+            session: None,
+            args,
+        };
+        World {
+            hub,
+            peers: Vec::new(),
+            share: "work".into(),
+        }
+    }
+
+    /// Adds a peer whose folder `prepare` may fill first, its daemon run
+    /// under `wrap` (empty: none), and returns at once: its initial sync may
+    /// still be running. A wrapped peer restarts unwrapped.
+    pub fn add_peer_started(
+        &mut self,
+        mode: &str,
+        wrap: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> usize {
+        let invite = self.invite(mode);
+        let home = Home::new();
+        let dir = home.path().join("folder");
+        std::fs::create_dir_all(&dir).unwrap();
+        prepare(&dir);
+        let daemon = home
+            .start_wrapped(wrap, &[], &[])
+            .unwrap_or_else(|e| panic!("peer: {e}"));
+        let out = home
+            .ctl_stdin(
+                &["sync", "add", dir.to_str().unwrap(), "--json", "--no-wait"],
+                Some(&invite),
+            )
+            .success();
+        let session = out.json()["id"].as_str().unwrap().to_string();
+        self.peers.push(Replica {
+            daemon: Some(daemon),
+            home,
+            dir,
+            session: Some(session),
+            args: Vec::new(),
+        });
+        self.peers.len() - 1
+    }
+}
+
+impl Home {
+    /// [`Home::start_with`], with the daemon run under `wrap`: a command and
+    /// its arguments that end by exec'ing the rest of their argv, so the
+    /// child's pid is the daemon's. An empty `wrap` is plain `start_with`.
+    pub fn start_wrapped(
+        &self,
+        wrap: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
+        use std::io::BufRead;
+        let Some((program, wrap_args)) = wrap.split_first() else {
+            return self.start_with(args, envs);
+        };
+        let n = self.logs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let log_path = self.path().join("logs").join(format!("sidekeyd-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = self.command(Path::new(program));
+        cmd.args(wrap_args).arg(crate::sidekeyd_bin());
+        cmd.env("RUST_LOG", "trace");
+        cmd.args(["--proxy-listen", "127.0.0.1:0"]).args(args);
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot spawn {program}: {e}"))?;
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let (mut proxy, mut control) = (None, None);
+        while std::time::Instant::now() < deadline && (proxy.is_none() || control.is_none()) {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("proxy:") {
+                        proxy = addr
+                            .trim()
+                            .strip_prefix("http://")
+                            .and_then(|a| a.parse().ok());
+                    }
+                    if let Some(path) = line.trim().strip_prefix("control:") {
+                        control = Some(PathBuf::from(path.trim()));
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                        return Err(format!("exited with {status}: {log}"));
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let (Some(proxy), Some(socket)) = (proxy, control) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("no ready lines within 20 s: {log}"));
+        };
+        Ok(Daemon {
+            child: Some(child),
+            proxy,
+            socket,
+            log_path,
+            home_envs: self.envs(),
+        })
     }
 }

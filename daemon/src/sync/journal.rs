@@ -103,6 +103,7 @@ impl Journal {
             order.remove(&previous.version.to_be_bytes())?;
         }
         state.version = version;
+        tracing::debug!(path, version, kind = ?state.kind, "journaled");
         self.entries.put(path.as_bytes(), &state)?;
         order.put(&version.to_be_bytes(), &path.to_string())?;
         self.changed.send_replace(version);

@@ -367,7 +367,21 @@ impl Session {
         let sent: u64 = heads.iter().map(|h| h.size).sum();
         self.bytes_moved.fetch_add(sent, Ordering::Relaxed);
         let mut again = false;
-        for (result, change) in results.into_iter().zip(batch) {
+        // The hub answers in its own order (files land last): match by path.
+        let mut sent: std::collections::HashMap<String, Change> = batch
+            .into_iter()
+            .map(|c| (c.head.path.clone(), c))
+            .collect();
+        for result in results {
+            let path = match &result {
+                PushResult::Accepted { path, .. }
+                | PushResult::Conflict { path, .. }
+                | PushResult::Refused { path, .. } => path.clone(),
+            };
+            let Some(change) = sent.remove(&path) else {
+                tracing::warn!(%path, "the hub answered for a path it was not sent");
+                continue;
+            };
             match result {
                 PushResult::Accepted { path, version } => {
                     let state = match (change.head.kind, &change.stat) {
@@ -393,6 +407,7 @@ impl Session {
                     self.index.put(&path, &state).map_err(store_error)?;
                 }
                 PushResult::Conflict { path, current } => {
+                    tracing::debug!(%path, base = change.head.base, mine = ?change.head.kind, theirs = ?current.kind, version = current.version, "the hub moved on");
                     again |= self.resolve(&change.head, &path, &current)?
                 }
                 PushResult::Refused { path, message } => {
@@ -481,6 +496,7 @@ impl Session {
                 self.update(|s| s.progress_total += changes.entries.len() as u64);
             }
             let mut files = Vec::new();
+            let mut deletes: Vec<&Entry> = Vec::new();
             for entry in &changes.entries {
                 if paths::check(&entry.path).is_err() {
                     tracing::warn!(path = %entry.path, "refused a path from the hub");
@@ -493,6 +509,7 @@ impl Session {
                 }
                 if !self.unchanged_since_sync(&entry.path, synced.as_ref()) {
                     // A local change waits to be pushed; the next round meets the conflict.
+                    tracing::debug!(path = %entry.path, "a local change waits; not applying the hub's");
                     continue;
                 }
                 match entry.kind {
@@ -511,17 +528,25 @@ impl Session {
                             .map_err(store_error)?;
                         self.update(|s| s.progress_done += 1);
                     }
-                    Kind::Deleted => {
-                        if fsops::remove(&self.root, Path::new(&entry.path)).is_ok() {
-                            self.index
-                                .put(&entry.path, &synced_from(entry, None))
-                                .map_err(store_error)?;
-                        }
-                        self.update(|s| s.progress_done += 1);
-                    }
+                    Kind::Deleted => deletes.push(entry),
                 }
             }
             self.fetch(files).await?;
+            // Children before parents; a directory that still holds local
+            // files stays (an edit beats a delete) and syncs back.
+            deletes.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
+            for entry in deletes {
+                match fsops::remove(&self.root, Path::new(&entry.path)) {
+                    Ok(()) => self
+                        .index
+                        .put(&entry.path, &synced_from(entry, None))
+                        .map_err(store_error)?,
+                    Err(e) => {
+                        tracing::debug!(error = %e, path = %entry.path, "kept a path the hub deleted")
+                    }
+                }
+                self.update(|s| s.progress_done += 1);
+            }
             let mut record = self.record();
             record.cursor = changes.cursor;
             *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;

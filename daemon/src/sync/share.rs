@@ -97,20 +97,26 @@ impl Share {
             ));
             return Ok(());
         }
+        let known: std::collections::HashMap<String, Synced> = known.into_iter().collect();
         for (path, stat) in &found.entries {
-            let synced = known.iter().find(|(p, _)| p == path).map(|(_, s)| s);
-            self.journal_local(path, stat, synced)
+            self.journal_local(path, stat, known.get(path))
                 .map_err(|e| e.to_string())?;
         }
-        for (path, synced) in &known {
-            if synced.kind != Kind::Deleted
-                && !found.entries.contains_key(path)
-                && !ignorer.ignored(path, synced.kind == Kind::Dir)
-            {
-                self.journal
-                    .record(path, deleted())
-                    .map_err(|e| e.to_string())?;
-            }
+        // Children before parents, so a peer can apply deletes in order.
+        let mut gone: Vec<&String> = known
+            .iter()
+            .filter(|(path, synced)| {
+                synced.kind != Kind::Deleted
+                    && !found.entries.contains_key(*path)
+                    && !ignorer.ignored(path, synced.kind == Kind::Dir)
+            })
+            .map(|(path, _)| path)
+            .collect();
+        gone.sort_by_key(|path| std::cmp::Reverse(path.matches('/').count()));
+        for path in gone {
+            self.journal
+                .record(path, deleted())
+                .map_err(|e| e.to_string())?;
         }
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = ScanReport {
             skipped: found.skipped,
