@@ -2,7 +2,8 @@
 //! a refusal says how many seconds until a request would pass.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use sidekey_api::RateLimit;
@@ -44,27 +45,47 @@ impl TokenBucket {
 /// bucket afresh.
 #[derive(Default)]
 pub struct DefaultRates {
-    inner: Mutex<Option<(RateLimit, HashMap<String, TokenBucket>)>>,
+    /// Lets the hot path skip the lock entirely when no default rate is set.
+    enabled: AtomicBool,
+    inner: RwLock<Option<(RateLimit, HashMap<String, Arc<TokenBucket>>)>>,
 }
 
 impl DefaultRates {
     pub fn set(&self, limit: Option<RateLimit>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if inner.as_ref().map(|(current, _)| *current) != limit {
             *inner = limit.map(|limit| (limit, HashMap::new()));
         }
+        self.enabled.store(limit.is_some(), Ordering::Release);
     }
 
     /// Takes one token from `conn_id`'s bucket, or returns the seconds to wait.
     pub fn check(&self, conn_id: &str, now: Instant) -> Result<(), u64> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((limit, buckets)) = inner.as_mut() else {
+        if !self.enabled.load(Ordering::Acquire) {
             return Ok(());
-        };
-        if !buckets.contains_key(conn_id) {
-            buckets.insert(conn_id.to_string(), TokenBucket::new(*limit));
         }
-        buckets[conn_id].check(now)
+        let bucket = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let Some((_, buckets)) = inner.as_ref() else {
+                return Ok(());
+            };
+            buckets.get(conn_id).cloned()
+        };
+        let bucket = match bucket {
+            Some(bucket) => bucket,
+            None => {
+                let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+                let Some((limit, buckets)) = inner.as_mut() else {
+                    return Ok(());
+                };
+                let limit = *limit;
+                buckets
+                    .entry(conn_id.to_string())
+                    .or_insert_with(|| Arc::new(TokenBucket::new(limit)))
+                    .clone()
+            }
+        };
+        bucket.check(now)
     }
 }
 

@@ -566,7 +566,9 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     };
     // sled's default page cache is 1 GiB and keeps every page it reads;
     // the registry holds what the hot path needs, so a small cache will do.
-    let config = sled::Config::new().path(path).cache_capacity(4 * 1024 * 1024);
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(4 * 1024 * 1024);
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
