@@ -40,6 +40,8 @@ impl TokenBucket {
     }
 }
 
+type Buckets = HashMap<String, Arc<TokenBucket>>;
+
 /// The config's `default_rate`: one bucket per connection that has no rate of
 /// its own, created on first use. Replacing the rate (on SIGHUP) starts every
 /// bucket afresh.
@@ -47,7 +49,7 @@ impl TokenBucket {
 pub struct DefaultRates {
     /// Lets the hot path skip the lock entirely when no default rate is set.
     enabled: AtomicBool,
-    inner: RwLock<Option<(RateLimit, HashMap<String, Arc<TokenBucket>>)>>,
+    inner: RwLock<Option<(RateLimit, Buckets)>>,
 }
 
 impl DefaultRates {

@@ -635,10 +635,6 @@ impl Table {
         self.range_from(&[])
     }
 
-    pub fn len(&self) -> usize {
-        self.tree.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }

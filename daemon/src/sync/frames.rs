@@ -157,10 +157,6 @@ impl FrameWriter {
         Ok(())
     }
 
-    pub async fn bytes(&self, bytes: Bytes) -> std::io::Result<()> {
-        self.send(bytes).await
-    }
-
     async fn send(&self, bytes: Bytes) -> std::io::Result<()> {
         self.tx.send(bytes).await.map_err(|_| {
             std::io::Error::new(

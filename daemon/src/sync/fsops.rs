@@ -171,10 +171,7 @@ pub fn remove(root: &Path, relative: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path),
         Ok(meta) if meta.is_file() => std::fs::remove_file(&path),
-        Ok(_) => Err(std::io::Error::new(
-            ErrorKind::Other,
-            "not a file or directory",
-        )),
+        Ok(_) => Err(std::io::Error::other("not a file or directory")),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }

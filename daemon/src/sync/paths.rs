@@ -2,7 +2,7 @@
 //! a disk. `..`, absolute paths, NUL, empty or dot components and our own
 //! reserved names are refused.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 
 use super::ignore::is_reserved_name;
 
@@ -37,16 +37,6 @@ pub fn check(path: &str) -> Result<PathBuf, String> {
         return Err("path is not normalized".into());
     }
     Ok(relative)
-}
-
-/// The wire form of a path under `root`: `/`-separated, UTF-8.
-pub fn wire(root: &Path, full: &Path) -> Option<String> {
-    let relative = full.strip_prefix(root).ok()?;
-    let parts: Option<Vec<&str>> = relative
-        .components()
-        .map(|c| c.as_os_str().to_str())
-        .collect();
-    Some(parts?.join("/"))
 }
 
 /// The key two names collide on, on a case-insensitive file system.
