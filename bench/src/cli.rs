@@ -20,6 +20,15 @@ pub struct Cli {
 pub enum Command {
     /// Key verification through /v1/whoami, idle RSS and startup time.
     Foundation(FoundationArgs),
+    /// Sync side by side with rsync, unison and Syncthing: initial sync,
+    /// edit propagation, RSS per indexed file and idle CPU.
+    Sync(crate::sync::SyncArgs),
+    /// The proxy side by side with direct, nginx and mitmproxy: throughput,
+    /// latency, CONNECT handshakes and RSS with 10,000 idle connections.
+    Proxy(crate::proxy::ProxyArgs),
+    /// Internal: the proxy bench's upstream, plain and TLS, as its own process.
+    #[command(hide = true)]
+    ProxyUpstream(crate::proxy_upstream::UpstreamArgs),
     /// Internal: the trivial baseline server, run as its own process so that
     /// it gets a runtime of its own, as the daemon does.
     #[command(hide = true)]

@@ -12,6 +12,15 @@
 //! - `verify_model` a model of key verification, timed in isolation
 //! - `sysinfo`      `/proc` readers: RSS, CPU time, machine description
 //! - `report`       tables and formatting
+//! - `proxy`        the proxy side by side with direct, nginx and mitmproxy
+//! - `proxy_load`   plain, TLS and CONNECT+TLS clients: load, handshakes, idle
+//! - `proxy_upstream` the upstream API (plain and TLS) and its test CA
+//! - `proxy_nginx`  nginx injecting the header, from a generated config
+//! - `proxy_mitm`   mitmdump with a header addon, in a venv under `bench/out/`
+//! - `sync`         sync side by side with rsync, unison and Syncthing
+//! - `sync_sidekey` a hub and a peer sidekeyd, set up through sidekeyctl
+//! - `sync_tools`   rsync, unison and Syncthing, headless on loopback
+//! - `sync_util`    trees, bounded child runs, a tiny HTTP client
 
 #![forbid(unsafe_code)]
 
@@ -21,8 +30,17 @@ mod control;
 mod daemon;
 mod foundation;
 mod load;
+mod proxy;
+mod proxy_load;
+mod proxy_mitm;
+mod proxy_nginx;
+mod proxy_upstream;
 mod report;
 mod store_cache;
+mod sync;
+mod sync_sidekey;
+mod sync_tools;
+mod sync_util;
 mod sysinfo;
 mod verify_model;
 
@@ -47,6 +65,9 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Foundation(args) => foundation::run(args).await,
+            Command::Sync(args) => sync::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::ProxyUpstream(args) => proxy_upstream::serve(args).await,
             Command::BaselineServer { listen } => baseline::serve(listen).await,
         }
     });

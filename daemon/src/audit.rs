@@ -90,7 +90,8 @@ impl Audit {
         if let Err(e) = store.put_audit(record.id, record) {
             tracing::warn!(error = %e, "could not complete an audit record");
         }
-        tracing::info!(
+        // The audit log is the record of every request; the log gets it at debug.
+        tracing::debug!(
             conn = %record.conn_id,
             cred = record.cred.as_deref().unwrap_or("-"),
             method = %record.method,

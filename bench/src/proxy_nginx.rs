@@ -1,0 +1,209 @@
+//! nginx doing sidekey's plain-HTTP job: a reverse proxy that sets
+//! `Authorization` on every request to the upstream. It runs in the
+//! foreground from a config generated in a temp dir, on 127.0.0.1 and a
+//! free port, never as the system service. Installed with apt when missing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::proxy::{free_port, wait_listening};
+
+const WORKERS: usize = 2;
+/// Idle connections nginx keeps to the upstream, per worker.
+const UPSTREAM_KEEPALIVE: usize = 128;
+const APT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Finds nginx, or installs it with apt; `Err` says why there is none.
+pub async fn ensure_installed() -> Result<PathBuf> {
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    eprintln!("nginx is not installed; running: apt-get install -y nginx-light");
+    let install = async {
+        let mut attempt = install("nginx-light").await;
+        if attempt.is_err() {
+            // The package lists may be stale or absent (a fresh container).
+            let _ = Command::new("apt-get")
+                .args(["update", "-q"])
+                .stdout(Stdio::null())
+                .status()
+                .await;
+            attempt = install("nginx-light").await;
+        }
+        if attempt.is_err() {
+            attempt = install("nginx").await;
+        }
+        attempt
+    };
+    tokio::time::timeout(APT_TIMEOUT, install)
+        .await
+        .context("apt-get install nginx took over 5 minutes")??;
+    find().context("apt-get installed nginx, but no nginx binary is on PATH or in /usr/sbin")
+}
+
+fn find() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|path| path.is_file())
+}
+
+async fn install(package: &str) -> Result<()> {
+    // RUNLEVEL=1 keeps the package's postinst from starting the service.
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("RUNLEVEL", "1")
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("apt-get install -y {package} failed ({status})");
+    }
+    Ok(())
+}
+
+/// A running nginx; stopped when dropped.
+pub struct Nginx {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx proxying to `upstream` with `Host: host` and
+    /// `Authorization: authorization` set on every request.
+    pub async fn start(
+        binary: &Path,
+        scratch: &Path,
+        upstream: SocketAddr,
+        host: &str,
+        authorization: &str,
+    ) -> Result<Nginx> {
+        let dir = tempfile::Builder::new()
+            .prefix("nginx-")
+            .tempdir_in(scratch)
+            .context("creating nginx's dir")?;
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let conf = config(dir.path(), addr, upstream, host, authorization);
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
+        let mut child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        if let Err(e) = wait_listening(addr, &mut child, Duration::from_secs(10)).await {
+            let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+            bail!("nginx did not start: {e:#}\n{log}");
+        }
+        Ok(Nginx {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// The master and its workers: the CPU time of all of them counts.
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(master) = self.child.id() else {
+            return Vec::new();
+        };
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        std::iter::once(master)
+            .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+            .collect()
+    }
+
+    /// SIGQUIT is nginx's graceful stop; the master waits for its workers.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+        }
+        let begun = Instant::now();
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "nginx did not stop within {:?}; killing it",
+                begun.elapsed()
+            );
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn config(
+    dir: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    host: &str,
+    authorization: &str,
+) -> String {
+    let dir = dir.display();
+    format!(
+        r#"# Generated by sidekey-bench proxy.
+daemon off;
+master_process on;
+worker_processes {WORKERS};
+worker_rlimit_nofile 65536;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 16384;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    upstream api {{
+        server {upstream};
+        keepalive {UPSTREAM_KEEPALIVE};
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host {host};
+            proxy_set_header Authorization "{authorization}";
+            proxy_set_header Proxy-Authorization "";
+        }}
+    }}
+}}
+"#
+    )
+}
