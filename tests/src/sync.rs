@@ -236,7 +236,11 @@ impl World {
     /// (so [`Replica::restart`] keeps it reachable), and no peers yet. With a
     /// non-empty `wrap` the hub's daemon runs under that command; such a hub
     /// restarts unwrapped, so tests that use `wrap` do not restart it.
-    pub fn with_fixed_hub_port(files: &[(&str, &[u8])], wrap: &[&str]) -> World {
+    pub fn with_fixed_hub_port(
+        files: &[(&str, &[u8])],
+        wrap: &[&str],
+        envs: &[(&str, &str)],
+    ) -> World {
         let home = Home::new();
         let dir = home.path().join("share");
         std::fs::create_dir_all(&dir).unwrap();
@@ -248,7 +252,7 @@ impl World {
         let args: Vec<String> = vec!["--sync-listen".into(), format!("127.0.0.1:{}", free_port())];
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let daemon = home
-            .start_wrapped(wrap, &arg_refs, &[])
+            .start_wrapped(wrap, &arg_refs, envs)
             .unwrap_or_else(|e| panic!("hub: {e}"));
         home.ctl(&["share", "add", dir.to_str().unwrap(), "--name", "work"])
             .success();
@@ -273,6 +277,7 @@ impl World {
         &mut self,
         mode: &str,
         wrap: &[&str],
+        envs: &[(&str, &str)],
         prepare: impl FnOnce(&Path),
     ) -> usize {
         let invite = self.invite(mode);
@@ -281,7 +286,7 @@ impl World {
         std::fs::create_dir_all(&dir).unwrap();
         prepare(&dir);
         let daemon = home
-            .start_wrapped(wrap, &[], &[])
+            .start_wrapped(wrap, &[], envs)
             .unwrap_or_else(|e| panic!("peer: {e}"));
         let out = home
             .ctl_stdin(
@@ -380,5 +385,19 @@ impl Home {
             log_path,
             home_envs: self.envs(),
         })
+    }
+}
+
+impl Replica {
+    /// [`Replica::restart`] with extra environment for the daemon, such as a
+    /// quieter `RUST_LOG` for tests that restart it many times.
+    pub fn restart_with(&mut self, envs: &[(&str, &str)]) {
+        self.stop(false);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.daemon = Some(
+            self.home
+                .start_with(&args, envs)
+                .unwrap_or_else(|e| panic!("restart failed: {e}")),
+        );
     }
 }
