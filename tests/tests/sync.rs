@@ -84,7 +84,9 @@ fn everyday_changes_converge_both_ways() {
     assert!(!w.peers[0].exists("d0"));
 
     // A watcher-triggered round may be running; the state settles to watching.
-    wait_until("the session is watching", SOON, || w.peers[0].session_status()["state"] == "watching");
+    wait_until("the session is watching", SOON, || {
+        w.peers[0].session_status()["state"] == "watching"
+    });
     let status = w.peers[0].session_status();
     assert_eq!(status["conflicts"], 0);
     assert!(status["bytes_moved"].as_u64().unwrap() > 70_000);

@@ -635,10 +635,6 @@ impl Table {
         self.range_from(&[])
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
-    }
-
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.tree.flush_async().await.map_err(|e| self.error(e))?;
         Ok(())

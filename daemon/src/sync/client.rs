@@ -28,6 +28,10 @@ pub enum SyncError {
     /// The hub is not who the invite said: stop.
     #[error("{0}")]
     Fingerprint(String),
+    /// The hub will not take this change from us (a read-only key).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The hub stopped serving (the share halted): wait for the user.
     #[error("{0}")]
     Refused(String),
     /// Worth retrying later.
@@ -197,11 +201,10 @@ impl HubClient {
             StatusCode::UNAUTHORIZED => SyncError::Auth(format!(
                 "the hub refused this session's key ({message}); paste a new key with: sidekeyctl sync set-key <id>, or add a new invite"
             )),
-            StatusCode::FORBIDDEN => SyncError::Refused(message),
-            s if s.is_server_error() && s != StatusCode::SERVICE_UNAVAILABLE => {
-                SyncError::Transport(message)
-            }
-            _ => SyncError::Refused(message),
+            StatusCode::FORBIDDEN => SyncError::Forbidden(message),
+            StatusCode::SERVICE_UNAVAILABLE => SyncError::Refused(message),
+            // A broken stream or any other hiccup: worth another try.
+            _ => SyncError::Transport(message),
         })
     }
 

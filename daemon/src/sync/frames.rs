@@ -136,23 +136,31 @@ impl FrameWriter {
         self.send(Bytes::from(frame)).await
     }
 
-    /// Streams exactly `size` bytes of the file; fails if it has shrunk.
+    /// Streams exactly `size` bytes of the file. If it shrank or vanished
+    /// while being sent, the rest is zeros: the stream stays in step, and only
+    /// this file fails its hash check at the other end.
     pub async fn file(&self, path: &Path, size: u64) -> std::io::Result<()> {
-        let std_file = super::scan::open_no_follow(path)?;
-        let mut file = tokio::fs::File::from_std(std_file);
         let mut left = size;
-        while left > 0 {
-            let mut buf = vec![0u8; (left as usize).min(CHUNK)];
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while being sent",
-                ));
+        if let Ok(std_file) = super::scan::open_no_follow(path) {
+            let mut file = tokio::fs::File::from_std(std_file);
+            while left > 0 {
+                let mut buf = vec![0u8; (left as usize).min(CHUNK)];
+                let n = file.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                left -= n as u64;
+                self.send(Bytes::from(buf)).await?;
             }
-            buf.truncate(n);
+        }
+        if left > 0 {
+            tracing::debug!(path = %path.display(), "a file shrank while being sent; padding it");
+        }
+        while left > 0 {
+            let n = (left as usize).min(CHUNK);
             left -= n as u64;
-            self.send(Bytes::from(buf)).await?;
+            self.send(Bytes::from(vec![0u8; n])).await?;
         }
         Ok(())
     }

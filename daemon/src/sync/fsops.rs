@@ -50,8 +50,13 @@ pub fn check_target(path: &Path) -> std::io::Result<()> {
 }
 
 /// A file being received: bytes go to a temp file and into the hash.
+/// Bytes are gathered into writes of this size: h2 delivers ~16 KB pieces,
+/// and each tokio file write is a trip to the blocking pool.
+const WRITE_CHUNK: usize = 1024 * 1024;
+
 pub struct Incoming {
     file: tokio::fs::File,
+    buf: Vec<u8>,
     hasher: Sha256,
     written: u64,
     temp: PathBuf,
@@ -82,6 +87,7 @@ impl Incoming {
             .await?;
         Ok(Incoming {
             file,
+            buf: Vec::new(),
             hasher: Sha256::new(),
             written: 0,
             temp,
@@ -93,13 +99,20 @@ impl Incoming {
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
-        self.file.write_all(bytes).await
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.file.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
     }
 
     /// Verifies the content; with `durable`, fsyncs the file now (a single
     /// edit), else leaves that to one `syncfs` for the whole batch.
     pub async fn finish(mut self, expected_sha: &str, durable: bool) -> std::io::Result<Staged> {
         let outcome = async {
+            self.file.write_all(&self.buf).await?;
+            self.buf = Vec::new();
             self.file.flush().await?;
             let sha = hex::encode(self.hasher.finalize_reset());
             if sha != expected_sha {

@@ -71,7 +71,12 @@ pub async fn serve(
                     )
                 }
             });
-            let builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+            let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+            // Pushes of large files need more than h2's default 64 KiB window.
+            builder
+                .http2()
+                .initial_stream_window_size(4 * 1024 * 1024)
+                .initial_connection_window_size(8 * 1024 * 1024);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -217,6 +222,40 @@ async fn push(req: Request<Incoming>, share: &Share) -> Result<Response<ProxyBod
     let mut reader = FrameReader::new(req.into_body());
     let mut results = Vec::new();
     let mut staged: Vec<(PushHead, fsops::Staged)> = Vec::new();
+    if let Err(e) = read_pushes(&mut reader, share, &mut results, &mut staged).await {
+        // Files already received in this batch are dropped; the peer retries.
+        for (_, file) in staged {
+            file.discard();
+        }
+        return Err(e);
+    }
+    if !staged.is_empty() {
+        let durable = fsops::sync_fs(&share.root);
+        for (head, file) in staged {
+            if let Err(e) = &durable {
+                file.discard();
+                results.push(PushResult::Refused {
+                    path: head.path.clone(),
+                    message: format!("could not make it durable: {e}"),
+                });
+                continue;
+            }
+            results.push(land(share, head, file)?);
+        }
+        let _ = fsops::sync_fs(&share.root);
+    }
+    share.journal.flush().await?;
+    Ok(boxed(json(StatusCode::OK, &results)))
+}
+
+/// Reads every change of a push batch, applying directories and deletes at
+/// once and staging files. A broken stream is an error for the whole batch.
+async fn read_pushes(
+    reader: &mut FrameReader,
+    share: &Share,
+    results: &mut Vec<PushResult>,
+    staged: &mut Vec<(PushHead, fsops::Staged)>,
+) -> Result<(), ApiError> {
     let bad = |e: std::io::Error| {
         ApiError::bad_request(format!(
             "The push stream is broken: {e}; it will be retried."
@@ -250,7 +289,10 @@ async fn push(req: Request<Incoming>, share: &Share) -> Result<Response<ProxyBod
             continue;
         }
         match head.kind {
-            Kind::File => match receive(&mut reader, share, &relative, &head).await {
+            Kind::File => match receive(reader, share, &relative, &head)
+                .await
+                .map_err(bad)?
+            {
                 Ok(file) => staged.push((head, file)),
                 Err(e) => results.push(PushResult::Refused {
                     path: head.path.clone(),
@@ -261,48 +303,36 @@ async fn push(req: Request<Incoming>, share: &Share) -> Result<Response<ProxyBod
             Kind::Deleted => results.push(apply_delete(share, &relative, &head)?),
         }
     }
-    if !staged.is_empty() {
-        let durable = fsops::sync_fs(&share.root);
-        for (head, file) in staged {
-            if let Err(e) = &durable {
-                file.discard();
-                results.push(PushResult::Refused {
-                    path: head.path.clone(),
-                    message: format!("could not make it durable: {e}"),
-                });
-                continue;
-            }
-            results.push(land(share, head, file)?);
-        }
-        let _ = fsops::sync_fs(&share.root);
-    }
-    share.journal.flush().await?;
-    Ok(boxed(json(StatusCode::OK, &results)))
+    Ok(())
 }
 
+/// Receives one file. The outer error is a broken stream; the inner one a
+/// file that could not be written or did not verify.
 async fn receive(
     reader: &mut FrameReader,
     share: &Share,
     relative: &std::path::Path,
     head: &PushHead,
-) -> std::io::Result<fsops::Staged> {
+) -> std::io::Result<std::io::Result<fsops::Staged>> {
     let mut incoming = match fsops::Incoming::create(&share.root, relative, head.exec).await {
         Ok(incoming) => incoming,
         Err(e) => {
             reader.skip(head.size).await?;
-            return Err(e);
+            return Ok(Err(e));
         }
     };
     match reader.receive(head.size, &mut incoming).await {
-        Ok(Ok(())) => {
-            incoming
-                .finish(head.sha256.as_deref().unwrap_or_default(), false)
-                .await
-        }
-        Ok(Err(e)) | Err(e) => {
+        Err(stream) => {
             incoming.abandon().await;
-            Err(e)
+            Err(stream)
         }
+        Ok(Err(e)) => {
+            incoming.abandon().await;
+            Ok(Err(e))
+        }
+        Ok(Ok(())) => Ok(incoming
+            .finish(head.sha256.as_deref().unwrap_or_default(), false)
+            .await),
     }
 }
 

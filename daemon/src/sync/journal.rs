@@ -1,150 +1,186 @@
-//! A replica's record of every path: its last-synced state, keyed by path,
-//! plus (on the hub) the order of changes, keyed by version, for the change
-//! feed. On a peer the same table is its index of what it last synced.
+//! A replica's record of every path: its last-synced state, keyed by path.
+//! On the hub each entry carries the version of its last change, and the
+//! change feed is the entries ordered by version; on a peer the same table
+//! is its index of what it last synced.
+//!
+//! The entries are the one thing persisted (one write per change, so a crash
+//! cannot leave two tables disagreeing); the order is rebuilt from them at
+//! start. Both live in memory, so a scan never re-reads the table, and the
+//! feed reads one consistent view under a lock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use super::model::{Changes, Entry, Synced};
+use super::model::{Changes, Entry, Kind, Synced};
 use crate::store::{Store, StoreError, Table};
+
+/// After a restart the hub's versions jump by this much, so a version it
+/// served but had not flushed before a crash is never handed out again.
+const RESTART_GAP: u64 = 1 << 20;
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Synced>,
+    /// version → path; only a hub keeps it.
+    order: BTreeMap<u64, String>,
+    last_version: u64,
+}
 
 pub struct Journal {
     entries: Table,
-    /// version (big-endian) → path; only the hub keeps it.
-    order: Option<Table>,
-    last_version: AtomicU64,
+    /// Only a hub hands out versions.
+    hub: bool,
+    state: RwLock<State>,
     changed: watch::Sender<u64>,
 }
 
 impl Journal {
-    /// A hub's journal for a share: entries plus the change order.
+    /// A hub's journal for a share.
     pub fn for_share(store: &Store, share: &str) -> Result<Arc<Journal>, StoreError> {
-        let entries = store.table(&format!("share-entries:{share}"))?;
-        let order = store.table(&format!("share-order:{share}"))?;
-        let last = order
-            .all::<String>()?
-            .last()
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        Ok(Arc::new(Journal {
+        let table = store.table(&format!("share-entries:{share}"))?;
+        let entries = load(&table)?;
+        let order: BTreeMap<u64, String> = entries
+            .iter()
+            .map(|(path, s)| (s.version, path.clone()))
+            .collect();
+        let stored = order.keys().next_back().copied().unwrap_or(0);
+        let last_version = if stored == 0 { 0 } else { stored + RESTART_GAP };
+        let state = State {
             entries,
-            order: Some(order),
-            last_version: AtomicU64::new(last),
-            changed: watch::channel(last).0,
+            order,
+            last_version,
+        };
+        Ok(Arc::new(Journal {
+            entries: table,
+            hub: true,
+            state: RwLock::new(state),
+            changed: watch::channel(last_version).0,
         }))
     }
 
     /// A peer's index for a session.
     pub fn for_session(store: &Store, session: &str) -> Result<Arc<Journal>, StoreError> {
+        let entries = store.table(&format!("session-index:{session}"))?;
+        let state = State {
+            entries: load(&entries)?,
+            ..State::default()
+        };
         Ok(Arc::new(Journal {
-            entries: store.table(&format!("session-index:{session}"))?,
-            order: None,
-            last_version: AtomicU64::new(0),
+            entries,
+            hub: false,
+            state: RwLock::new(state),
             changed: watch::channel(0).0,
         }))
     }
 
     pub fn drop_tables_for_share(store: &Store, share: &str) -> Result<(), StoreError> {
-        store.drop_table(&format!("share-entries:{share}"))?;
-        store.drop_table(&format!("share-order:{share}"))
+        store.drop_table(&format!("share-entries:{share}"))
     }
 
     pub fn drop_tables_for_session(store: &Store, session: &str) -> Result<(), StoreError> {
         store.drop_table(&format!("session-index:{session}"))
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.read().entries.is_empty()
     }
 
     pub fn get(&self, path: &str) -> Result<Option<Synced>, StoreError> {
-        self.entries.get(path.as_bytes())
+        Ok(self.read().entries.get(path).cloned())
+    }
+
+    pub fn entry_of(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.read().entries.get(path).map(|s| s.entry(path)))
     }
 
     pub fn all(&self) -> Result<Vec<(String, Synced)>, StoreError> {
         Ok(self
+            .read()
             .entries
-            .all::<Synced>()?
-            .into_iter()
-            .filter_map(|(k, v)| String::from_utf8(k).ok().map(|k| (k, v)))
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
 
     /// Live (not deleted) paths.
     pub fn live_count(&self) -> Result<usize, StoreError> {
         Ok(self
-            .all()?
-            .iter()
-            .filter(|(_, s)| s.kind != super::model::Kind::Deleted)
+            .read()
+            .entries
+            .values()
+            .filter(|s| s.kind != Kind::Deleted)
             .count())
     }
 
-    /// Sets a path's state as-is (a peer recording what it synced).
+    /// Sets a path's state as-is: a peer recording what it synced, or the
+    /// hub refreshing stat data without a new version.
     pub fn put(&self, path: &str, state: &Synced) -> Result<(), StoreError> {
-        self.entries.put(path.as_bytes(), state)
+        let mut guard = self.write();
+        self.entries.put(path.as_bytes(), state)?;
+        guard.entries.insert(path.to_string(), state.clone());
+        Ok(())
     }
 
     pub fn remove(&self, path: &str) -> Result<(), StoreError> {
-        self.entries.remove(path.as_bytes())
+        let mut guard = self.write();
+        self.entries.remove(path.as_bytes())?;
+        guard.entries.remove(path);
+        Ok(())
     }
 
     /// The hub records a change: the path gets the next version, and the
     /// change feed wakes.
     pub fn record(&self, path: &str, mut state: Synced) -> Result<u64, StoreError> {
-        let order = self
-            .order
-            .as_ref()
-            .expect("only a hub journal records versions");
-        let version = self.last_version.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Some(previous) = self.get(path)? {
-            order.remove(&previous.version.to_be_bytes())?;
-        }
+        assert!(self.hub, "only a hub journal records versions");
+        let mut guard = self.write();
+        let version = guard.last_version + 1;
         state.version = version;
         tracing::debug!(path, version, kind = ?state.kind, "journaled");
         self.entries.put(path.as_bytes(), &state)?;
-        order.put(&version.to_be_bytes(), &path.to_string())?;
+        if let Some(previous) = guard.entries.insert(path.to_string(), state) {
+            guard.order.remove(&previous.version);
+        }
+        guard.order.insert(version, path.to_string());
+        guard.last_version = version;
+        drop(guard);
         self.changed.send_replace(version);
         Ok(version)
     }
 
-    /// Updates stat data without a new version (content unchanged).
-    pub fn touch(&self, path: &str, state: &Synced) -> Result<(), StoreError> {
-        self.entries.put(path.as_bytes(), state)
-    }
-
     pub fn last_version(&self) -> u64 {
-        self.last_version.load(Ordering::Acquire)
+        self.read().last_version
     }
 
     /// Changes after `since`, oldest first, at most `limit`.
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        let order = self
-            .order
-            .as_ref()
-            .expect("only a hub journal has a change feed");
+        let guard = self.read();
         let mut entries = Vec::new();
         let mut cursor = since;
         let mut more = false;
-        for (key, path) in order.range_from::<String>(&(since + 1).to_be_bytes())? {
+        for (version, path) in guard.order.range(since.saturating_add(1)..) {
             if entries.len() == limit {
                 more = true;
                 break;
             }
-            let Ok(version) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
-                continue;
-            };
-            if let Some(state) = self.get(&path)?
-                && state.version == version
+            if let Some(state) = guard.entries.get(path)
+                && state.version == *version
             {
-                entries.push(state.entry(&path));
+                entries.push(state.entry(path));
             }
-            cursor = version;
+            cursor = *version;
         }
         Ok(Changes {
-            cursor: cursor.max(since),
+            cursor,
             entries,
             more,
         })
@@ -157,14 +193,14 @@ impl Journal {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.entries.flush().await?;
-        if let Some(order) = &self.order {
-            order.flush().await?;
-        }
-        Ok(())
+        self.entries.flush().await
     }
+}
 
-    pub fn entry_of(&self, path: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.get(path)?.map(|s| s.entry(path)))
-    }
+fn load(table: &Table) -> Result<HashMap<String, Synced>, StoreError> {
+    Ok(table
+        .all::<Synced>()?
+        .into_iter()
+        .filter_map(|(k, v)| String::from_utf8(k).ok().map(|k| (k, v)))
+        .collect())
 }

@@ -361,7 +361,7 @@ impl Engine {
             parts.key.clone(),
         );
         client.hello().await.map_err(|e| match e {
-            SyncError::Auth(m) | SyncError::Refused(m) => {
+            SyncError::Auth(m) | SyncError::Refused(m) | SyncError::Forbidden(m) => {
                 ApiError::permission_denied(format!("The hub refused the invite's key: {m}."))
             }
             SyncError::Fingerprint(m) => ApiError::permission_denied(format!("{m}.")),
@@ -607,31 +607,70 @@ fn random_id(prefix: &str) -> String {
 }
 
 /// A periodic rescan catches what notify missed; jitter keeps many replicas
-/// from scanning in lockstep.
+/// from scanning in lockstep. With a working watcher it is only a safety
+/// net, so it is rare: a full scan of 100,000 files costs about a second.
 fn rescan_interval() -> Duration {
     let mut byte = [0u8; 1];
     let _ = getrandom::fill(&mut byte);
-    Duration::from_secs(45 + u64::from(byte[0]) % 30)
+    Duration::from_secs(240 + u64::from(byte[0]) % 120)
 }
 
-/// notify events (and watcher errors, such as overflow) only wake the loop.
-fn watch(root: &Path, hints: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = &event
-            && matches!(event.kind, EventKind::Access(_))
-        {
-            return;
+/// A folder's watcher. notify events (and its errors, such as an overflow)
+/// only wake the loop; once the watcher fails (no watcher at all, or a
+/// watch limit hit later), the loop falls back to polling every 2 s.
+struct Watch {
+    _watcher: Option<notify::RecommendedWatcher>,
+    blind: Arc<std::sync::atomic::AtomicBool>,
+    interval: Duration,
+}
+
+impl Watch {
+    fn start(root: &Path, hints: mpsc::Sender<()>) -> Watch {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let blind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = blind.clone();
+        let created = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            match &event {
+                Ok(event) if matches!(event.kind, EventKind::Access(_)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "the folder watcher failed (inotify limits?); scanning every 2 s instead");
+                    }
+                }
+            }
+            let _ = hints.try_send(());
+        });
+        let watcher = match created {
+            Ok(mut watcher) => match watcher.watch(root, RecursiveMode::Recursive) {
+                Ok(()) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(error = %e, root = %root.display(), "cannot watch (inotify limits?); scanning every 2 s instead");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch; scanning every 2 s instead");
+                None
+            }
+        };
+        if watcher.is_none() {
+            blind.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let _ = hints.try_send(());
-    })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch; relying on periodic rescans"))
-    .ok()?;
-    if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
-        tracing::warn!(error = %e, root = %root.display(), "cannot watch (inotify limits?); relying on periodic rescans");
-        return None;
+        Watch {
+            _watcher: watcher,
+            blind,
+            interval: rescan_interval(),
+        }
     }
-    Some(watcher)
+
+    fn poll(&self) -> Duration {
+        if self.blind.load(std::sync::atomic::Ordering::Relaxed) {
+            Duration::from_secs(2)
+        } else {
+            self.interval
+        }
+    }
 }
 
 /// Waits for a hint (then gathers more for [`DEBOUNCE`]), a rescan tick, or stop.
@@ -656,12 +695,7 @@ async fn next_wake(
 
 async fn run_share(share: Arc<Share>, stop: CancellationToken) {
     let (tx, mut hints) = mpsc::channel(1);
-    let watcher = watch(&share.root, tx);
-    let poll = if watcher.is_some() {
-        rescan_interval()
-    } else {
-        Duration::from_secs(2)
-    };
+    let watch = Watch::start(&share.root, tx);
     loop {
         {
             let _guard = share.lock.lock().await;
@@ -670,7 +704,7 @@ async fn run_share(share: Arc<Share>, stop: CancellationToken) {
             }
             let _ = share.journal.flush().await;
         }
-        if !next_wake(&mut hints, None, &stop, poll).await {
+        if !next_wake(&mut hints, None, &stop, watch.poll()).await {
             return;
         }
     }
@@ -684,12 +718,7 @@ async fn run_session(
     stop: CancellationToken,
 ) {
     let (tx, mut hints) = mpsc::channel(1);
-    let watcher = watch(&session.root, tx);
-    let poll = if watcher.is_some() {
-        rescan_interval()
-    } else {
-        Duration::from_secs(2)
-    };
+    let watch = Watch::start(&session.root, tx);
     tokio::spawn(long_poll(
         session.clone(),
         wake.clone(),
@@ -733,7 +762,9 @@ async fn run_session(
                 session.set_state(SessionState::AuthFailed, Some(why.replace("<id>", &id)));
                 true
             }
-            Err(RoundError::Sync(SyncError::Fingerprint(why) | SyncError::Refused(why))) => {
+            Err(RoundError::Sync(
+                SyncError::Fingerprint(why) | SyncError::Refused(why) | SyncError::Forbidden(why),
+            )) => {
                 session.set_state(SessionState::Error, Some(why));
                 true
             }
@@ -765,7 +796,7 @@ async fn run_session(
             continue;
         }
         tokio::select! {
-            keep = next_wake(&mut hints, Some(&wake), &stop, poll) => if !keep { return },
+            keep = next_wake(&mut hints, Some(&wake), &stop, watch.poll()) => if !keep { return },
             _ = user.changed() => {}
         }
     }
@@ -802,7 +833,12 @@ async fn long_poll(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            Err(SyncError::Auth(_) | SyncError::Fingerprint(_) | SyncError::Refused(_)) => {
+            Err(
+                SyncError::Auth(_)
+                | SyncError::Fingerprint(_)
+                | SyncError::Refused(_)
+                | SyncError::Forbidden(_),
+            ) => {
                 wake.notify_one();
                 if !wait_for_user(&mut user, &stop).await {
                     return;

@@ -198,7 +198,7 @@ impl Session {
                 }
             });
             match self.push(changes).await {
-                Err(RoundError::Sync(SyncError::Refused(why))) => {
+                Err(RoundError::Sync(SyncError::Forbidden(why))) => {
                     tracing::warn!(session = %self.record().id, %why, "the hub refused our changes; pulling only");
                     self.read_only.store(true, Ordering::Relaxed);
                     self.update(|s| s.message = Some(format!("The hub refused our changes ({why}); they stay in this folder, and changes from the hub still arrive.")));
@@ -425,6 +425,12 @@ impl Session {
         Ok(())
     }
 
+    /// Makes the next pull include `version` again.
+    fn rewind_to(&self, version: u64) {
+        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        record.cursor = record.cursor.min(version.saturating_sub(1));
+    }
+
     /// The hub moved on from our base. Returns whether another round is due.
     fn resolve(&self, mine: &PushHead, path: &str, current: &Entry) -> Result<bool, RoundError> {
         let forget = |version| Synced {
@@ -457,6 +463,7 @@ impl Session {
             // We deleted, they edited: the edit wins; the pull brings it back.
             (Kind::Deleted, _) => {
                 self.index.put(path, &forget(0)).map_err(store_error)?;
+                self.rewind_to(current.version);
                 Ok(false)
             }
             // We edited, they deleted: the edit wins; push again on their tombstone.
@@ -478,6 +485,7 @@ impl Session {
                 })?;
                 tracing::info!(session = %self.record().id, %path, %copy, "conflict: kept the local side as a copy");
                 self.index.put(path, &forget(0)).map_err(store_error)?;
+                self.rewind_to(current.version);
                 self.update(|s| s.conflicts += 1);
                 Ok(true)
             }
@@ -485,8 +493,11 @@ impl Session {
     }
 
     async fn pull(&self, first: bool) -> Result<(), RoundError> {
+        let mut since = self.record().cursor;
+        // The cursor never moves past a change left for later (a local edit
+        // was waiting), so the next pull sees it again.
+        let mut first_skipped: Option<u64> = None;
         loop {
-            let since = self.record().cursor;
             let changes = self
                 .client
                 .changes(since, 0)
@@ -510,6 +521,7 @@ impl Session {
                 if !self.unchanged_since_sync(&entry.path, synced.as_ref()) {
                     // A local change waits to be pushed; the next round meets the conflict.
                     tracing::debug!(path = %entry.path, "a local change waits; not applying the hub's");
+                    first_skipped.get_or_insert(entry.version);
                     continue;
                 }
                 match entry.kind {
@@ -547,8 +559,9 @@ impl Session {
                 }
                 self.update(|s| s.progress_done += 1);
             }
+            since = changes.cursor;
             let mut record = self.record();
-            record.cursor = changes.cursor;
+            record.cursor = first_skipped.map_or(since, |v| since.min(v - 1));
             *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
             if !changes.more {
                 return Ok(());

@@ -168,7 +168,7 @@ impl Share {
                     && old.sha256 == state.sha256
                     && old.exec == state.exec =>
             {
-                self.journal.touch(
+                self.journal.put(
                     path,
                     &Synced {
                         version: old.version,
