@@ -9,8 +9,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+
+use super::fsops::blocking;
 
 /// Heads are small JSON; anything larger is a broken or hostile stream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -140,12 +141,12 @@ impl FrameWriter {
     /// while being sent, the rest is zeros: the stream stays in step, and only
     /// this file fails its hash check at the other end.
     pub async fn file(&self, path: &Path, size: u64) -> std::io::Result<()> {
+        use std::io::Read;
         let mut left = size;
-        if let Ok(std_file) = super::scan::open_no_follow(path) {
-            let mut file = tokio::fs::File::from_std(std_file);
+        if let Ok(mut file) = blocking(|| super::scan::open_no_follow(path)) {
             while left > 0 {
                 let mut buf = vec![0u8; (left as usize).min(CHUNK)];
-                let n = file.read(&mut buf).await.unwrap_or(0);
+                let n = blocking(|| file.read(&mut buf)).unwrap_or(0);
                 if n == 0 {
                     break;
                 }
