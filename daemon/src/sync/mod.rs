@@ -1,7 +1,15 @@
-//! Two-way folder sync, hub and spoke. A hub serves shares (see [`hub`]);
-//! a peer keeps a folder in sync with one share (see [`session`]).
-//! notify events are only hints: every round compares stat data with the
-//! last-synced state and hashes only what changed.
+//! Two-way folder sync, hub and spoke. A hub serves shares; a peer keeps a
+//! folder in sync with one share. notify events are only hints: every round
+//! compares stat data with the last-synced state and hashes only what changed.
+//!
+//! - this module: the engine that adds, lists and removes shares and sessions
+//! - `hub`, `share`: the hub's listener and its shared folders
+//! - `session`, `client`: a peer's rounds, and its pinned connection to the hub
+//! - `runner`, `watcher`: the loops that drive them, and folder watching
+//! - `journal`: per-path state with versions (the hub's journal, a peer's index)
+//! - `model`, `frames`: what goes on the wire, and batch framing
+//! - `scan`, `fsops`, `paths`, `ignore`: reading folders, writing safely, checking wire paths, ignores
+//! - `identity`: the hub's certificate and the peer's pin on it
 
 mod client;
 mod frames;
@@ -12,17 +20,18 @@ mod ignore;
 mod journal;
 mod model;
 mod paths;
+mod runner;
 mod scan;
 mod session;
 mod share;
+mod watcher;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use sidekey_api::{ConnCreate, ConnKind, Invite, InviteCreate, SessionState};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Daemon;
@@ -33,13 +42,8 @@ use crate::store::Store;
 use client::{HubClient, SyncError, parse_invite};
 pub use identity::Identity;
 use journal::Journal;
-use session::{RoundError, Session, SessionRecord};
+use session::{Session, SessionRecord};
 use share::{Share, ShareRecord};
-
-/// How long notify events are gathered before a round starts.
-const DEBOUNCE: Duration = Duration::from_millis(15);
-/// Failed rounds in a row before a session stops retrying on its own.
-const MAX_FAILURES: u32 = 8;
 
 struct Running {
     session: Arc<Session>,
@@ -198,7 +202,7 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.name.clone(), (share.clone(), stop.clone()));
-        tokio::spawn(run_share(share, stop));
+        tokio::spawn(runner::run_share(share, stop));
         Ok(())
     }
 
@@ -429,7 +433,13 @@ impl Engine {
                     stop: stop.clone(),
                 },
             );
-        tokio::spawn(run_session(daemon.clone(), session, wake, user_rx, stop));
+        tokio::spawn(runner::run_session(
+            daemon.clone(),
+            session,
+            wake,
+            user_rx,
+            stop,
+        ));
         Ok(())
     }
 
@@ -589,7 +599,7 @@ impl Engine {
     }
 }
 
-async fn save(store: &Store, session: &Session) -> Result<(), ApiError> {
+pub(super) async fn save(store: &Store, session: &Session) -> Result<(), ApiError> {
     let record = session.record();
     store
         .table("sessions")
@@ -604,253 +614,4 @@ fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).expect("the OS random number generator failed");
     format!("{prefix}_{}", hex::encode(bytes))
-}
-
-/// A periodic rescan catches what notify missed; jitter keeps many replicas
-/// from scanning in lockstep. With a working watcher it is only a safety
-/// net, so it is rare: a full scan of 100,000 files costs about a second.
-fn rescan_interval() -> Duration {
-    let mut byte = [0u8; 1];
-    let _ = getrandom::fill(&mut byte);
-    Duration::from_secs(240 + u64::from(byte[0]) % 120)
-}
-
-/// A folder's watcher. notify events (and its errors, such as an overflow)
-/// only wake the loop; once the watcher fails (no watcher at all, or a
-/// watch limit hit later), the loop falls back to polling every 2 s.
-struct Watch {
-    _watcher: Option<notify::RecommendedWatcher>,
-    blind: Arc<std::sync::atomic::AtomicBool>,
-    interval: Duration,
-}
-
-impl Watch {
-    fn start(root: &Path, hints: mpsc::Sender<()>) -> Watch {
-        use notify::{EventKind, RecursiveMode, Watcher};
-        let blind = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = blind.clone();
-        let created = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            match &event {
-                Ok(event) if matches!(event.kind, EventKind::Access(_)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(error = %e, "the folder watcher failed (inotify limits?); scanning every 2 s instead");
-                    }
-                }
-            }
-            let _ = hints.try_send(());
-        });
-        let watcher = match created {
-            Ok(mut watcher) => match watcher.watch(root, RecursiveMode::Recursive) {
-                Ok(()) => Some(watcher),
-                Err(e) => {
-                    tracing::warn!(error = %e, root = %root.display(), "cannot watch (inotify limits?); scanning every 2 s instead");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch; scanning every 2 s instead");
-                None
-            }
-        };
-        if watcher.is_none() {
-            blind.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Watch {
-            _watcher: watcher,
-            blind,
-            interval: rescan_interval(),
-        }
-    }
-
-    fn poll(&self) -> Duration {
-        if self.blind.load(std::sync::atomic::Ordering::Relaxed) {
-            Duration::from_secs(2)
-        } else {
-            self.interval
-        }
-    }
-}
-
-/// Waits for a hint (then gathers more for [`DEBOUNCE`]), a rescan tick, or stop.
-async fn next_wake(
-    hints: &mut mpsc::Receiver<()>,
-    wake: Option<&Notify>,
-    stop: &CancellationToken,
-    poll: Duration,
-) -> bool {
-    let woke = tokio::select! {
-        () = stop.cancelled() => return false,
-        _ = hints.recv() => true,
-        () = async { match wake { Some(w) => w.notified().await, None => std::future::pending().await } } => true,
-        () = tokio::time::sleep(poll) => true,
-    };
-    if woke {
-        tokio::time::sleep(DEBOUNCE).await;
-        while hints.try_recv().is_ok() {}
-    }
-    true
-}
-
-async fn run_share(share: Arc<Share>, stop: CancellationToken) {
-    let (tx, mut hints) = mpsc::channel(1);
-    let watch = Watch::start(&share.root, tx);
-    loop {
-        {
-            let _guard = share.lock.lock().await;
-            if let Err(e) = tokio::task::block_in_place(|| share.scan()) {
-                tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
-            }
-            let _ = share.journal.flush().await;
-        }
-        if !next_wake(&mut hints, None, &stop, watch.poll()).await {
-            return;
-        }
-    }
-}
-
-async fn run_session(
-    daemon: Arc<Daemon>,
-    session: Arc<Session>,
-    wake: Arc<Notify>,
-    mut user: watch::Receiver<u64>,
-    stop: CancellationToken,
-) {
-    let (tx, mut hints) = mpsc::channel(1);
-    let watch = Watch::start(&session.root, tx);
-    tokio::spawn(long_poll(
-        session.clone(),
-        wake.clone(),
-        user.clone(),
-        stop.clone(),
-    ));
-    let store = daemon.registry.store();
-    let mut failures = 0u32;
-    let mut again = 0u32;
-    loop {
-        let id = session.record().id;
-        if session.record().paused {
-            session.set_state(
-                SessionState::Paused,
-                Some(format!("Paused; resume with: sidekeyctl sync resume {id}")),
-            );
-            if !wait_for_user(&mut user, &stop).await {
-                return;
-            }
-            continue;
-        }
-        let stopped = match session.round().await {
-            Ok(()) => {
-                failures = 0;
-                again = 0;
-                false
-            }
-            Err(RoundError::Again) if again < 5 => {
-                again += 1;
-                continue;
-            }
-            Err(RoundError::Again) => {
-                again = 0;
-                false
-            }
-            Err(RoundError::Halt(why)) => {
-                session.set_state(SessionState::Halted, Some(why));
-                true
-            }
-            Err(RoundError::Sync(SyncError::Auth(why))) => {
-                session.set_state(SessionState::AuthFailed, Some(why.replace("<id>", &id)));
-                true
-            }
-            Err(RoundError::Sync(
-                SyncError::Fingerprint(why) | SyncError::Refused(why) | SyncError::Forbidden(why),
-            )) => {
-                session.set_state(SessionState::Error, Some(why));
-                true
-            }
-            Err(RoundError::Sync(SyncError::Transport(why)) | RoundError::Retry(why)) => {
-                failures += 1;
-                if failures >= MAX_FAILURES {
-                    session.set_state(SessionState::Error, Some(format!("{why}; gave up after {failures} tries. Retry with: sidekeyctl sync resume {id}")));
-                    true
-                } else {
-                    // Bounded exponential backoff: 2, 4, ... 64 s.
-                    session.set_state(SessionState::Error, Some(format!("{why}; retrying")));
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1u64 << failures.min(6))) => {}
-                    }
-                    continue;
-                }
-            }
-        };
-        if let Err(e) = save(store, &session).await {
-            tracing::warn!(error = %e.message, "cannot save the session");
-        }
-        if stopped {
-            // Never retry on our own: wait for resume or set-key.
-            if !wait_for_user(&mut user, &stop).await {
-                return;
-            }
-            failures = 0;
-            continue;
-        }
-        tokio::select! {
-            keep = next_wake(&mut hints, Some(&wake), &stop, watch.poll()) => if !keep { return },
-            _ = user.changed() => {}
-        }
-    }
-}
-
-async fn wait_for_user(user: &mut watch::Receiver<u64>, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        () = stop.cancelled() => false,
-        changed = user.changed() => changed.is_ok(),
-    }
-}
-
-/// Waits on the hub's change feed and wakes the session when it moves.
-/// After a refused key it waits for the user, like the session does.
-async fn long_poll(
-    session: Arc<Session>,
-    wake: Arc<Notify>,
-    mut user: watch::Receiver<u64>,
-    stop: CancellationToken,
-) {
-    let mut failures = 0u32;
-    loop {
-        let since = session.record().cursor;
-        let outcome = tokio::select! {
-            () = stop.cancelled() => return,
-            outcome = session.client.changes(since, 25) => outcome,
-        };
-        match outcome {
-            Ok(changes) => {
-                failures = 0;
-                if !changes.entries.is_empty() {
-                    wake.notify_one();
-                    // Let the round move the cursor before asking again.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            Err(
-                SyncError::Auth(_)
-                | SyncError::Fingerprint(_)
-                | SyncError::Refused(_)
-                | SyncError::Forbidden(_),
-            ) => {
-                wake.notify_one();
-                if !wait_for_user(&mut user, &stop).await {
-                    return;
-                }
-            }
-            Err(_) => {
-                failures += 1;
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1u64 << failures.min(6))) => {}
-                }
-            }
-        }
-    }
 }

@@ -1,0 +1,182 @@
+//! The loops that keep shares and sessions going: scan on hints and ticks,
+//! run rounds, back off within a bound, and stop for the user when a round
+//! says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidekey_api::SessionState;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::client::SyncError;
+use super::save;
+use super::session::{RoundError, Session};
+use super::share::Share;
+use super::watcher::{Watch, next_wake};
+use crate::Daemon;
+
+/// Failed rounds in a row before a session stops retrying on its own.
+const MAX_FAILURES: u32 = 8;
+
+pub async fn run_share(share: Arc<Share>, stop: CancellationToken) {
+    let (tx, mut hints) = mpsc::channel(1);
+    let watch = Watch::start(&share.root, tx);
+    loop {
+        {
+            let _guard = share.lock.lock().await;
+            if let Err(e) = tokio::task::block_in_place(|| share.scan()) {
+                tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
+            }
+            let _ = share.journal.flush().await;
+        }
+        if !next_wake(&mut hints, None, &stop, watch.poll()).await {
+            return;
+        }
+    }
+}
+
+pub async fn run_session(
+    daemon: Arc<Daemon>,
+    session: Arc<Session>,
+    wake: Arc<Notify>,
+    mut user: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let (tx, mut hints) = mpsc::channel(1);
+    let watch = Watch::start(&session.root, tx);
+    tokio::spawn(long_poll(
+        session.clone(),
+        wake.clone(),
+        user.clone(),
+        stop.clone(),
+    ));
+    let store = daemon.registry.store();
+    let mut failures = 0u32;
+    let mut again = 0u32;
+    loop {
+        let id = session.record().id;
+        if session.record().paused {
+            session.set_state(
+                SessionState::Paused,
+                Some(format!("Paused; resume with: sidekeyctl sync resume {id}")),
+            );
+            if !wait_for_user(&mut user, &stop).await {
+                return;
+            }
+            continue;
+        }
+        let stopped = match session.round().await {
+            Ok(()) => {
+                failures = 0;
+                again = 0;
+                false
+            }
+            Err(RoundError::Again) if again < 5 => {
+                again += 1;
+                continue;
+            }
+            Err(RoundError::Again) => {
+                again = 0;
+                false
+            }
+            Err(RoundError::Halt(why)) => {
+                session.set_state(SessionState::Halted, Some(why));
+                true
+            }
+            Err(RoundError::Sync(SyncError::Auth(why))) => {
+                session.set_state(SessionState::AuthFailed, Some(why.replace("<id>", &id)));
+                true
+            }
+            Err(RoundError::Sync(
+                SyncError::Fingerprint(why) | SyncError::Refused(why) | SyncError::Forbidden(why),
+            )) => {
+                session.set_state(SessionState::Error, Some(why));
+                true
+            }
+            Err(RoundError::Sync(SyncError::Transport(why)) | RoundError::Retry(why)) => {
+                failures += 1;
+                if failures >= MAX_FAILURES {
+                    session.set_state(SessionState::Error, Some(format!("{why}; gave up after {failures} tries. Retry with: sidekeyctl sync resume {id}")));
+                    true
+                } else {
+                    // Bounded exponential backoff: 2, 4, ... 64 s.
+                    session.set_state(SessionState::Error, Some(format!("{why}; retrying")));
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1u64 << failures.min(6))) => {}
+                    }
+                    continue;
+                }
+            }
+        };
+        if let Err(e) = save(store, &session).await {
+            tracing::warn!(error = %e.message, "cannot save the session");
+        }
+        if stopped {
+            // Never retry on our own: wait for resume or set-key.
+            if !wait_for_user(&mut user, &stop).await {
+                return;
+            }
+            failures = 0;
+            continue;
+        }
+        tokio::select! {
+            keep = next_wake(&mut hints, Some(&wake), &stop, watch.poll()) => if !keep { return },
+            _ = user.changed() => {}
+        }
+    }
+}
+
+async fn wait_for_user(user: &mut watch::Receiver<u64>, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        changed = user.changed() => changed.is_ok(),
+    }
+}
+
+/// Waits on the hub's change feed and wakes the session when it moves.
+/// After a refused key it waits for the user, like the session does.
+async fn long_poll(
+    session: Arc<Session>,
+    wake: Arc<Notify>,
+    mut user: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let since = session.record().cursor;
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = session.client.changes(since, 25) => outcome,
+        };
+        match outcome {
+            Ok(changes) => {
+                failures = 0;
+                if !changes.entries.is_empty() {
+                    wake.notify_one();
+                    // Let the round move the cursor before asking again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(
+                SyncError::Auth(_)
+                | SyncError::Fingerprint(_)
+                | SyncError::Refused(_)
+                | SyncError::Forbidden(_),
+            ) => {
+                wake.notify_one();
+                if !wait_for_user(&mut user, &stop).await {
+                    return;
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1u64 << failures.min(6))) => {}
+                }
+            }
+        }
+    }
+}
