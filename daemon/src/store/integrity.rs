@@ -38,14 +38,38 @@ impl GenerationFile {
 
 /// Copies every file of the store into `<store>.backup/`, replacing the last
 /// copy only once the new one is complete.
-pub fn back_up(store: &Path) -> std::io::Result<PathBuf> {
+///
+/// A store over [`BACKUP_LIMIT`] is not copied (that would double a large
+/// data dir on every start); its open is guarded by the generation check alone.
+pub fn back_up(store: &Path) -> std::io::Result<Option<PathBuf>> {
+    let size = dir_size(store)?;
+    if size > BACKUP_LIMIT {
+        tracing::warn!(store = %store.display(), size_mb = size >> 20, "the store is too large to copy aside before opening");
+        return Ok(None);
+    }
     let backup = store.with_extension("backup");
     let staging = store.with_extension("backup.tmp");
     let _ = fs::remove_dir_all(&staging);
     copy_dir(store, &staging)?;
     let _ = fs::remove_dir_all(&backup);
     fs::rename(&staging, &backup)?;
-    Ok(backup)
+    Ok(Some(backup))
+}
+
+const BACKUP_LIMIT: u64 = 1 << 30;
+
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Puts the store's bytes back as they were before the failed open.

@@ -164,10 +164,10 @@ impl Store {
         let backup = if fresh {
             None
         } else {
-            Some(integrity::back_up(&path).map_err(|e| StoreError::Write {
+            integrity::back_up(&path).map_err(|e| StoreError::Write {
                 path: path.clone(),
                 detail: format!("cannot copy it aside before opening: {e}"),
-            })?)
+            })?
         };
         let (generation_file, file_generation) = integrity::GenerationFile::open(data_dir)
             .map_err(|e| StoreError::Write {
