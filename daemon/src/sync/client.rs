@@ -149,6 +149,7 @@ impl HubClient {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(8 * 1024 * 1024)
+            .max_frame_size(1024 * 1024)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| {

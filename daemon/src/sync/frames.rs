@@ -15,7 +15,7 @@ use super::fsops::blocking;
 
 /// Heads are small JSON; anything larger is a broken or hostile stream.
 const MAX_HEAD: usize = 64 * 1024;
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 1024 * 1024;
 
 pub struct FrameReader {
     body: Incoming,

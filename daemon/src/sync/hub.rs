@@ -76,7 +76,8 @@ pub async fn serve(
             builder
                 .http2()
                 .initial_stream_window_size(4 * 1024 * 1024)
-                .initial_connection_window_size(8 * 1024 * 1024);
+                .initial_connection_window_size(8 * 1024 * 1024)
+                .max_frame_size(1024 * 1024);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {
