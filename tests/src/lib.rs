@@ -235,6 +235,15 @@ impl Home {
         text
     }
 
+    /// How many connections `sidekeyctl conn ls` lists.
+    pub fn conn_count(&self) -> usize {
+        self.ctl(&["conn", "ls", "--json"])
+            .success()
+            .json()
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+
     /// Creates a connection and returns `(id, key)`.
     pub fn create_conn(&self, name: &str, kind: &str, extra: &[&str]) -> (String, String) {
         let mut args = vec!["conn", "create", "--name", name, "--kind", kind, "--json"];
@@ -394,3 +403,31 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub const INVALID_KEY_BODY: &str = r#"{"error":"invalid_access_key","message":"The provided access key is invalid or has been revoked.","status":401}"#;
+
+/// Runs `cmd` (its stdin as the caller set it), failing the test if it
+/// outlives `limit`.
+pub fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("child output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

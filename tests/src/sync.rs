@@ -165,25 +165,7 @@ impl World {
 
     /// Adds a peer with its own daemon and waits for its initial sync.
     pub fn add_peer(&mut self, mode: &str) -> usize {
-        let invite = self.invite(mode);
-        let home = Home::new();
-        let dir = home.path().join("folder");
-        let daemon = home.start();
-        let out = home
-            .ctl_stdin(
-                &["sync", "add", dir.to_str().unwrap(), "--json", "--no-wait"],
-                Some(&invite),
-            )
-            .success();
-        let session = out.json()["id"].as_str().unwrap().to_string();
-        self.peers.push(Replica {
-            daemon: Some(daemon),
-            home,
-            dir,
-            session: Some(session),
-            args: Vec::new(),
-        });
-        let index = self.peers.len() - 1;
+        let index = self.add_peer_started(mode, &[], &[], |_| {});
         wait_until("the initial sync finishes", Duration::from_secs(60), || {
             let s = self.peers[index].session_status();
             s["initial_sync_done"] == true && s["state"] == "watching"

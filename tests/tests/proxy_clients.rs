@@ -8,13 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use sidekey_tests::agent::{Setup, curl};
 use sidekey_tests::http::Conn;
-use sidekey_tests::sidekeyctl_bin;
 use sidekey_tests::upstream::{Seen, Upstream};
+use sidekey_tests::{sidekeyctl_bin, text};
 
 const SECRET: &str = "sk-proj-REALsecretVALUE0123456789";
 const HOST: &str = "api.sidekey.test";
@@ -68,30 +67,8 @@ fn require_python_module(module: &str) {
 
 /// Runs `cmd` with no stdin, failing the test if it outlives `limit`.
 fn output_within(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("child output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    cmd.stdin(Stdio::null());
+    sidekey_tests::output_within(cmd, limit)
 }
 
 /// `sidekeyctl run --conn agent-1 -- <command>`, with `parent` as extra

@@ -8,15 +8,15 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sidekey_tests::Home;
 use sidekey_tests::agent::Setup;
 use sidekey_tests::upstream::{Seen, TestCerts, Upstream};
+use sidekey_tests::{Home, output_within, text};
 
 const SECRET: &str = "sk-proj-STREAMsecretVALUE0123456789";
 const HOST: &str = "api.sidekey.test";
@@ -68,33 +68,6 @@ fn python() -> &'static Path {
         assert!(out.status.success(), "python3 does not run");
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `cmd`, failing the test if it outlives `limit`.
-fn output_within(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("child output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
 }
 
 /// curl through the proxy, trusting the bundle, with a clean environment.

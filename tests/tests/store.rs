@@ -93,15 +93,7 @@ fn master_key_is_looked_up_in_the_documented_order() {
     let _d = home
         .start_with(&[], &[("CREDENTIALS_DIRECTORY", b_str)])
         .unwrap();
-    assert_eq!(
-        home.ctl(&["conn", "ls", "--json"])
-            .success()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(home.conn_count(), 1);
 }
 
 #[test]
@@ -171,15 +163,7 @@ fn corrupt_or_truncated_store_is_a_clear_error_and_nothing_is_overwritten() {
     // Put the good bytes back: everything acknowledged is there.
     std::fs::write(&biggest, &bytes).unwrap();
     let _d = home.start();
-    assert_eq!(
-        home.ctl(&["conn", "ls", "--json"])
-            .success()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        20
-    );
+    assert_eq!(home.conn_count(), 20);
 }
 
 #[test]
@@ -221,15 +205,7 @@ fn sigterm_and_sigint_are_graceful_and_every_acknowledged_change_survives() {
         assert_eq!(status.code(), Some(0), "SIG{signal} should exit 0");
 
         let d = home.start();
-        assert_eq!(
-            home.ctl(&["conn", "ls", "--json"])
-                .success()
-                .json()
-                .as_array()
-                .unwrap()
-                .len(),
-            30
-        );
+        assert_eq!(home.conn_count(), 30);
         assert_eq!(http::whoami(d.proxy, &rotated).status, 200);
         assert_eq!(http::whoami(d.proxy, &keys[0]).status, 401);
         assert_eq!(http::whoami(d.proxy, &keys[1]).status, 403);
