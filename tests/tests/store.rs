@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use sidekey_tests::http;
-use sidekey_tests::{Home, read_tree};
+use sidekey_tests::{Home, read_tree, wait_until};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -242,6 +242,8 @@ fn a_daemon_killed_mid_write_keeps_every_acknowledged_change() {
         let d = home.start();
         let socket_home = &home;
         let pid = d.pid();
+        let landed = std::sync::atomic::AtomicUsize::new(0);
+        let landed = &landed;
         let acked = std::thread::scope(|scope| {
             let writer = scope.spawn(move || {
                 let mut acked = Vec::new();
@@ -254,11 +256,19 @@ fn a_daemon_killed_mid_write_keeps_every_acknowledged_change() {
                         break;
                     }
                     acked.push((name, out.json()["key"].as_str().unwrap().to_string()));
+                    landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 acked
             });
-            // Let a varying number of writes land, then kill without warning.
-            std::thread::sleep(std::time::Duration::from_millis(60 + 45 * u64::from(round)));
+            // Let a varying number of writes land, then kill without warning
+            // at a moment unrelated to any acknowledgement.
+            let want = 1 + 4 * round as usize;
+            wait_until(
+                "some writes landed",
+                std::time::Duration::from_secs(30),
+                || landed.load(std::sync::atomic::Ordering::SeqCst) >= want,
+            );
+            std::thread::sleep(std::time::Duration::from_millis(7 * u64::from(round)));
             std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status()
