@@ -273,6 +273,11 @@ impl Config {
         std::time::Duration::from_secs(sidekey_api::parse_duration_secs(value).unwrap_or(10))
     }
 
+    /// Validated at load, so the fallback never applies.
+    pub fn audit_retention_secs(&self) -> u64 {
+        sidekey_api::parse_duration_secs(&self.audit_retention).unwrap_or(30 * 86_400)
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("Config serializes")
     }

@@ -123,10 +123,17 @@ impl Daemon {
         let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
         let upstream = proxy::upstream::Upstream::new(config.upstream_ca_file.as_deref())?;
         let sync = sync::Engine::new(registry.store(), &config)?;
+        let audit = audit::Audit::open(&config.data_dir, config.audit_retention_secs())
+            .with_context(|| {
+                format!(
+                    "cannot open the audit log in {}; check that the data dir is writable",
+                    config.data_dir.join("audit").display()
+                )
+            })?;
         Ok(Daemon {
             authority,
             upstream,
-            audit: audit::Audit::new(),
+            audit,
             sync,
             shutdown: CancellationToken::new(),
             live: RwLock::new(Arc::new(config.clone())),
@@ -245,15 +252,14 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
 /// retention period (at least every second, at most every minute).
 async fn prune_audit(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     loop {
-        let retention = sidekey_api::parse_duration_secs(&daemon.live_config().audit_retention)
-            .unwrap_or(30 * 86_400);
+        let retention = daemon.live_config().audit_retention_secs();
         let every = std::time::Duration::from_secs((retention / 2).clamp(1, 60));
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {
-                match daemon.audit.prune(daemon.registry.store(), retention) {
+                match daemon.audit.prune(retention) {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(removed = n, "pruned old audit records"),
+                    Ok(n) => tracing::debug!(segments = n, "pruned old audit records"),
                     Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
                 }
             }

@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use sidekey_tests::agent::{Setup, curl};
+use sidekey_tests::disk::SmallDisk;
 use sidekey_tests::upstream::{TestCerts, Upstream};
 use sidekey_tests::{Home, contains_bytes, read_tree, wait_until};
 
@@ -758,6 +759,58 @@ fn every_request_is_audited_without_secrets_or_query_values() {
     let logs = s.home.all_logs();
     assert!(!logs.contains("sk-audit-INJECTED0001") && !logs.contains("QUERYSECRET"));
     assert!(!logs.contains(&s.key));
+}
+
+#[test]
+fn a_request_that_cannot_be_audited_is_refused_and_never_sent() {
+    let disk = SmallDisk::mount();
+    let data_arg = format!("--data-dir={}", disk.path().join("data").display());
+    let s = Setup::with_args(&[&data_arg]);
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-full-INJECTED0002",
+    );
+    let up = Upstream::http();
+    let url = format!("http://api.sidekey.test:{}/echo", up.port);
+    assert_eq!(s.curl(&url, &[]).status, 200);
+
+    disk.fill();
+    // The audit file's last page may still have room for a few records.
+    let mut sent = 1;
+    let refused = loop {
+        let r = s.curl(&url, &[]);
+        if r.status != 200 || sent > 200 {
+            break r;
+        }
+        sent += 1;
+    };
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "audit_unavailable");
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("free space")
+    );
+    assert_eq!(
+        up.count(),
+        sent,
+        "an unaudited request reached the upstream"
+    );
+
+    disk.free();
+    assert_eq!(s.curl(&url, &[]).status, 200);
+    assert_eq!(up.count(), sent + 1);
+    let audited = s
+        .home
+        .ctl(&["audit", "--json", "--limit", "1000"])
+        .success()
+        .stdout;
+    assert_eq!(audited.lines().count(), sent + 1, "{audited}");
+    assert!(!s.daemon.log().contains("panicked"));
+    assert!(!s.home.all_logs().contains("sk-full-INJECTED0002"));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use sidekey_tests::disk::SmallDisk;
 use sidekey_tests::http;
 use sidekey_tests::{Home, read_tree, wait_until};
 
@@ -306,49 +307,11 @@ fn a_daemon_killed_mid_write_keeps_every_acknowledged_change() {
 #[test]
 fn a_full_disk_gives_clear_errors_and_loses_nothing_acknowledged() {
     let home = Home::new();
-    let mount = home.path().join("small");
-    std::fs::create_dir_all(&mount).unwrap();
-    let status = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=3m",
-            "tmpfs",
-            mount.to_str().unwrap(),
-        ])
-        .status()
-        .expect("mount (the tests run as root)");
-    assert!(
-        status.success(),
-        "mounting a small tmpfs failed; these tests need root"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
-    let data_dir = mount.join("data");
+    let disk = SmallDisk::mount();
+    let data_dir = disk.path().join("data");
     let data_arg = format!("--data-dir={}", data_dir.display());
     let d = home.start_with(&[&data_arg], &[]).unwrap();
-
-    // Fill the disk from outside, leaving a little room.
-    let filler = mount.join("filler");
-    let mut chunk = vec![0u8; 64 * 1024];
-    chunk
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, b)| *b = (i % 251) as u8);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while f.write_all(&chunk).is_ok() {}
-    }
+    disk.fill();
     let mut acked = Vec::new();
     let mut refusal = None;
     for i in 0..2000 {
@@ -383,7 +346,7 @@ fn a_full_disk_gives_clear_errors_and_loses_nothing_acknowledged() {
     }
 
     // Make room, restart: everything acknowledged is there.
-    std::fs::remove_file(&filler).unwrap();
+    disk.free();
     drop(d);
     let d = home.start_with(&[&data_arg], &[]).unwrap();
     for key in &acked {

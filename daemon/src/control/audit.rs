@@ -58,14 +58,11 @@ pub fn respond(
         None => None,
     };
     let matches = move |r: &AuditRecord| conn_id.as_ref().is_none_or(|id| &r.conn_id == id);
-    let records: Vec<AuditRecord> = daemon
-        .registry
-        .store()
-        .audit_tail(MAX_LIMIT * 10)?
-        .into_iter()
-        .filter(|r: &AuditRecord| matches(r))
-        .collect();
-    let newest = records[records.len().saturating_sub(limit)..].to_vec();
+    let retention = daemon.live_config().audit_retention_secs();
+    let newest = daemon
+        .audit
+        .tail(limit, retention, &matches)
+        .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
     if !follow {
         return Ok(json(StatusCode::OK, &newest).map(|b| b.map_err(|never| match never {}).boxed()));
     }

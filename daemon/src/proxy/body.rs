@@ -82,13 +82,7 @@ impl Audited {
     fn complete(&mut self, outcome: &str) {
         if let Some((daemon, pending, status)) = self.finish.take() {
             let bytes = (self.up.load(Ordering::Relaxed), self.down);
-            daemon.audit.finish(
-                daemon.registry.store(),
-                pending,
-                Some(status),
-                bytes,
-                outcome,
-            );
+            daemon.audit.finish(pending, Some(status), bytes, outcome);
         }
     }
 }

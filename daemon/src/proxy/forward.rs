@@ -210,7 +210,6 @@ async fn send(
 
     let url = redacted_url(target.scheme, &authority, &target.path_and_query);
     let pending = match daemon.audit.begin(
-        daemon.registry.store(),
         &conn.id,
         &conn.name,
         cred.as_ref().map(|c| c.name.as_str()),
@@ -245,7 +244,6 @@ async fn send(
         Ok(Err(e)) => {
             let error = upstream_error(&e, &target);
             daemon.audit.finish(
-                daemon.registry.store(),
                 pending,
                 Some(error.status.as_u16()),
                 (0, 0),
@@ -254,13 +252,9 @@ async fn send(
             return boxed(error.to_response());
         }
         Err(_) => {
-            daemon.audit.finish(
-                daemon.registry.store(),
-                pending,
-                Some(504),
-                (0, 0),
-                "upstream_timeout",
-            );
+            daemon
+                .audit
+                .finish(pending, Some(504), (0, 0), "upstream_timeout");
             return boxed(
                 ApiError::new(
                     "upstream_timeout",

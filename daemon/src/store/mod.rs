@@ -119,7 +119,6 @@ pub struct Store {
     creds: sled::Tree,
     grants: sled::Tree,
     revoked: sled::Tree,
-    audit: sled::Tree,
     cipher: Cipher,
     path: PathBuf,
     writes: AtomicU64,
@@ -255,7 +254,6 @@ impl Store {
             creds: db.open_tree("creds").map_err(corrupt)?,
             grants: db.open_tree("grants").map_err(corrupt)?,
             revoked: db.open_tree("revoked").map_err(corrupt)?,
-            audit: db.open_tree("audit").map_err(corrupt)?,
             db,
             cipher,
             path,
@@ -420,44 +418,6 @@ impl Store {
             .map_err(|e| self.write_error(e))?;
         self.db.flush().map_err(|e| self.write_error(e))?;
         Ok(())
-    }
-
-    // --- the audit log: records hold no secrets and no query values
-
-    pub fn put_audit<T: Serialize>(&self, id: u64, record: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).expect("records always serialize");
-        self.audit
-            .insert(id.to_be_bytes(), bytes)
-            .map_err(|e| self.write_error(e))?;
-        Ok(())
-    }
-
-    /// The newest `limit` records, oldest first.
-    pub fn audit_tail<T: DeserializeOwned>(&self, limit: usize) -> Result<Vec<T>, StoreError> {
-        let mut records = self
-            .audit
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|entry| {
-                let (_, v) = entry.map_err(|e| self.corrupt(e.to_string()))?;
-                serde_json::from_slice(&v)
-                    .map_err(|e| self.corrupt(format!("an audit record does not parse: {e}")))
-            })
-            .collect::<Result<Vec<T>, StoreError>>()?;
-        records.reverse();
-        Ok(records)
-    }
-
-    /// Deletes audit records with ids below `before`; returns how many.
-    pub fn prune_audit(&self, before: u64) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        for key in self.audit.range(..before.to_be_bytes()).keys() {
-            let key = key.map_err(|e| self.corrupt(e.to_string()))?;
-            self.audit.remove(key).map_err(|e| self.write_error(e))?;
-            removed += 1;
-        }
-        Ok(removed)
     }
 
     // --- tables for sync: shares, sessions, journals and indexes

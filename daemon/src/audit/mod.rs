@@ -1,8 +1,13 @@
-//! The audit log: one record per proxied request, written to the store
-//! before the request goes upstream and completed when its response ends.
-//! A record holds who, which credential, method, scheme://host/path (never a
-//! query value), status, latency and bytes: never a header or a secret.
+//! The audit log: one record per proxied request, appended to the data
+//! dir's `audit/` segments before the request goes upstream and again when
+//! its response ends. A record holds who, which credential, method,
+//! scheme://host/path (never a query value), status, latency and bytes:
+//! never a header or a secret.
 
+mod segments;
+
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -11,12 +16,16 @@ pub use sidekey_api::AuditRecord;
 use tokio::sync::broadcast;
 
 use crate::registry::now_ms;
-use crate::store::{Store, StoreError};
+use segments::Segments;
 
-/// Ids are `time_ms << 20 | sequence`: ordered, unique, and prunable by time.
+/// Ids are `time_ms << 20 | sequence`: ordered and unique.
 const SEQ_BITS: u32 = 20;
 
 pub struct Audit {
+    segments: Segments,
+    /// How long one segment stays open: a quarter of the retention, so
+    /// pruning whole segments keeps at most a quarter more than asked.
+    span_ms: AtomicU64,
     seq: AtomicU64,
     feed: broadcast::Sender<Arc<AuditRecord>>,
 }
@@ -27,30 +36,25 @@ pub struct Pending {
     started: Instant,
 }
 
-impl Default for Audit {
-    fn default() -> Self {
-        Audit::new()
-    }
-}
-
 impl Audit {
-    pub fn new() -> Audit {
-        Audit {
+    pub fn open(data_dir: &Path, retention_secs: u64) -> io::Result<Audit> {
+        Ok(Audit {
+            segments: Segments::open(&data_dir.join("audit"), now_ms())?,
+            span_ms: AtomicU64::new(span_ms(retention_secs)),
             seq: AtomicU64::new(0),
             feed: broadcast::channel(4096).0,
-        }
+        })
     }
 
     /// Writes the opening record. An error means the request must be refused.
     pub fn begin(
         &self,
-        store: &Store,
         conn_id: &str,
         conn: &str,
         cred: Option<&str>,
         method: &str,
         url: String,
-    ) -> Result<Pending, StoreError> {
+    ) -> io::Result<Pending> {
         let time_ms = now_ms();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) & ((1 << SEQ_BITS) - 1);
         let record = AuditRecord {
@@ -67,7 +71,7 @@ impl Audit {
             bytes_down: 0,
             outcome: "started".into(),
         };
-        store.put_audit(record.id, &record)?;
+        self.append(&record)?;
         Ok(Pending {
             record,
             started: Instant::now(),
@@ -76,7 +80,6 @@ impl Audit {
 
     pub fn finish(
         &self,
-        store: &Store,
         mut pending: Pending,
         status: Option<u16>,
         bytes: (u64, u64),
@@ -87,7 +90,7 @@ impl Audit {
         record.latency_ms = Some(pending.started.elapsed().as_millis() as u64);
         (record.bytes_up, record.bytes_down) = bytes;
         record.outcome = outcome.to_string();
-        if let Err(e) = store.put_audit(record.id, record) {
+        if let Err(e) = self.append(record) {
             tracing::warn!(error = %e, "could not complete an audit record");
         }
         // The audit log is the record of every request; the log gets it at debug.
@@ -104,15 +107,42 @@ impl Audit {
         let _ = self.feed.send(Arc::new(pending.record));
     }
 
+    fn append(&self, record: &AuditRecord) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).expect("records always serialize");
+        line.push(b'\n');
+        self.segments
+            .append(&line, now_ms(), self.span_ms.load(Ordering::Relaxed))
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
         self.feed.subscribe()
     }
 
-    /// Drops records older than `retention_secs`.
-    pub fn prune(&self, store: &Store, retention_secs: u64) -> Result<usize, StoreError> {
-        let cutoff_ms = now_ms().saturating_sub(retention_secs.saturating_mul(1000));
-        store.prune_audit(cutoff_ms << SEQ_BITS)
+    /// The newest `limit` records within `retention_secs` that `keep`
+    /// accepts, oldest first.
+    pub fn tail(
+        &self,
+        limit: usize,
+        retention_secs: u64,
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> io::Result<Vec<AuditRecord>> {
+        self.segments.tail(limit, cutoff_ms(retention_secs), keep)
     }
+
+    /// Deletes segments older than `retention_secs`; returns how many.
+    pub fn prune(&self, retention_secs: u64) -> io::Result<usize> {
+        self.span_ms
+            .store(span_ms(retention_secs), Ordering::Relaxed);
+        self.segments.prune(cutoff_ms(retention_secs))
+    }
+}
+
+fn cutoff_ms(retention_secs: u64) -> u64 {
+    now_ms().saturating_sub(retention_secs.saturating_mul(1000))
+}
+
+fn span_ms(retention_secs: u64) -> u64 {
+    (retention_secs.saturating_mul(1000) / 4).clamp(1_000, 3_600_000)
 }
 
 /// `scheme://host[:port]/path`: the query is dropped, since its values may be secrets.

@@ -1,0 +1,191 @@
+//! The audit log on disk: append-only NDJSON segment files in
+//! `<data_dir>/audit/`, named by the time they were opened. A record is
+//! appended when its request starts and again when it ends; the later line
+//! wins. Retention deletes whole segments, so pruning never rewrites a file.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sidekey_api::AuditRecord;
+
+/// A segment is closed once it holds this much, whatever its age.
+const MAX_SEGMENT_BYTES: u64 = 16 << 20;
+const SUFFIX: &str = ".ndjson";
+
+pub struct Segments {
+    dir: PathBuf,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    file: File,
+    start_ms: u64,
+    bytes: u64,
+}
+
+impl Segments {
+    pub fn open(dir: &Path, now_ms: u64) -> io::Result<Segments> {
+        crate::fsutil::create_private_dir(dir).map_err(io::Error::other)?;
+        Ok(Segments {
+            dir: dir.to_path_buf(),
+            current: Mutex::new(Current::create(dir, now_ms)?),
+        })
+    }
+
+    /// Appends one line. It is in the kernel when this returns, so it
+    /// outlives a killed daemon.
+    pub fn append(&self, line: &[u8], now_ms: u64, span_ms: u64) -> io::Result<()> {
+        let mut current = self.current.lock().expect("audit writer poisoned");
+        if current.bytes >= MAX_SEGMENT_BYTES || now_ms >= current.start_ms + span_ms {
+            *current = Current::create(&self.dir, now_ms.max(current.start_ms + 1))?;
+        }
+        current.file.write_all(line)?;
+        current.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes every segment whose lines are all older than `cutoff_ms`:
+    /// those followed by a segment opened before the cutoff. Returns how many.
+    pub fn prune(&self, cutoff_ms: u64) -> io::Result<usize> {
+        let open = self.current.lock().expect("audit writer poisoned").start_ms;
+        let starts = self.starts()?;
+        let mut removed = 0;
+        for pair in starts.windows(2) {
+            if pair[1] <= cutoff_ms && pair[0] != open {
+                std::fs::remove_file(self.path(pair[0]))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The `limit` most recently written records that `keep` accepts and
+    /// that started at or after `cutoff_ms`, ordered by id. Reads segments
+    /// newest first and stops once it has enough.
+    pub fn tail(
+        &self,
+        limit: usize,
+        cutoff_ms: u64,
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> io::Result<Vec<AuditRecord>> {
+        let mut seen = HashSet::new();
+        let mut records = Vec::new();
+        'segments: for start in self.starts()?.into_iter().rev() {
+            let text = match std::fs::read(self.path(start)) {
+                Ok(text) => text,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // A torn last line, from a kill mid-append, does not parse and is skipped.
+            for line in text.split(|b| *b == b'\n').rev() {
+                if records.len() == limit {
+                    break 'segments;
+                }
+                let Ok(record) = serde_json::from_slice::<AuditRecord>(line) else {
+                    continue;
+                };
+                if record.time_ms >= cutoff_ms && seen.insert(record.id) && keep(&record) {
+                    records.push(record);
+                }
+            }
+        }
+        records.sort_unstable_by_key(|r| r.id);
+        Ok(records)
+    }
+
+    /// Start times of the segment files, oldest first.
+    fn starts(&self) -> io::Result<Vec<u64>> {
+        let mut starts: Vec<u64> = std::fs::read_dir(&self.dir)?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name();
+                name.to_str()?.strip_suffix(SUFFIX)?.parse().ok()
+            })
+            .collect();
+        starts.sort_unstable();
+        Ok(starts)
+    }
+
+    fn path(&self, start_ms: u64) -> PathBuf {
+        self.dir.join(format!("{start_ms:020}{SUFFIX}"))
+    }
+}
+
+impl Current {
+    fn create(dir: &Path, start_ms: u64) -> io::Result<Current> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(dir.join(format!("{start_ms:020}{SUFFIX}")))?;
+        let bytes = file.metadata()?.len();
+        Ok(Current {
+            file,
+            start_ms,
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, time_ms: u64, outcome: &str) -> Vec<u8> {
+        let mut line = serde_json::to_vec(&AuditRecord {
+            id,
+            time_ms,
+            conn_id: "c".into(),
+            conn: "agent".into(),
+            cred: None,
+            method: "GET".into(),
+            url: "http://h/".into(),
+            status: None,
+            latency_ms: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: outcome.into(),
+        })
+        .unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn the_last_line_of_a_record_wins_across_segments_and_torn_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Segments::open(dir.path(), 1_000).unwrap();
+        log.append(&record(1, 1_000, "started"), 1_000, 10).unwrap();
+        log.append(&record(2, 1_001, "started"), 1_001, 10).unwrap();
+        // The next append opens a new segment; record 1 ends there.
+        log.append(&record(1, 1_000, "ok"), 1_020, 10).unwrap();
+        log.append(b"{\"id\":3,\"ti", 1_021, 10).unwrap();
+        let records = log.tail(10, 0, |_| true).unwrap();
+        let outcomes: Vec<(u64, &str)> =
+            records.iter().map(|r| (r.id, r.outcome.as_str())).collect();
+        assert_eq!(outcomes, [(1, "ok"), (2, "started")]);
+        assert_eq!(
+            log.tail(1, 0, |_| true).unwrap()[0].id,
+            1,
+            "the last written"
+        );
+        assert!(log.tail(10, 1_002, |_| true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pruning_deletes_whole_old_segments_but_never_the_open_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Segments::open(dir.path(), 1_000).unwrap();
+        log.append(&record(1, 1_000, "ok"), 1_000, 10).unwrap();
+        log.append(&record(2, 1_050, "ok"), 1_050, 10).unwrap();
+        log.append(&record(3, 1_100, "ok"), 1_100, 10).unwrap();
+        assert_eq!(log.starts().unwrap(), [1_000, 1_050, 1_100]);
+        assert_eq!(log.prune(1_060).unwrap(), 1);
+        assert_eq!(log.prune(5_000).unwrap(), 1);
+        assert_eq!(log.starts().unwrap(), [1_100]);
+        assert_eq!(log.tail(10, 0, |_| true).unwrap().len(), 1);
+    }
+}
