@@ -186,12 +186,7 @@ pub async fn run(
     daemon.shutdown = shutdown.clone();
     let daemon = Arc::new(daemon);
     let tracker = TaskTracker::new();
-    tracker.spawn(proxy::serve(
-        listeners.proxy,
-        daemon.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    proxy::start(listeners.proxy, daemon.clone(), shutdown.clone(), &tracker)?;
     tracker.spawn(control::serve(
         listeners.control,
         daemon.clone(),

@@ -45,7 +45,48 @@ const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
 /// A client that has not sent its whole header block by then is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(
+/// Serves the proxy on its own threads, each a single-threaded runtime
+/// that accepts from the shared listener. A connection, its requests and
+/// the upstream connections they open then stay on one thread, which spares
+/// a cross-thread wakeup at every hop. Half the CPUs, at least one, leaves
+/// the rest for the agents and the upstreams the proxy talks to.
+pub fn start(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    let listener = listener.into_std()?;
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
+        // Held until this thread's connections have drained.
+        let draining = tracker.token();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("sidekeyd-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let connections = TaskTracker::new();
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            serve(listener, daemon, shutdown, connections.clone()).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "a proxy thread cannot listen"),
+                    }
+                    connections.close();
+                    connections.wait().await;
+                });
+                drop(draining);
+            })?;
+    }
+    Ok(())
+}
+
+async fn serve(
     listener: TcpListener,
     daemon: Arc<Daemon>,
     shutdown: CancellationToken,
