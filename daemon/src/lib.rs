@@ -195,6 +195,8 @@ pub async fn run(
     ));
     tracker.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
     tracker.spawn(prune_audit(daemon.clone(), shutdown.clone()));
+    let (held, stop) = (daemon.clone(), shutdown.clone());
+    tracker.spawn(async move { held.audit.write_held_lines(&stop).await });
     if let Some(listener) = listeners.sync {
         tracker.spawn(sync::hub::serve(
             listener,
@@ -215,6 +217,7 @@ pub async fn run(
             "shutdown drain timed out; closing the rest"
         );
     }
+    daemon.audit.flush();
     daemon
         .registry
         .flush_last_used()

@@ -10,16 +10,19 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use sidekey_api::AuditRecord;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::registry::now_ms;
 use segments::Segments;
+use tokio_util::sync::CancellationToken;
 
 /// Ids are `time_ms << 20 | sequence`: ordered and unique.
 const SEQ_BITS: u32 = 20;
+/// How long a closing line may wait in memory for a write to share.
+const HOLD_AT_MOST: Duration = Duration::from_millis(100);
 
 pub struct Audit {
     segments: Segments,
@@ -28,6 +31,8 @@ pub struct Audit {
     span_ms: AtomicU64,
     seq: AtomicU64,
     feed: broadcast::Sender<Arc<AuditRecord>>,
+    /// Woken when closing lines start waiting to be written.
+    held: Notify,
 }
 
 /// A request in flight; completes its record once.
@@ -43,6 +48,7 @@ impl Audit {
             span_ms: AtomicU64::new(span_ms(retention_secs)),
             seq: AtomicU64::new(0),
             feed: broadcast::channel(4096).0,
+            held: Notify::new(),
         })
     }
 
@@ -90,8 +96,10 @@ impl Audit {
         record.latency_ms = Some(pending.started.elapsed().as_millis() as u64);
         (record.bytes_up, record.bytes_down) = bytes;
         record.outcome = outcome.to_string();
-        if let Err(e) = self.append(record) {
-            tracing::warn!(error = %e, "could not complete an audit record");
+        match self.segments.hold(&line(record)) {
+            Ok(true) => self.held.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not complete an audit record"),
         }
         // The audit log is the record of every request; the log gets it at debug.
         tracing::debug!(
@@ -108,10 +116,31 @@ impl Audit {
     }
 
     fn append(&self, record: &AuditRecord) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).expect("records always serialize");
-        line.push(b'\n');
-        self.segments
-            .append(&line, now_ms(), self.span_ms.load(Ordering::Relaxed))
+        self.segments.append(
+            &line(record),
+            now_ms(),
+            self.span_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Writes held closing lines a moment after the first is held, so a
+    /// burst of requests shares writes, and an idle daemon never wakes.
+    pub async fn write_held_lines(&self, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.held.notified() => {}
+            }
+            tokio::time::sleep(HOLD_AT_MOST).await;
+            self.flush();
+        }
+    }
+
+    /// Writes every held closing line now.
+    pub fn flush(&self) {
+        if let Err(e) = self.segments.flush() {
+            tracing::warn!(error = %e, "could not complete audit records");
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
@@ -135,6 +164,12 @@ impl Audit {
             .store(span_ms(retention_secs), Ordering::Relaxed);
         self.segments.prune(cutoff_ms(retention_secs))
     }
+}
+
+fn line(record: &AuditRecord) -> Vec<u8> {
+    let mut line = serde_json::to_vec(record).expect("records always serialize");
+    line.push(b'\n');
+    line
 }
 
 fn cutoff_ms(retention_secs: u64) -> u64 {

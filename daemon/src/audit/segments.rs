@@ -2,6 +2,10 @@
 //! `<data_dir>/audit/`, named by the time they were opened. A record is
 //! appended when its request starts and again when it ends; the later line
 //! wins. Retention deletes whole segments, so pruning never rewrites a file.
+//!
+//! An opening line is written before its request goes upstream. A closing
+//! line may wait in memory and go out with the next opening line, in one
+//! write: one syscall per request, not two.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -14,6 +18,8 @@ use sidekey_api::AuditRecord;
 
 /// A segment is closed once it holds this much, whatever its age.
 const MAX_SEGMENT_BYTES: u64 = 16 << 20;
+/// Closing lines held back past this much are written at once.
+const MAX_HELD_BYTES: usize = 64 << 10;
 const SUFFIX: &str = ".ndjson";
 
 pub struct Segments {
@@ -25,6 +31,8 @@ struct Current {
     file: File,
     start_ms: u64,
     bytes: u64,
+    /// Closing lines not yet written.
+    held: Vec<u8>,
 }
 
 impl Segments {
@@ -36,16 +44,44 @@ impl Segments {
         })
     }
 
-    /// Appends one line. It is in the kernel when this returns, so it
-    /// outlives a killed daemon.
+    /// Appends one line, with any held ones before it. It is in the kernel
+    /// when this returns, so it outlives a killed daemon.
     pub fn append(&self, line: &[u8], now_ms: u64, span_ms: u64) -> io::Result<()> {
         let mut current = self.current.lock().expect("audit writer poisoned");
         if current.bytes >= MAX_SEGMENT_BYTES || now_ms >= current.start_ms + span_ms {
+            current.write_held()?;
+            let held = std::mem::take(&mut current.held);
             *current = Current::create(&self.dir, now_ms.max(current.start_ms + 1))?;
+            current.held = held;
         }
-        current.file.write_all(line)?;
-        current.bytes += line.len() as u64;
-        Ok(())
+        let before = current.held.len();
+        current.held.extend_from_slice(line);
+        let written = current.write_held();
+        if written.is_err() {
+            // The request is refused, so its opening line must never appear.
+            current.held.truncate(before);
+        }
+        written
+    }
+
+    /// Holds a line back until the next [`Segments::append`] or
+    /// [`Segments::flush`]. Returns whether it is the first one held, when
+    /// the caller should arrange a flush.
+    pub fn hold(&self, line: &[u8]) -> io::Result<bool> {
+        let mut current = self.current.lock().expect("audit writer poisoned");
+        let first = current.held.is_empty();
+        current.held.extend_from_slice(line);
+        if current.held.len() >= MAX_HELD_BYTES {
+            current.write_held()?;
+        }
+        Ok(first)
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        self.current
+            .lock()
+            .expect("audit writer poisoned")
+            .write_held()
     }
 
     /// Deletes every segment whose lines are all older than `cutoff_ms`:
@@ -72,6 +108,7 @@ impl Segments {
         cutoff_ms: u64,
         keep: impl Fn(&AuditRecord) -> bool,
     ) -> io::Result<Vec<AuditRecord>> {
+        self.flush()?;
         let mut seen = HashSet::new();
         let mut records = Vec::new();
         'segments: for start in self.starts()?.into_iter().rev() {
@@ -126,7 +163,19 @@ impl Current {
             file,
             start_ms,
             bytes,
+            held: Vec::new(),
         })
+    }
+
+    /// On an error the held lines stay held, to be tried again.
+    fn write_held(&mut self) -> io::Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.held)?;
+        self.bytes += self.held.len() as u64;
+        self.held.clear();
+        Ok(())
     }
 }
 
@@ -173,6 +222,29 @@ mod tests {
             "the last written"
         );
         assert!(log.tail(10, 1_002, |_| true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_closing_line_waits_for_the_next_write_or_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Segments::open(dir.path(), 1_000).unwrap();
+        let on_disk = || std::fs::read(log.path(1_000)).unwrap();
+        log.append(&record(1, 1_000, "started"), 1_000, 10).unwrap();
+        assert!(log.hold(&record(1, 1_000, "ok")).unwrap(), "the first held");
+        assert!(!log.hold(&record(2, 1_000, "ok")).unwrap());
+        assert_eq!(on_disk(), record(1, 1_000, "started"));
+        log.append(&record(3, 1_001, "started"), 1_001, 10).unwrap();
+        let written = [
+            record(1, 1_000, "started"),
+            record(1, 1_000, "ok"),
+            record(2, 1_000, "ok"),
+            record(3, 1_001, "started"),
+        ]
+        .concat();
+        assert_eq!(on_disk(), written);
+        log.hold(&record(3, 1_001, "ok")).unwrap();
+        log.flush().unwrap();
+        assert!(on_disk().ends_with(&record(3, 1_001, "ok")));
     }
 
     #[test]
