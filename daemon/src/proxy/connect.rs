@@ -129,8 +129,9 @@ async fn serve_inner<I>(
     let service = service_fn(move |req: Request<Incoming>| {
         let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
         async move {
+            // Boxed for the reason given in `proxy::serve`.
             Ok::<_, std::convert::Infallible>(
-                inner_request(daemon, &key, &host, port, scheme, req).await,
+                Box::pin(inner_request(daemon, &key, &host, port, scheme, req)).await,
             )
         }
     });

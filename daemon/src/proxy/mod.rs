@@ -123,7 +123,9 @@ async fn serve(
                         refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                         return Ok::<_, Infallible>(refused);
                     }
-                    Ok(route(req, peer, daemon).await)
+                    // Boxed: hyper keeps a connection's request future
+                    // allocated while it idles, and this one is kilobytes.
+                    Ok(Box::pin(route(req, peer, daemon)).await)
                 }
             });
             let conn = http1::Builder::new()
