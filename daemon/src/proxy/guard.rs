@@ -62,15 +62,15 @@ impl<T> HeadGuard<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let guard = self.get_mut();
+        let polled = Pin::new(&mut guard.inner).poll_read(cx, buf);
         if polled.is_ready() {
-            let fresh = buf.filled()[before..].to_vec();
-            self.scan(&fresh);
+            guard.scan(&buf.filled()[before..]);
         }
         polled
     }
