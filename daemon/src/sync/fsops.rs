@@ -51,6 +51,9 @@ pub fn check_target(path: &Path) -> std::io::Result<()> {
 
 /// Bytes are gathered into writes of this size: h2 delivers ~16 KB pieces.
 const WRITE_CHUNK: usize = 1024 * 1024;
+/// A large file's written bytes are handed to the disk every this many, so
+/// the final fsync waits for the tail only, not for the whole file.
+const WRITEBACK_EVERY: u64 = 16 << 20;
 
 /// Runs blocking file I/O. Small files are a handful of fast syscalls, which
 /// cost less done in place than as trips to tokio's blocking pool (the pool
@@ -68,6 +71,8 @@ pub struct Incoming {
     buf: Vec<u8>,
     hasher: Sha256,
     written: u64,
+    /// Bytes before this offset are already on their way to the disk.
+    written_back: u64,
     temp: PathBuf,
     target: PathBuf,
     exec: bool,
@@ -99,6 +104,7 @@ impl Incoming {
                 buf: Vec::new(),
                 hasher: Sha256::new(),
                 written: 0,
+                written_back: 0,
                 temp,
                 target,
                 exec,
@@ -113,8 +119,24 @@ impl Incoming {
         if self.buf.len() >= WRITE_CHUNK {
             blocking(|| self.file.write_all(&self.buf))?;
             self.buf.clear();
+            self.start_writeback();
         }
         Ok(())
+    }
+
+    /// Starts (without waiting for) the disk writes of what is in the file
+    /// so far: on Linux, `POSIX_FADV_DONTNEED` queues dirty pages for
+    /// writeback. Only a hint, so a failure changes nothing.
+    fn start_writeback(&mut self) {
+        let in_file = self.written - self.buf.len() as u64;
+        let Some(len) = std::num::NonZeroU64::new(in_file - self.written_back) else {
+            return;
+        };
+        if len.get() >= WRITEBACK_EVERY {
+            let advice = rustix::fs::Advice::DontNeed;
+            let _ = rustix::fs::fadvise(&self.file, self.written_back, Some(len), advice);
+            self.written_back = in_file;
+        }
     }
 
     /// Verifies the content; with `durable`, fsyncs the file now (a single
