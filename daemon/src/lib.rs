@@ -15,6 +15,7 @@
 //! - `sync`      two-way folder sync: shares on a hub, sessions on peers
 //! - `fsutil`    private directories and the data-dir lock
 //! - `logging`   tracing setup
+//! - `memory`    keeping glibc's heap from holding on to freed memory
 //! - `service`   life under a service manager: readiness, reload, `--daemonize`
 
 mod audit;
@@ -27,6 +28,7 @@ mod http_util;
 mod inject;
 mod keys;
 pub mod logging;
+pub mod memory;
 mod proxy;
 mod ratelimit;
 mod registry;

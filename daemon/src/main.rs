@@ -11,6 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    sidekeyd::memory::limit_arenas();
     let args = Args::parse();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +67,7 @@ fn serve(args: &Args, config: Config, logs: LogHandle, reporter: Option<&Reporte
         // The data-dir lock comes first, so a second daemon is told so
         // before it touches the socket or the port.
         let daemon = Daemon::open(config.clone())?;
+        sidekeyd::memory::release_freed();
         let listeners = Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         let args = args.clone();

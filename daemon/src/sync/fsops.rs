@@ -7,10 +7,11 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use std::io::Write;
 
 use super::ignore::TEMP_PREFIX;
+use super::model::Digest;
 
 /// Walks to `relative`'s parent, creating missing directories, and refuses
 /// any component that is a symlink or a file.
@@ -141,12 +142,16 @@ impl Incoming {
 
     /// Verifies the content; with `durable`, fsyncs the file now (a single
     /// edit), else leaves that to one `syncfs` for the whole batch.
-    pub async fn finish(mut self, expected_sha: &str, durable: bool) -> std::io::Result<Staged> {
+    pub async fn finish(
+        mut self,
+        expected: Option<Digest>,
+        durable: bool,
+    ) -> std::io::Result<Staged> {
         let outcome = blocking(|| {
             self.file.write_all(&self.buf)?;
             self.buf = Vec::new();
-            let sha = hex::encode(self.hasher.finalize_reset());
-            if sha != expected_sha {
+            let hasher = std::mem::take(&mut self.hasher);
+            if Some(Digest::of(hasher)) != expected {
                 return Err(std::io::Error::new(
                     ErrorKind::InvalidData,
                     "the received content does not match its SHA-256",
@@ -317,15 +322,21 @@ mod tests {
             .await
             .unwrap();
         bad.write(b"hello").await.unwrap();
-        assert!(bad.finish(&"0".repeat(64), true).await.is_err());
+        let zeros = serde_json::from_value(serde_json::json!("0".repeat(64))).unwrap();
+        assert!(bad.finish(Some(zeros), true).await.is_err());
         assert_eq!(std::fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
 
         let mut good = Incoming::create(dir.path(), Path::new("x/y.txt"), true)
             .await
             .unwrap();
         good.write(b"hello").await.unwrap();
-        let sha = hex::encode(Sha256::digest(b"hello"));
-        good.finish(&sha, true).await.unwrap().commit().unwrap();
+        let mut hasher = Sha256::new();
+        hasher.update(b"hello");
+        good.finish(Some(Digest::of(hasher)), true)
+            .await
+            .unwrap()
+            .commit()
+            .unwrap();
         assert_eq!(std::fs::read(dir.path().join("x/y.txt")).unwrap(), b"hello");
         let mode = std::fs::metadata(dir.path().join("x/y.txt"))
             .unwrap()

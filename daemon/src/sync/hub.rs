@@ -331,9 +331,7 @@ async fn receive(
             incoming.abandon().await;
             Ok(Err(e))
         }
-        Ok(Ok(())) => Ok(incoming
-            .finish(head.sha256.as_deref().unwrap_or_default(), false)
-            .await),
+        Ok(Ok(())) => Ok(incoming.finish(head.sha256, false).await),
     }
 }
 
@@ -362,7 +360,7 @@ fn land(share: &Share, head: PushHead, file: fsops::Staged) -> Result<PushResult
         &head.path,
         Synced {
             kind: Kind::File,
-            sha256: head.sha256.clone(),
+            sha256: head.sha256,
             size: head.size,
             exec: head.exec,
             version: 0,

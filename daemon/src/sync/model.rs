@@ -1,6 +1,40 @@
 //! What replicas say to each other, and what each keeps per path.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A file's SHA-256. Held as bytes, since a hex string would cost a heap
+/// block for each of a replica's files; written as 64 hex characters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn of(hasher: sha2::Sha256) -> Digest {
+        use sha2::Digest as _;
+        Digest(hasher.finalize().into())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Digest, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.as_bytes(), &mut bytes)
+            .map_err(|_| serde::de::Error::custom("a SHA-256 is 64 hex characters"))?;
+        Ok(Digest(bytes))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,7 +50,7 @@ pub enum Kind {
 pub struct Entry {
     pub path: String,
     pub kind: Kind,
-    pub sha256: Option<String>,
+    pub sha256: Option<Digest>,
     pub size: u64,
     pub exec: bool,
     pub version: u64,
@@ -27,7 +61,7 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Synced {
     pub kind: Kind,
-    pub sha256: Option<String>,
+    pub sha256: Option<Digest>,
     pub size: u64,
     pub exec: bool,
     pub version: u64,
@@ -40,7 +74,7 @@ impl Synced {
         Entry {
             path: path.to_string(),
             kind: self.kind,
-            sha256: self.sha256.clone(),
+            sha256: self.sha256,
             size: self.size,
             exec: self.exec,
             version: self.version,
@@ -71,7 +105,7 @@ pub struct PushHead {
     pub kind: Kind,
     /// The hub version this change was made on (0: the path was new).
     pub base: u64,
-    pub sha256: Option<String>,
+    pub sha256: Option<Digest>,
     pub size: u64,
     pub exec: bool,
 }

@@ -30,6 +30,7 @@ pub async fn run_share(share: Arc<Share>, stop: CancellationToken) {
             }
             let _ = share.journal.flush().await;
         }
+        crate::memory::release_freed_soon();
         if !next_wake(&mut hints, None, &stop, watch.poll()).await {
             return;
         }
@@ -121,6 +122,7 @@ pub async fn run_session(
             failures = 0;
             continue;
         }
+        crate::memory::release_freed_soon();
         tokio::select! {
             keep = next_wake(&mut hints, Some(&wake), &stop, watch.poll()) => if !keep { return },
             _ = user.changed() => {}

@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ignore::{Ignorer, TEMP_PREFIX};
-use super::model::Kind;
+use super::model::{Digest, Kind};
 use super::paths::case_key;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +91,8 @@ pub fn scan(root: &Path, ignorer: &Ignorer) -> std::io::Result<Scan> {
 }
 
 /// SHA-256 of a file, streamed; never follows a symlink.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
+pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    use sha2::{Digest as _, Sha256};
     use std::io::Read;
     let mut file = open_no_follow(path)?;
     let mut hasher = Sha256::new();
@@ -106,7 +106,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((Digest::of(hasher), total))
 }
 
 pub fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {

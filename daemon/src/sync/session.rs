@@ -259,7 +259,7 @@ impl Session {
                     };
                     if let Some(synced) = synced
                         && synced.kind == Kind::File
-                        && synced.sha256.as_deref() == Some(sha.as_str())
+                        && synced.sha256 == Some(sha)
                         && synced.exec == stat.exec
                     {
                         // Touched, not changed: remember the new stat data.
@@ -396,7 +396,7 @@ impl Session {
                         },
                         (kind, Some(stat)) => Synced {
                             kind,
-                            sha256: change.head.sha256.clone(),
+                            sha256: change.head.sha256,
                             size: change.head.size,
                             exec: change.head.exec,
                             version,
@@ -449,7 +449,7 @@ impl Session {
                 .ok();
             let state = Synced {
                 kind: current.kind,
-                sha256: current.sha256.clone(),
+                sha256: current.sha256,
                 size: current.size,
                 exec: current.exec,
                 version: current.version,
@@ -641,10 +641,7 @@ impl Session {
                     entry.path
                 )));
             }
-            match incoming
-                .finish(entry.sha256.as_deref().unwrap_or_default(), single)
-                .await
-            {
+            match incoming.finish(entry.sha256, single).await {
                 Ok(file) => staged.push((entry, file)),
                 Err(e) => {
                     tracing::info!(error = %e, path = %entry.path, "a fetched file did not verify; it will be fetched again")
@@ -689,7 +686,7 @@ impl Session {
 fn synced_from(entry: &Entry, stat: Option<&Stat>) -> Synced {
     Synced {
         kind: entry.kind,
-        sha256: entry.sha256.clone(),
+        sha256: entry.sha256,
         size: entry.size,
         exec: entry.exec,
         version: entry.version,
