@@ -1,7 +1,7 @@
 //! Keeping a daemon small under glibc's allocator. glibc gives each thread
 //! that allocates an arena of its own and keeps freed memory inside them:
 //! after syncing 10,000 files a peer held four times the memory it was
-//! using. Two arenas, and a trim after each burst of work, give it back.
+//! using. One arena, and a trim after each burst of work, give it back.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};

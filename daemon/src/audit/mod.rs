@@ -147,8 +147,8 @@ impl Audit {
         self.feed.subscribe()
     }
 
-    /// The newest `limit` records within `retention_secs` that `keep`
-    /// accepts, oldest first.
+    /// The `limit` most recently written records within `retention_secs`
+    /// that `keep` accepts, oldest first.
     pub fn tail(
         &self,
         limit: usize,
