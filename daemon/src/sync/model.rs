@@ -146,7 +146,10 @@ mod tests {
     fn a_digest_is_64_hex_characters_on_the_wire_and_nothing_else_parses() {
         let hex = "ab".repeat(32);
         let digest: Digest = serde_json::from_value(serde_json::json!(hex)).unwrap();
-        assert_eq!(serde_json::to_value(digest).unwrap(), serde_json::json!(hex));
+        assert_eq!(
+            serde_json::to_value(digest).unwrap(),
+            serde_json::json!(hex)
+        );
         for bad in ["ab".repeat(31), "zz".repeat(32), String::new()] {
             assert!(serde_json::from_value::<Digest>(serde_json::json!(bad)).is_err());
         }
