@@ -94,17 +94,13 @@ impl Target {
         self.path_and_query.split('?').next().unwrap_or("/")
     }
 
-    fn uri(&self) -> Result<Uri, ApiError> {
-        format!(
-            "{}://{}{}",
-            self.scheme,
-            self.authority(),
-            self.path_and_query
-        )
-        .parse()
-        .map_err(|_| {
-            ApiError::bad_request("The target URL is not valid; check its path and query.")
-        })
+    /// `authority` is [`Target::authority`], which the caller needs too.
+    fn uri(&self, authority: &str) -> Result<Uri, ApiError> {
+        format!("{}://{authority}{}", self.scheme, self.path_and_query)
+            .parse()
+            .map_err(|_| {
+                ApiError::bad_request("The target URL is not valid; check its path and query.")
+            })
     }
 }
 
@@ -169,8 +165,15 @@ fn prepare(
         }
     };
     // A secret's value may only ever travel to its own hosts.
-    let uri_text = req.uri().to_string();
-    let mut texts: Vec<&[u8]> = vec![uri_text.as_bytes()];
+    let uri = req.uri();
+    let mut texts: Vec<&[u8]> = [
+        uri.authority().map(|a| a.as_str()),
+        uri.path_and_query().map(|p| p.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::as_bytes)
+    .collect();
     texts.extend(req.headers().values().map(HeaderValue::as_bytes));
     if let Some(leaked) = daemon.registry.leaked_secret(&texts, &target.host) {
         tracing::warn!(conn = %conn.id, cred = %leaked, host = %target.host, "refused a request carrying a credential's secret to another host");
@@ -192,7 +195,8 @@ async fn send(
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let mut uri = match target.uri() {
+    let authority = target.authority();
+    let mut uri = match target.uri(&authority) {
         Ok(uri) => uri,
         Err(e) => return boxed(e.to_response()),
     };
@@ -201,7 +205,6 @@ async fn send(
     if let Some(cred) = &cred {
         crate::inject::apply(cred.cred_type, &cred.secret, &mut parts.headers, &mut uri);
     }
-    let authority = target.authority();
     if let Ok(host) = HeaderValue::from_str(&authority) {
         parts.headers.insert(header::HOST, host);
     }

@@ -302,5 +302,13 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    headers + req.uri().to_string().len()
+    headers + uri_len(req.uri())
+}
+
+/// The length of the request target as sent, without formatting it.
+fn uri_len(uri: &http::Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
 }
