@@ -13,7 +13,10 @@ use crate::baseline::Baseline;
 use crate::cli::FoundationArgs;
 use crate::daemon::{self, Daemon};
 use crate::load::{self, LoadReport, LoadSpec};
-use crate::report::{self, duration, megabytes, micros_delta, rate, ratio, verdict};
+use crate::report::{
+    self, command_line, duration, megabytes, micros, micros_delta, micros_figure, rate, ratio,
+    today, verdict,
+};
 use crate::store_cache::{self, CachedStore};
 use crate::sysinfo::{self, CpuTicks, Machine};
 use crate::verify_model::{self, ModelTimes};
@@ -514,25 +517,4 @@ fn print_supporting(
         table.add_row(vec![measure, figure]);
     }
     println!("{table}");
-}
-
-/// A figure in µs, shown with a readable unit.
-fn micros_figure(us: f64) -> String {
-    Duration::try_from_secs_f64(us / 1e6).map_or_else(|_| "n/a".to_string(), duration)
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn today() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("sidekey-bench {}", args.join(" "))
 }

@@ -57,7 +57,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut nanos: Vec<u64>) -> Latency {
+    /// Nearest-rank percentiles of per-request times in nanoseconds.
+    pub fn of(mut nanos: Vec<u64>) -> Latency {
         if nanos.is_empty() {
             return Latency::default();
         }

@@ -27,7 +27,9 @@ use crate::proxy_load::{self, Dial, IdleConns, Spec, Tls};
 use crate::proxy_mitm::{self, Mitm};
 use crate::proxy_nginx::{self, Nginx};
 use crate::proxy_upstream::{Certs, Upstream};
-use crate::report::{self, duration, megabytes, rate, ratio, verdict};
+use crate::report::{
+    self, command_line, duration, megabytes, micros, micros_figure, rate, ratio, today, verdict,
+};
 use crate::store_cache;
 use crate::sysinfo::{self, CpuTicks, Machine};
 
@@ -1006,14 +1008,6 @@ pub async fn wait_listening(
     }
 }
 
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn micros_figure(us: f64) -> String {
-    Duration::try_from_secs_f64(us / 1e6).map_or_else(|_| "n/a".to_string(), duration)
-}
-
 fn signed_micros(us: f64) -> String {
     let sign = if us < 0.0 { "−" } else { "+" };
     format!("{sign}{}", micros_figure(us.abs()))
@@ -1021,16 +1015,4 @@ fn signed_micros(us: f64) -> String {
 
 fn signed_duration(a: Duration, b: Duration) -> String {
     signed_micros(micros(a) - micros(b))
-}
-
-fn today() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("sidekey-bench {}", args.join(" "))
 }

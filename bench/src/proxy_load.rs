@@ -322,26 +322,10 @@ fn run_threads(spec: &Arc<Spec>, cpu_groups: &[Vec<u32>]) -> Result<Report> {
             all_requests: all,
             errors,
             elapsed: spec.duration,
-            latency: latency_of(nanos),
+            latency: Latency::of(nanos),
         },
         window_cpu,
     })
-}
-
-/// Nearest-rank percentiles, as `load` computes them.
-fn latency_of(mut nanos: Vec<u64>) -> Latency {
-    if nanos.is_empty() {
-        return Latency::default();
-    }
-    nanos.sort_unstable();
-    let at = |q: f64| {
-        let rank = ((nanos.len() as f64 * q).ceil() as usize).clamp(1, nanos.len());
-        Duration::from_nanos(nanos[rank - 1])
-    };
-    Latency {
-        p50: at(0.50),
-        p99: at(0.99),
-    }
 }
 
 fn run_thread(

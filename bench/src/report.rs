@@ -70,6 +70,29 @@ pub fn median_f64(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
+/// `YYYY-MM-DD HH:MM UTC`, for a run's header.
+pub fn today() -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// How this run was invoked, for a run's header.
+pub fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("sidekey-bench {}", args.join(" "))
+}
+
+pub fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A figure in µs, shown with a readable unit.
+pub fn micros_figure(us: f64) -> String {
+    Duration::try_from_secs_f64(us / 1e6).map_or_else(|_| "n/a".to_string(), duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::DaemonOpts;
-use crate::report::{self, duration, megabytes, ratio, verdict};
+use crate::report::{self, command_line, duration, megabytes, ratio, today, verdict};
 use crate::sync_sidekey::{Binaries, Pair, start_pair};
 use crate::sync_tools::{self, SyncthingPair, syncthing_pair};
 use crate::sync_util::{self, compare_trees, quantile, spawn_bounded, sync_all};
@@ -1078,16 +1078,4 @@ fn lost_note(lost: usize) -> String {
     } else {
         format!(" ({lost} lost)")
     }
-}
-
-fn today() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("sidekey-bench {}", args.join(" "))
 }

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::sync_util::{kill, run_bounded, unix_json, wait_for};
+use crate::sync_util::{run_bounded, stop_child, unix_json, wait_for};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the bench asks for the session's state while it waits: often
 /// enough to time a sub-second sync, rarely enough to cost the daemon
@@ -121,17 +120,7 @@ impl Node {
 
     /// SIGTERM, and a bounded wait for the exit; SIGKILL after that.
     pub fn stop(mut self) -> Result<()> {
-        kill(self.pid(), rustix::process::Signal::TERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("sidekeyd did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed it")
+        stop_child(&mut self.child, "sidekeyd")
     }
 
     pub fn log_tail(&self) -> String {

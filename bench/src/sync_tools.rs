@@ -8,12 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::sync_util::{free_port, kill, run_bounded, tcp_json, wait_for};
-
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::sync_util::{free_port, run_bounded, stop_child, tcp_json, wait_for};
 
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
@@ -170,17 +168,7 @@ impl Syncthing {
     }
 
     pub fn stop(mut self) -> Result<()> {
-        kill(self.child.id(), rustix::process::Signal::TERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("syncthing did not stop within {STOP_TIMEOUT:?}; killed it")
+        stop_child(&mut self.child, "syncthing")
     }
 
     pub fn log_tail(&self) -> String {

@@ -270,6 +270,22 @@ pub fn run_bounded(command: Command, stdin: Option<&[u8]>, limit: Duration) -> R
 }
 
 /// Sends `signal` to one process we started.
+/// SIGTERM, then a bounded wait for the exit; SIGKILL and an error after it.
+pub fn stop_child(child: &mut std::process::Child, what: &str) -> Result<()> {
+    const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+    kill(child.id(), rustix::process::Signal::TERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("{what} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed it")
+}
+
 pub fn kill(pid: u32, signal: rustix::process::Signal) {
     if let Some(pid) = i32::try_from(pid)
         .ok()

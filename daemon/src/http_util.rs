@@ -107,3 +107,12 @@ impl hyper::body::Body for ChannelBody {
             .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
     }
 }
+
+/// A request's query as `(name, value)` pairs; a bare name has an empty value.
+pub fn query_pairs(uri: &http::Uri) -> impl Iterator<Item = (&str, &str)> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}

@@ -123,10 +123,29 @@ impl Home {
 
     /// Starts the daemon; `Err` holds its stderr if it exits before ready.
     pub fn start_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Result<Daemon, String> {
+        self.start_wrapped(&[], args, envs)
+    }
+
+    /// [`Home::start_with`], with the daemon run under `wrap`: a command and
+    /// its arguments that end by exec'ing the rest of their argv, so the
+    /// child's pid is the daemon's. An empty `wrap` runs it directly.
+    pub fn start_wrapped(
+        &self,
+        wrap: &[&str],
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         let n = self.logs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let log_path = self.path().join("logs").join(format!("sidekeyd-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = self.command(&sidekeyd_bin());
+        let mut cmd = match wrap.split_first() {
+            Some((program, wrap_args)) => {
+                let mut cmd = self.command(Path::new(program));
+                cmd.args(wrap_args).arg(sidekeyd_bin());
+                cmd
+            }
+            None => self.command(&sidekeyd_bin()),
+        };
         cmd.env("RUST_LOG", "trace");
         if !args.iter().any(|a| a.starts_with("--proxy-listen")) {
             cmd.args(["--proxy-listen", "127.0.0.1:0"]);
@@ -140,7 +159,7 @@ impl Home {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("spawn sidekeyd");
+            .map_err(|e| format!("cannot spawn sidekeyd: {e}"))?;
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

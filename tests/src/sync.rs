@@ -120,34 +120,9 @@ impl World {
     }
 
     pub fn with(peers: usize, files: &[(&str, &[u8])], hub_args: &[&str]) -> World {
-        let home = Home::new();
-        let dir = home.path().join("share");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (path, content) in files {
-            let p = dir.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
         let mut args: Vec<String> = vec!["--sync-listen".into(), "127.0.0.1:0".into()];
         args.extend(hub_args.iter().map(|a| a.to_string()));
-        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let daemon = home
-            .start_with(&arg_refs, &[])
-            .unwrap_or_else(|e| panic!("hub: {e}"));
-        home.ctl(&["share", "add", dir.to_str().unwrap(), "--name", "work"])
-            .success();
-        let hub = Replica {
-            daemon: Some(daemon),
-            home,
-            dir,
-            session: None,
-            args,
-        };
-        let mut world = World {
-            hub,
-            peers: Vec::new(),
-            share: "work".into(),
-        };
+        let mut world = World::with_hub(files, args, &[], &[]);
         for _ in 0..peers {
             world.add_peer("rw");
         }
@@ -223,6 +198,17 @@ impl World {
         wrap: &[&str],
         envs: &[(&str, &str)],
     ) -> World {
+        let args = vec!["--sync-listen".into(), format!("127.0.0.1:{}", free_port())];
+        World::with_hub(files, args, wrap, envs)
+    }
+
+    /// A hub sharing a folder that holds `files`, and no peers yet.
+    fn with_hub(
+        files: &[(&str, &[u8])],
+        args: Vec<String>,
+        wrap: &[&str],
+        envs: &[(&str, &str)],
+    ) -> World {
         let home = Home::new();
         let dir = home.path().join("share");
         std::fs::create_dir_all(&dir).unwrap();
@@ -231,7 +217,6 @@ impl World {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, content).unwrap();
         }
-        let args: Vec<String> = vec!["--sync-listen".into(), format!("127.0.0.1:{}", free_port())];
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let daemon = home
             .start_wrapped(wrap, &arg_refs, envs)
@@ -285,88 +270,6 @@ impl World {
             args: Vec::new(),
         });
         self.peers.len() - 1
-    }
-}
-
-impl Home {
-    /// [`Home::start_with`], with the daemon run under `wrap`: a command and
-    /// its arguments that end by exec'ing the rest of their argv, so the
-    /// child's pid is the daemon's. An empty `wrap` is plain `start_with`.
-    pub fn start_wrapped(
-        &self,
-        wrap: &[&str],
-        args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Result<Daemon, String> {
-        use std::io::BufRead;
-        let Some((program, wrap_args)) = wrap.split_first() else {
-            return self.start_with(args, envs);
-        };
-        let n = self.logs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let log_path = self.path().join("logs").join(format!("sidekeyd-{n}.log"));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = self.command(Path::new(program));
-        cmd.args(wrap_args).arg(crate::sidekeyd_bin());
-        cmd.env("RUST_LOG", "trace");
-        cmd.args(["--proxy-listen", "127.0.0.1:0"]).args(args);
-        for (key, value) in envs {
-            cmd.env(key, value);
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("cannot spawn {program}: {e}"))?;
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let (mut proxy, mut control) = (None, None);
-        while std::time::Instant::now() < deadline && (proxy.is_none() || control.is_none()) {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    if let Some(addr) = line.trim().strip_prefix("proxy:") {
-                        proxy = addr
-                            .trim()
-                            .strip_prefix("http://")
-                            .and_then(|a| a.parse().ok());
-                    }
-                    if let Some(path) = line.trim().strip_prefix("control:") {
-                        control = Some(PathBuf::from(path.trim()));
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                        return Err(format!("exited with {status}: {log}"));
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        let (Some(proxy), Some(socket)) = (proxy, control) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(format!("no ready lines within 20 s: {log}"));
-        };
-        Ok(Daemon {
-            child: Some(child),
-            proxy,
-            socket,
-            log_path,
-            home_envs: self.envs(),
-        })
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::Daemon;
 use crate::audit::AuditRecord;
 use crate::error::ApiError;
-use crate::http_util::{ChannelBody, ProxyBody, json};
+use crate::http_util::{ChannelBody, ProxyBody, json, query_pairs};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 10_000;
@@ -25,14 +25,8 @@ pub fn respond(
     let mut follow = false;
     let mut conn = None;
     let mut limit = DEFAULT_LIMIT;
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=').unwrap_or((pair, "")) {
+    for pair in query_pairs(req.uri()) {
+        match pair {
             ("follow", v) => follow = v != "0",
             ("conn", v) => conn = Some(v.to_string()),
             ("limit", v) => {

@@ -21,11 +21,11 @@ use tokio_util::task::TaskTracker;
 
 use super::frames::{FrameReader, FrameWriter};
 use super::model::{FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced};
-use super::share::{Share, deleted};
+use super::share::Share;
 use super::{fsops, paths};
 use crate::Daemon;
 use crate::error::ApiError;
-use crate::http_util::{ChannelBody, ProxyBody, boxed, json, read_json};
+use crate::http_util::{ChannelBody, ProxyBody, boxed, json, query_pairs, read_json};
 use crate::registry::LiveConn;
 
 /// A batch applies its small files with one `syncfs` instead of an fsync each.
@@ -141,14 +141,8 @@ async fn changes(
 ) -> Result<Response<ProxyBody>, ApiError> {
     let mut since = 0u64;
     let mut wait = Duration::ZERO;
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=').unwrap_or((pair, "")) {
+    for pair in query_pairs(req.uri()) {
+        match pair {
             ("since", v) => {
                 since = v
                     .parse()
@@ -427,7 +421,7 @@ fn apply_delete(
             },
         });
     }
-    let version = share.journal.record(&head.path, deleted())?;
+    let version = share.journal.record(&head.path, Synced::deleted(0))?;
     Ok(PushResult::Accepted {
         path: head.path.clone(),
         version,

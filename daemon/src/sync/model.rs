@@ -70,6 +70,19 @@ pub struct Synced {
 }
 
 impl Synced {
+    /// A path's tombstone; the hub's journal sets its version.
+    pub fn deleted(version: u64) -> Synced {
+        Synced {
+            kind: Kind::Deleted,
+            sha256: None,
+            size: 0,
+            exec: false,
+            version,
+            mtime_ns: 0,
+            inode: 0,
+        }
+    }
+
     pub fn entry(&self, path: &str) -> Entry {
         Entry {
             path: path.to_string(),

@@ -385,15 +385,7 @@ impl Session {
             match result {
                 PushResult::Accepted { path, version } => {
                     let state = match (change.head.kind, &change.stat) {
-                        (Kind::Deleted, _) | (_, None) => Synced {
-                            kind: Kind::Deleted,
-                            sha256: None,
-                            size: 0,
-                            exec: false,
-                            version,
-                            mtime_ns: 0,
-                            inode: 0,
-                        },
+                        (Kind::Deleted, _) | (_, None) => Synced::deleted(version),
                         (kind, Some(stat)) => Synced {
                             kind,
                             sha256: change.head.sha256,
@@ -433,15 +425,6 @@ impl Session {
 
     /// The hub moved on from our base. Returns whether another round is due.
     fn resolve(&self, mine: &PushHead, path: &str, current: &Entry) -> Result<bool, RoundError> {
-        let forget = |version| Synced {
-            kind: Kind::Deleted,
-            sha256: None,
-            size: 0,
-            exec: false,
-            version,
-            mtime_ns: 0,
-            inode: 0,
-        };
         // Same result on both sides: nothing to resolve.
         if current.kind == mine.kind && current.sha256 == mine.sha256 && current.exec == mine.exec {
             let stat = std::fs::symlink_metadata(self.root.join(path))
@@ -462,14 +445,16 @@ impl Session {
         match (mine.kind, current.kind) {
             // We deleted, they edited: the edit wins; the pull brings it back.
             (Kind::Deleted, _) => {
-                self.index.put(path, &forget(0)).map_err(store_error)?;
+                self.index
+                    .put(path, &Synced::deleted(0))
+                    .map_err(store_error)?;
                 self.rewind_to(current.version);
                 Ok(false)
             }
             // We edited, they deleted: the edit wins; push again on their tombstone.
             (_, Kind::Deleted) => {
                 self.index
-                    .put(path, &forget(current.version))
+                    .put(path, &Synced::deleted(current.version))
                     .map_err(store_error)?;
                 Ok(true)
             }
@@ -484,7 +469,9 @@ impl Session {
                     RoundError::Retry(format!("cannot keep the conflicting copy of {path}: {e}"))
                 })?;
                 tracing::info!(session = %self.record().id, %path, %copy, "conflict: kept the local side as a copy");
-                self.index.put(path, &forget(0)).map_err(store_error)?;
+                self.index
+                    .put(path, &Synced::deleted(0))
+                    .map_err(store_error)?;
                 self.rewind_to(current.version);
                 self.update(|s| s.conflicts += 1);
                 Ok(true)

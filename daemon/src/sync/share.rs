@@ -115,7 +115,7 @@ impl Share {
         gone.sort_by_key(|path| std::cmp::Reverse(path.matches('/').count()));
         for path in gone {
             self.journal
-                .record(path, deleted())
+                .record(path, Synced::deleted(0))
                 .map_err(|e| e.to_string())?;
         }
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = ScanReport {
@@ -191,7 +191,7 @@ impl Share {
             Ok(_) => {}
             Err(_) => {
                 if synced.as_ref().is_some_and(|s| s.kind != Kind::Deleted) {
-                    self.journal.record(path, deleted())?;
+                    self.journal.record(path, Synced::deleted(0))?;
                 }
             }
         }
@@ -204,18 +204,6 @@ impl Share {
             None => head.base == 0,
             Some(entry) => entry.version == head.base,
         }
-    }
-}
-
-pub fn deleted() -> Synced {
-    Synced {
-        kind: Kind::Deleted,
-        sha256: None,
-        size: 0,
-        exec: false,
-        version: 0,
-        mtime_ns: 0,
-        inode: 0,
     }
 }
 
