@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use super::forward::{Choice, Target, forward};
@@ -85,59 +85,102 @@ pub async fn handle(
     }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        // undici tunnels http:// too: a TLS ClientHello starts with 0x16,
-        // anything else is plain HTTP inside the tunnel.
-        let mut io = TokioIo::new(upgraded);
-        let mut first = [0u8; 1];
-        let Ok(1) = tokio::io::AsyncReadExt::read(&mut io, &mut first).await else {
-            return;
-        };
-        let io = Rewind::new(first.to_vec(), io);
-        if first[0] != 0x16 {
-            serve_inner(daemon, key, host, port, "http", TokioIo::new(io)).await;
-            return;
-        }
-        let tls_config = match daemon.authority.server_config(&host) {
-            Ok(config) => config,
-            Err(e) => {
-                tracing::error!(error = %e, %host, "cannot mint a leaf certificate");
-                return;
-            }
-        };
-        match tokio_rustls::TlsAcceptor::from(tls_config).accept(io).await {
-            Ok(tls) => serve_inner(daemon, key, host, port, "https", TokioIo::new(tls)).await,
-            Err(e) => tracing::debug!(error = %e, %host, "the agent's TLS handshake failed"),
+        if let Ok(upgraded) = upgrade.await {
+            intercept_tunnel(daemon, key, host, port, upgraded).await;
         }
     });
     ok_response()
 }
 
-/// Serves the requests inside an intercepted tunnel, h2 or http/1.1. The
-/// agent's key is checked again on every request, so a rotation or a disable
-/// takes effect inside tunnels that are already open.
-async fn serve_inner<I>(
+/// Serves an intercepted tunnel for as long as the agent keeps it open.
+/// Each phase's future is boxed on its own, so an idle tunnel holds only the
+/// connection it serves, not the handshake it once did.
+async fn intercept_tunnel(
     daemon: Arc<Daemon>,
     key: Secret,
     host: String,
     port: u16,
-    scheme: &'static str,
-    io: I,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
-        async move {
-            // Boxed for the reason given in `proxy::serve`.
-            Ok::<_, std::convert::Infallible>(
-                Box::pin(inner_request(daemon, &key, &host, port, scheme, req)).await,
-            )
+    upgraded: hyper::upgrade::Upgraded,
+) {
+    // undici tunnels http:// too: a TLS ClientHello starts with 0x16,
+    // anything else is plain HTTP inside the tunnel.
+    let mut io = TokioIo::new(upgraded);
+    let mut first = [0u8; 1];
+    let Ok(1) = tokio::io::AsyncReadExt::read(&mut io, &mut first).await else {
+        return;
+    };
+    let io = Rewind::new(first.to_vec(), io);
+    let tunnel = Tunnel {
+        daemon,
+        key,
+        host,
+        port,
+    };
+    if first[0] != 0x16 {
+        Box::pin(tunnel.serve("http", TokioIo::new(io), false)).await;
+        return;
+    }
+    let tls_config = match tunnel.daemon.authority.server_config(&tunnel.host) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, host = %tunnel.host, "cannot mint a leaf certificate");
+            return;
         }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
-        tracing::debug!(error = %e, "intercepted connection ended");
+    };
+    let accepted = Box::pin(tokio_rustls::TlsAcceptor::from(tls_config).accept(io)).await;
+    match accepted {
+        Ok(tls) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            Box::pin(tunnel.serve("https", TokioIo::new(tls), h2)).await;
+        }
+        Err(e) => tracing::debug!(error = %e, host = %tunnel.host, "the agent's TLS handshake failed"),
+    }
+}
+
+/// The agent and target of an intercepted tunnel.
+struct Tunnel {
+    daemon: Arc<Daemon>,
+    key: Secret,
+    host: String,
+    port: u16,
+}
+
+impl Tunnel {
+    /// Serves the requests inside the tunnel, h2 when TLS agreed on it and
+    /// http/1.1 otherwise. The agent's key is checked again on every request,
+    /// so a rotation or a disable takes effect inside tunnels already open.
+    async fn serve<I>(self, scheme: &'static str, io: I, h2: bool)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let Tunnel {
+            daemon,
+            key,
+            host,
+            port,
+        } = self;
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
+            async move {
+                // Boxed for the reason given in `proxy::serve`.
+                Ok::<_, std::convert::Infallible>(
+                    Box::pin(inner_request(daemon, &key, &host, port, scheme, req)).await,
+                )
+            }
+        });
+        // Told apart by ALPN rather than by sniffing the first bytes, which
+        // would double hyper's read buffer for every idle http/1.1 tunnel.
+        let served = if h2 {
+            Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service)).await
+        } else {
+            super::http1_server()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "intercepted connection ended");
+        }
     }
 }
 
