@@ -133,7 +133,9 @@ async fn intercept_tunnel(
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             Box::pin(tunnel.serve("https", TokioIo::new(tls), h2)).await;
         }
-        Err(e) => tracing::debug!(error = %e, host = %tunnel.host, "the agent's TLS handshake failed"),
+        Err(e) => {
+            tracing::debug!(error = %e, host = %tunnel.host, "the agent's TLS handshake failed")
+        }
     }
 }
 
