@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -117,7 +117,8 @@ async fn intercept_tunnel(
         port,
     };
     if first[0] != 0x16 {
-        Box::pin(tunnel.serve("http", TokioIo::new(io), false)).await;
+        let serving = Box::pin(tunnel.serve("http", TokioIo::new(io), false));
+        serving.await;
         return;
     }
     let tls_config = match tunnel.daemon.authority.server_config(&tunnel.host) {
@@ -127,16 +128,22 @@ async fn intercept_tunnel(
             return;
         }
     };
-    let accepted = Box::pin(tokio_rustls::TlsAcceptor::from(tls_config).accept(io)).await;
-    match accepted {
-        Ok(tls) => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            Box::pin(tunnel.serve("https", TokioIo::new(tls), h2)).await;
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, host = %tunnel.host, "the agent's TLS handshake failed")
-        }
-    }
+    // Each box is bound before it is awaited, and the TLS stream (kilobytes
+    // of state) lives only inside the block that boxes it: whatever is still
+    // in scope at an await is kept in this future's own state.
+    let serving = {
+        let accepting = Box::pin(tokio_rustls::TlsAcceptor::from(tls_config).accept(io));
+        let tls = match accepting.await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(error = %e, host = %tunnel.host, "the agent's TLS handshake failed");
+                return;
+            }
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        Box::pin(tunnel.serve("https", TokioIo::new(tls), h2))
+    };
+    serving.await;
 }
 
 /// The agent and target of an intercepted tunnel.
@@ -173,9 +180,14 @@ impl Tunnel {
         // Told apart by ALPN rather than by sniffing the first bytes, which
         // would double hyper's read buffer for every idle http/1.1 tunnel.
         let served = if h2 {
-            Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service)).await
+            let serving =
+                Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service));
+            serving.await
         } else {
-            super::http1_server()
+            // No header timeout, which in hyper also ends idle keep-alive:
+            // a tunnel stays open for as long as the agent keeps it.
+            http1::Builder::new()
+                .max_buf_size(super::READ_BUFFER_BYTES)
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await

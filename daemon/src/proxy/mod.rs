@@ -128,7 +128,10 @@ async fn serve(
                     Ok(Box::pin(route(req, peer, daemon)).await)
                 }
             });
-            let conn = http1_server()
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -141,16 +144,6 @@ async fn serve(
             }
         });
     }
-}
-
-/// The HTTP/1.1 server settings for agents' connections, outer or tunnelled.
-fn http1_server() -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(READ_BUFFER_BYTES);
-    builder
 }
 
 async fn route(
