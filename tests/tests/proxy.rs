@@ -641,6 +641,49 @@ fn bad_input_gets_clear_errors_and_is_never_forwarded() {
     assert!(!s.daemon.log().contains("panicked"));
 }
 
+/// The smuggling guard reads request heads, never bodies, and it guards
+/// what an intercepted tunnel carries too.
+#[test]
+fn smuggling_is_refused_in_tunnels_and_bodies_are_never_read_as_heads() {
+    let s = Setup::new();
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-guard-INJECTED0002",
+    );
+    let http = Upstream::http();
+    let auth = format!("Proxy-Authorization: Bearer {}\r\n", s.key);
+    let url = format!("http://api.sidekey.test:{}/echo", http.port);
+
+    // An uploaded HTTP transcript, then another request on the same connection.
+    let body = "\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let two = format!(
+        "POST {url} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}\
+         GET {url} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = raw(s.proxy(), two.as_bytes());
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    assert_eq!(http.count(), 2);
+
+    // Plain HTTP inside an intercepted tunnel, as undici sends it.
+    let tunnel = format!(
+        "CONNECT api.sidekey.test:{port} HTTP/1.1\r\nHost: api.sidekey.test:{port}\r\n{auth}\r\n\
+         POST /echo HTTP/1.1\r\nHost: api.sidekey.test:{port}\r\nContent-Length: 4\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        port = http.port
+    );
+    let answer = raw(s.proxy(), tunnel.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(
+        http.count(),
+        2,
+        "a conflicting request in a tunnel must never be forwarded"
+    );
+}
+
 #[test]
 fn every_request_is_audited_without_secrets_or_query_values() {
     let s = Setup::with_args(&["--audit-retention=3s"]);

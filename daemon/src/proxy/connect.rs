@@ -11,13 +11,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::forward::{Choice, Target, forward};
+use super::guard::HeadGuard;
 use super::rewind::Rewind;
 use super::target::forbidden_name;
 use super::upstream::resolve;
-use super::{auth_failure, authority_matches};
+use super::{auth_failure, authority_matches, refuse_smuggled};
 use crate::Daemon;
 use crate::config::{Egress, Intercept};
 use crate::error::ApiError;
@@ -117,7 +119,7 @@ async fn intercept_tunnel(
         port,
     };
     if first[0] != 0x16 {
-        let serving = Box::pin(tunnel.serve("http", TokioIo::new(io), false));
+        let serving = Box::pin(tunnel.serve("http", io, false));
         serving.await;
         return;
     }
@@ -141,7 +143,7 @@ async fn intercept_tunnel(
             }
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        Box::pin(tunnel.serve("https", TokioIo::new(tls), h2))
+        Box::pin(tunnel.serve("https", tls, h2))
     };
     serving.await;
 }
@@ -160,8 +162,10 @@ impl Tunnel {
     /// so a rotation or a disable takes effect inside tunnels already open.
     async fn serve<I>(self, scheme: &'static str, io: I, h2: bool)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let guarded = HeadGuard::new(io);
+        let smuggling = guarded.flag.clone();
         let Tunnel {
             daemon,
             key,
@@ -170,7 +174,11 @@ impl Tunnel {
         } = self;
         let service = service_fn(move |req: Request<Incoming>| {
             let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
+            let smuggled = refuse_smuggled(&smuggling);
             async move {
+                if let Some(refused) = smuggled {
+                    return Ok(refused);
+                }
                 // Boxed for the reason given in `proxy::serve`.
                 Ok::<_, std::convert::Infallible>(
                     Box::pin(inner_request(daemon, &key, &host, port, scheme, req)).await,
@@ -180,6 +188,8 @@ impl Tunnel {
         // Told apart by ALPN rather than by sniffing the first bytes, which
         // would double hyper's read buffer for every idle http/1.1 tunnel.
         let served = if h2 {
+            // h2's frames are binary, and h2 has no framing to smuggle.
+            let io = TokioIo::new(guarded.into_inner());
             let serving =
                 Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service));
             serving.await
@@ -188,7 +198,7 @@ impl Tunnel {
             // a tunnel stays open for as long as the agent keeps it.
             http1::Builder::new()
                 .max_buf_size(super::READ_BUFFER_BYTES)
-                .serve_connection(io, service)
+                .serve_connection(TokioIo::new(guarded), service)
                 .with_upgrades()
                 .await
         };

@@ -2,6 +2,11 @@
 //! RFC 9112 and quietly drops `Content-Length` when `Transfer-Encoding` is
 //! also present, so the service never sees both; this reader watches the raw
 //! header lines and raises a flag the request handler answers with 400.
+//!
+//! It follows each request's framing, so a body that happens to hold header
+//! lines is skipped, never read as a head. It stops at a `CONNECT`: what
+//! follows is the tunnel's, guarded inside it. (After a refused `CONNECT`
+//! the rest of that connection goes unscanned; hyper still frames it.)
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,13 +15,34 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFIX: usize = 18;
+/// Enough of a header line for its name and any valid `Content-Length`.
+const LINE: usize = 40;
+
+/// Where the scan is in the request stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Head,
+    /// This many body bytes are left.
+    Body(u64),
+    /// Reading a chunk-size line: its digits, then the rest of the line.
+    ChunkSize(u64),
+    ChunkRest(u64),
+    /// This many chunk bytes are left, then the line that ends the chunk.
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    /// After a `CONNECT`, or framing too broken for hyper to go on with.
+    Done,
+}
 
 pub struct HeadGuard<T> {
     inner: T,
-    line: [u8; PREFIX],
+    phase: Phase,
+    line: [u8; LINE],
     line_len: usize,
-    saw_length: bool,
+    request_line: bool,
+    connect: bool,
+    length: Option<u64>,
     saw_encoding: bool,
     pub flag: Arc<AtomicBool>,
 }
@@ -25,39 +51,129 @@ impl<T> HeadGuard<T> {
     pub fn new(inner: T) -> HeadGuard<T> {
         HeadGuard {
             inner,
-            line: [0; PREFIX],
+            phase: Phase::Head,
+            line: [0; LINE],
             line_len: 0,
-            saw_length: false,
+            request_line: true,
+            connect: false,
+            length: None,
             saw_encoding: false,
             flag: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn scan(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == b'\n' {
-                let line = &self.line[..self.line_len.min(PREFIX)];
-                if self.line_len == 0 || line == b"\r" {
-                    // A blank line ends a header block.
-                    if self.saw_length && self.saw_encoding {
-                        self.flag.store(true, Ordering::Release);
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
+            match self.phase {
+                Phase::Done => return,
+                Phase::Body(left) | Phase::ChunkData(left) => {
+                    let skip = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                    bytes = &bytes[skip..];
+                    let left = left - skip as u64;
+                    self.phase = match self.phase {
+                        Phase::Body(_) if left == 0 => Phase::Head,
+                        Phase::Body(_) => Phase::Body(left),
+                        _ if left == 0 => Phase::ChunkEnd,
+                        _ => Phase::ChunkData(left),
+                    };
+                    continue;
+                }
+                Phase::ChunkSize(size) => {
+                    self.phase = match (b, (b as char).to_digit(16)) {
+                        (b'\n', _) => chunk(size),
+                        (_, Some(digit)) => size
+                            .checked_mul(16)
+                            .map_or(Phase::Done, |s| Phase::ChunkSize(s + u64::from(digit))),
+                        // An extension, or the CR.
+                        _ => Phase::ChunkRest(size),
+                    };
+                }
+                Phase::ChunkRest(size) => {
+                    if b == b'\n' {
+                        self.phase = chunk(size);
                     }
-                    self.saw_length = false;
-                    self.saw_encoding = false;
-                } else if line.starts_with(b"content-length:") {
-                    self.saw_length = true;
-                } else if line.starts_with(b"transfer-encoding:") {
-                    self.saw_encoding = true;
                 }
-                self.line_len = 0;
-            } else {
-                if self.line_len < PREFIX {
-                    self.line[self.line_len] = b.to_ascii_lowercase();
+                Phase::ChunkEnd => {
+                    if b == b'\n' {
+                        self.phase = Phase::ChunkSize(0);
+                    }
                 }
-                self.line_len = self.line_len.saturating_add(1);
+                Phase::Head | Phase::Trailers => self.scan_line_byte(b),
             }
+            bytes = rest;
         }
     }
+
+    fn scan_line_byte(&mut self, b: u8) {
+        if b != b'\n' {
+            if self.line_len < LINE {
+                self.line[self.line_len] = b.to_ascii_lowercase();
+            }
+            self.line_len = self.line_len.saturating_add(1);
+            return;
+        }
+        let line = &self.line[..self.line_len.min(LINE)];
+        let blank = self.line_len == 0 || line == b"\r";
+        self.line_len = 0;
+        if self.phase == Phase::Trailers {
+            if blank {
+                self.phase = Phase::Head;
+            }
+            return;
+        }
+        if blank {
+            // Blank lines before a request line are allowed and ignored.
+            if !self.request_line {
+                self.end_head();
+            }
+        } else if self.request_line {
+            self.request_line = false;
+            self.connect = line.starts_with(b"connect ");
+        } else if let Some(value) = line.strip_prefix(b"content-length:") {
+            self.length = parse_length(value).or(Some(u64::MAX));
+        } else if line.starts_with(b"transfer-encoding:") {
+            self.saw_encoding = true;
+        }
+    }
+
+    fn end_head(&mut self) {
+        if self.length.is_some() && self.saw_encoding {
+            self.flag.store(true, Ordering::Release);
+        }
+        self.phase = if self.connect {
+            Phase::Done
+        } else if self.saw_encoding {
+            Phase::ChunkSize(0)
+        } else {
+            match self.length {
+                None | Some(0) => Phase::Head,
+                // Too long to have been read whole: hyper refuses it.
+                Some(u64::MAX) => Phase::Done,
+                Some(n) => Phase::Body(n),
+            }
+        };
+        self.request_line = true;
+        self.connect = false;
+        self.length = None;
+        self.saw_encoding = false;
+    }
+}
+
+/// After a chunk-size line: the chunk, or the trailers after the last one.
+fn chunk(size: u64) -> Phase {
+    if size == 0 {
+        Phase::Trailers
+    } else {
+        Phase::ChunkData(size)
+    }
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
@@ -136,5 +252,52 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"
         ]));
         assert!(!flagged(&[b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]));
+    }
+
+    /// A body that reads like a conflicting head (an uploaded HTTP
+    /// transcript, say) is skipped by its framing, in any split.
+    #[test]
+    fn header_lines_inside_bodies_are_not_heads() {
+        let inner = b"\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let fixed = [
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", inner.len()).into_bytes(),
+            inner.to_vec(),
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        let chunked = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            format!("{:x};ext=1\r\n", inner.len()).into_bytes(),
+            inner.to_vec(),
+            b"\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        for stream in [fixed, chunked] {
+            assert!(!flagged(&[&stream]));
+            for split in 1..stream.len() {
+                let (a, b) = stream.split_at(split);
+                assert!(!flagged(&[a, b]), "split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_tunnel_is_not_scanned() {
+        assert!(!flagged(&[
+            b"CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn a_conflicting_head_after_a_body_is_still_flagged() {
+        assert!(flagged(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n0\r\n\r\n"
+        ]));
+        assert!(flagged(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ]));
     }
 }

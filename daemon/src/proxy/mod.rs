@@ -19,6 +19,7 @@ pub(crate) use auth::bearer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -114,13 +115,7 @@ async fn serve(
                 let daemon = daemon.clone();
                 let smuggling = smuggling.clone();
                 async move {
-                    // Request smuggling: a body with two framings is never forwarded.
-                    if smuggling.swap(false, std::sync::atomic::Ordering::AcqRel) {
-                        let mut refused = boxed(
-                            ApiError::bad_request("The request has both Content-Length and Transfer-Encoding; send only one.")
-                                .to_response(),
-                        );
-                        refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    if let Some(refused) = refuse_smuggled(&smuggling) {
                         return Ok::<_, Infallible>(refused);
                     }
                     // Boxed: hyper keeps a connection's request future
@@ -144,6 +139,24 @@ async fn serve(
             }
         });
     }
+}
+
+/// Request smuggling: a request whose head gave two framings is never
+/// forwarded, and its connection is closed.
+fn refuse_smuggled(flag: &AtomicBool) -> Option<Response<ProxyBody>> {
+    if !flag.swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    let mut refused = boxed(
+        ApiError::bad_request(
+            "The request has both Content-Length and Transfer-Encoding; send only one.",
+        )
+        .to_response(),
+    );
+    refused
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(refused)
 }
 
 async fn route(
