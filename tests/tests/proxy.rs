@@ -539,6 +539,28 @@ fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads one response with a `Content-Length` body, leaving the connection open.
+fn one_response(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the connection closed");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
 #[test]
 fn bad_input_gets_clear_errors_and_is_never_forwarded() {
     let s = Setup::new();
@@ -583,6 +605,19 @@ fn bad_input_gets_clear_errors_and_is_never_forwarded() {
         "a conflicting request must never be forwarded"
     );
 
+    // A keep-alive connection may idle past the head timeout; only a head
+    // that has begun is timed.
+    let mut idle = TcpStream::connect(s.proxy()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let get = format!(
+        "GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {}\r\n\r\n",
+        s.key
+    );
+    idle.write_all(get.as_bytes()).unwrap();
+    assert!(one_response(&mut idle).starts_with("HTTP/1.1 200"));
+    let idle_since = std::time::Instant::now();
+
     // Slow headers are cut off.
     let mut slow = TcpStream::connect(s.proxy()).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
@@ -595,6 +630,10 @@ fn bad_input_gets_clear_errors_and_is_never_forwarded() {
         started.elapsed() < Duration::from_secs(18),
         "slow headers must time out"
     );
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(idle_since.elapsed()));
+    idle.write_all(get.as_bytes()).unwrap();
+    let answer = one_response(&mut idle);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // CONNECT to a closed port, unsupported schemes, metadata targets.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

@@ -194,8 +194,6 @@ impl Tunnel {
                 Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service));
             serving.await
         } else {
-            // No header timeout, which in hyper also ends idle keep-alive:
-            // a tunnel stays open for as long as the agent keeps it.
             http1::Builder::new()
                 .max_buf_size(super::READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(guarded), service)

@@ -7,13 +7,25 @@
 //! lines is skipped, never read as a head. It stops at a `CONNECT`: what
 //! follows is the tunnel's, guarded inside it. (After a refused `CONNECT`
 //! the rest of that connection goes unscanned; hyper still frames it.)
+//!
+//! It also times each request head: once a head has begun it must be whole
+//! within [`HEAD_TIMEOUT`]. hyper's own header timeout also runs while a
+//! keep-alive connection idles between requests, and would close it under
+//! an agent that is only thinking.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A client that has begun a request head and not finished it by then is
+/// dropped.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Enough of a header line for its name and any valid `Content-Length`.
 const LINE: usize = 40;
@@ -45,6 +57,9 @@ pub struct HeadGuard<T> {
     length: Option<u64>,
     saw_encoding: bool,
     pub flag: Arc<AtomicBool>,
+    /// Set while a head is open; allocated at the first one.
+    deadline: Option<Pin<Box<Sleep>>>,
+    timing: bool,
 }
 
 impl<T> HeadGuard<T> {
@@ -59,11 +74,36 @@ impl<T> HeadGuard<T> {
             length: None,
             saw_encoding: false,
             flag: Arc::new(AtomicBool::new(false)),
+            deadline: None,
+            timing: false,
         }
     }
 
     pub fn into_inner(self) -> T {
         self.inner
+    }
+
+    /// A head has begun and not yet ended.
+    fn head_open(&self) -> bool {
+        self.phase == Phase::Head && (self.line_len > 0 || !self.request_line)
+    }
+
+    /// Starts the deadline when a head begins, and stops it when it ends.
+    fn time_head(&mut self, cx: &mut Context<'_>) {
+        let open = self.head_open();
+        if open && !self.timing {
+            let at = Instant::now() + HEAD_TIMEOUT;
+            let deadline = match &mut self.deadline {
+                Some(deadline) => {
+                    deadline.as_mut().reset(at);
+                    deadline
+                }
+                None => self.deadline.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            // Polled now so that it wakes this connection when it passes.
+            let _ = deadline.as_mut().poll(cx);
+        }
+        self.timing = open;
     }
 
     fn scan(&mut self, mut bytes: &[u8]) {
@@ -182,11 +222,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
         let guard = self.get_mut();
+        if guard.timing
+            && let Some(deadline) = &mut guard.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request head was not sent in time",
+            )));
+        }
+        let before = buf.filled().len();
         let polled = Pin::new(&mut guard.inner).poll_read(cx, buf);
         if polled.is_ready() {
             guard.scan(&buf.filled()[before..]);
+            guard.time_head(cx);
         }
         polled
     }

@@ -26,7 +26,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sidekey_api::Whoami;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +43,6 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// hyper's read buffer: a hard memory bound a little above the 431 limit,
 /// which is checked exactly in [`route`].
 const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
-/// A client that has not sent its whole header block by then is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the proxy on its own threads, each a single-threaded runtime
 /// that accepts from the shared listener. A connection, its requests and
@@ -124,8 +122,6 @@ async fn serve(
                 }
             });
             let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
