@@ -243,6 +243,10 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
                 if let Err(e) = daemon.registry.flush_last_used().await {
                     tracing::warn!(error = %e.message, "writing last_used failed; will retry");
                 }
+                // sled cleans its log in the background for a while after it
+                // opens a store, and requests come in bursts: give back what
+                // either freed once it is done.
+                memory::release_freed_soon();
             }
         }
     }

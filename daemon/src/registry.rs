@@ -3,9 +3,13 @@
 //! acknowledged only after both, so a rotation that returned is in force.
 //!
 //! Verification is a read lock and a hash lookup; it never writes the store.
-//! `last_used` is kept in memory and written in batches by [`Registry::flush_last_used`].
+//! The index holds only what verification needs: control operations read a
+//! connection's full record from the store. `last_used` is kept in memory and
+//! written in batches by [`Registry::flush_last_used`].
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -35,10 +39,11 @@ pub struct LiveConn {
     pub kind: ConnKind,
     pub expires_at: Option<u64>,
     /// A sync key's share, and whether it may only pull.
-    pub share: Option<String>,
+    pub share: Option<Box<str>>,
     pub read_only: bool,
     disabled: AtomicBool,
-    limiter: Option<TokenBucket>,
+    /// Boxed: most connections have no rate of their own.
+    limiter: Option<Box<TokenBucket>>,
     last_used_at: AtomicU64,
     last_used_by: Mutex<String>,
     dirty: AtomicBool,
@@ -106,11 +111,60 @@ fn path_under(path: &str, prefix: &str) -> bool {
 #[derive(Default)]
 struct Index {
     by_hash: HashMap<KeyHash, Holder>,
-    conns: BTreeMap<String, (ConnRecord, Arc<LiveConn>)>,
-    names: HashMap<String, String>,
+    /// A name is found by a scan: only control operations look one up.
+    conns: ConnSet,
     creds: BTreeMap<String, CredRecord>,
     live_creds: HashMap<String, Arc<LiveCred>>,
     grants: BTreeMap<(String, String), GrantRecord>,
+}
+
+/// Connections by id, keyed by each connection's own `id` field: at 10,000
+/// connections a map would hold a second copy of every id.
+#[derive(Default)]
+struct ConnSet(HashSet<ById>);
+
+struct ById(Arc<LiveConn>);
+
+impl ConnSet {
+    fn get(&self, id: &str) -> Option<&Arc<LiveConn>> {
+        self.0.get(id).map(|conn| &conn.0)
+    }
+
+    fn insert(&mut self, conn: Arc<LiveConn>) {
+        self.0.replace(ById(conn));
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.0.remove(id);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<LiveConn>> {
+        self.0.iter().map(|conn| &conn.0)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &ById) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.as_str().hash(state);
+    }
 }
 
 pub struct Registry {
@@ -142,14 +196,15 @@ impl Registry {
         let revoked: HashSet<KeyHash> = store.revoked()?.into_iter().collect();
         let mut index = Index::default();
         let now = now_ms();
-        for record in store.conns()? {
+        for record in store.conns() {
+            let record = record?;
             let Some(hash) = KeyHash::from_hex(&record.key_hash) else {
                 continue;
             };
             if revoked.contains(&hash) {
                 continue;
             }
-            index.insert_conn(record, now, &revoked);
+            index.insert_conn(&record, now, &revoked);
         }
         for record in store.creds()? {
             let secret = store.open_cred_secret(&record)?;
@@ -296,19 +351,49 @@ impl Registry {
 
     // --- connections
 
-    pub fn list_conns(&self) -> Vec<Conn> {
-        let index = self.read();
-        index
-            .conns
-            .values()
-            .map(|(r, live)| index.view(r, live))
-            .collect()
+    /// In id order. Records the index left out at load (revoked keys) are skipped.
+    pub fn list_conns(&self) -> Result<Vec<Conn>, ApiError> {
+        let mut conns = Vec::new();
+        for record in self.store.conns() {
+            let record = record?;
+            let index = self.read();
+            if let Some(live) = index.conns.get(&record.id) {
+                conns.push(index.view(&record, live));
+            }
+        }
+        Ok(conns)
     }
 
     pub fn conn(&self, reference: &str) -> Result<Conn, ApiError> {
-        let index = self.read();
-        let (record, live) = index.find_conn(reference)?;
-        Ok(index.view(record, live))
+        let (record, live) = self.find_conn_record(reference)?;
+        Ok(self.read().view(&record, &live))
+    }
+
+    /// The sync connections whose key opens `share`, in id order.
+    pub fn share_conns(&self, share: &str) -> Vec<Arc<LiveConn>> {
+        let mut conns: Vec<Arc<LiveConn>> = self
+            .read()
+            .conns
+            .iter()
+            .filter(|conn| conn.share.as_deref() == Some(share))
+            .cloned()
+            .collect();
+        conns.sort_by(|a, b| a.id.cmp(&b.id));
+        conns
+    }
+
+    pub fn conn_name_taken(&self, name: &str) -> bool {
+        self.read().conn_named(name).is_some()
+    }
+
+    /// The connection with this name or id, and its stored record.
+    fn find_conn_record(&self, reference: &str) -> Result<(ConnRecord, Arc<LiveConn>), ApiError> {
+        let live = self.read().find_conn(reference)?.clone();
+        let record = self
+            .store
+            .conn(&live.id)?
+            .ok_or_else(|| conn_not_found(reference))?;
+        Ok((record, live))
     }
 
     pub async fn create_conn(&self, req: ConnCreate) -> Result<ConnWithKey, ApiError> {
@@ -319,7 +404,7 @@ impl Registry {
             ));
         }
         let _change = self.change.lock().await;
-        if self.read().names.contains_key(&req.name) {
+        if self.read().conn_named(&req.name).is_some() {
             return Err(ApiError::conflict(format!(
                 "A connection named '{}' already exists; pick another name, or remove it first with: sidekeyctl conn rm {}",
                 req.name, req.name
@@ -353,7 +438,7 @@ impl Registry {
         self.store.put_conn(&record)?;
         self.store.flush().await?;
         let mut index = self.write();
-        let live = index.insert_conn(record.clone(), now_ms(), &HashSet::new());
+        let live = index.insert_conn(&record, now_ms(), &HashSet::new());
         tracing::info!(conn = %record.id, name = %record.name, kind = record.kind.as_str(), "connection created");
         Ok(ConnWithKey {
             conn: index.view(&record, &live),
@@ -362,11 +447,10 @@ impl Registry {
     }
 
     pub fn reveal_key(&self, reference: &str) -> Result<ConnWithKey, ApiError> {
-        let index = self.read();
-        let (record, live) = index.find_conn(reference)?;
-        let key = self.store.open_conn_key(record)?;
+        let (record, live) = self.find_conn_record(reference)?;
+        let key = self.store.open_conn_key(&record)?;
         Ok(ConnWithKey {
-            conn: index.view(record, live),
+            conn: self.read().view(&record, &live),
             key: key.expose().to_string(),
         })
     }
@@ -379,7 +463,7 @@ impl Registry {
         grace_secs: Option<u64>,
     ) -> Result<ConnWithKey, ApiError> {
         let _change = self.change.lock().await;
-        let mut record = self.read().find_conn(reference)?.0.clone();
+        let (mut record, live) = self.find_conn_record(reference)?;
         let prefix = match record.kind {
             ConnKind::Agent => KeyPrefix::Live,
             ConnKind::Sync => KeyPrefix::Cli,
@@ -404,21 +488,13 @@ impl Registry {
         self.store.flush().await?;
 
         let mut index = self.write();
-        let live = index
-            .conns
-            .get(&record.id)
-            .map(|(_, live)| live.clone())
-            .expect("found above");
         if let Some(hash) = old_hash {
             index.by_hash.remove(&hash);
         }
         if let Some(hash) = old_previous.and_then(|p| KeyHash::from_hex(&p.key_hash)) {
             index.by_hash.remove(&hash);
         }
-        index.link_keys(&record, &live, now_ms());
-        index
-            .conns
-            .insert(record.id.clone(), (record.clone(), live.clone()));
+        index.link_keys(&record.key_hash, record.previous.as_ref(), &live, now_ms());
         tracing::info!(conn = %record.id, grace_secs = grace_secs.unwrap_or(0), "key rotated");
         Ok(ConnWithKey {
             conn: index.view(&record, &live),
@@ -428,38 +504,27 @@ impl Registry {
 
     pub async fn set_disabled(&self, reference: &str, disabled: bool) -> Result<Conn, ApiError> {
         let _change = self.change.lock().await;
-        let (mut record, live) = {
-            let index = self.read();
-            let (record, live) = index.find_conn(reference)?;
-            (record.clone(), live.clone())
-        };
+        let (mut record, live) = self.find_conn_record(reference)?;
         record.disabled = disabled;
         self.store.put_conn(&record)?;
         self.store.flush().await?;
         live.disabled.store(disabled, Ordering::Release);
-        let mut index = self.write();
-        index
-            .conns
-            .insert(record.id.clone(), (record.clone(), live.clone()));
         tracing::info!(conn = %record.id, disabled, "connection state changed");
-        Ok(index.view(&record, &live))
+        Ok(self.read().view(&record, &live))
     }
 
     /// Deletes a connection and revokes its key (and any grace-period key and
     /// grant tokens) for good: the hashes are kept so a restore cannot revive them.
     pub async fn remove_conn(&self, reference: &str) -> Result<Conn, ApiError> {
         let _change = self.change.lock().await;
-        let (record, live, grants) = {
-            let index = self.read();
-            let (record, live) = index.find_conn(reference)?;
-            let grants: Vec<GrantRecord> = index
-                .grants
-                .values()
-                .filter(|g| g.conn_id == record.id)
-                .cloned()
-                .collect();
-            (record.clone(), live.clone(), grants)
-        };
+        let (record, live) = self.find_conn_record(reference)?;
+        let grants: Vec<GrantRecord> = self
+            .read()
+            .grants
+            .values()
+            .filter(|g| g.conn_id == record.id)
+            .cloned()
+            .collect();
         let mut hashes: Vec<KeyHash> = KeyHash::from_hex(&record.key_hash).into_iter().collect();
         hashes.extend(
             record
@@ -495,7 +560,6 @@ impl Registry {
                 .remove(&(grant.conn_id.clone(), grant.cred.clone()));
         }
         index.conns.remove(&record.id);
-        index.names.remove(&record.name);
         tracing::info!(conn = %record.id, "connection deleted and its key revoked");
         Ok(view)
     }
@@ -504,18 +568,18 @@ impl Registry {
     /// one batch. Returns how many records it wrote.
     pub async fn flush_last_used(&self) -> Result<usize, ApiError> {
         let _change = self.change.lock().await;
-        let dirty: Vec<(ConnRecord, Arc<LiveConn>)> = self
+        let dirty: Vec<Arc<LiveConn>> = self
             .read()
             .conns
-            .values()
-            .filter(|(_, live)| live.dirty.swap(false, Ordering::AcqRel))
+            .iter()
+            .filter(|live| live.dirty.swap(false, Ordering::AcqRel))
             .cloned()
             .collect();
-        if dirty.is_empty() {
-            return Ok(0);
-        }
-        let mut updated = Vec::with_capacity(dirty.len());
-        for (mut record, live) in dirty {
+        let mut count = 0;
+        for live in dirty {
+            let Some(mut record) = self.store.conn(&live.id)? else {
+                continue;
+            };
             record.last_used_at = Some(live.last_used_at.load(Ordering::Relaxed));
             record.last_used_by = Some(
                 live.last_used_by
@@ -524,13 +588,10 @@ impl Registry {
                     .clone(),
             );
             self.store.put_conn(&record)?;
-            updated.push((record, live));
+            count += 1;
         }
-        self.store.flush().await?;
-        let count = updated.len();
-        let mut index = self.write();
-        for (record, live) in updated {
-            index.conns.insert(record.id.clone(), (record, live));
+        if count > 0 {
+            self.store.flush().await?;
         }
         Ok(count)
     }
@@ -541,7 +602,7 @@ impl Registry {
             let mut bytes = [0u8; 4];
             getrandom::fill(&mut bytes).expect("the OS random number generator failed");
             let id = format!("conn_{}", hex::encode(bytes));
-            if !index.conns.contains_key(&id) {
+            if index.conns.get(&id).is_none() {
                 return id;
             }
         }
@@ -653,24 +714,24 @@ impl Registry {
         let _change = self.change.lock().await;
         let (conn_id, conn_name) = {
             let index = self.read();
-            let (record, _) = index.find_conn(conn_ref)?;
+            let conn = index.find_conn(conn_ref)?;
             index.find_cred(cred)?;
-            if record.kind != ConnKind::Agent {
+            if conn.kind != ConnKind::Agent {
                 return Err(ApiError::bad_request(format!(
                     "'{}' is a sync connection; only agent connections use credentials. Create one with: sidekeyctl conn create --name <name> --kind agent",
-                    record.name
+                    conn.name
                 )));
             }
             if index
                 .grants
-                .contains_key(&(record.id.clone(), cred.to_string()))
+                .contains_key(&(conn.id.clone(), cred.to_string()))
             {
                 return Err(ApiError::conflict(format!(
                     "'{0}' already has '{cred}'; to issue a new token, run: sidekeyctl revoke {0} {cred} && sidekeyctl grant {0} {cred}",
-                    record.name
+                    conn.name
                 )));
             }
-            (record.id.clone(), record.name.clone())
+            (conn.id.clone(), conn.name.clone())
         };
         let token = keys::mint(KeyPrefix::Pxr);
         let record = GrantRecord {
@@ -695,15 +756,15 @@ impl Registry {
         let _change = self.change.lock().await;
         let grant = {
             let index = self.read();
-            let (record, _) = index.find_conn(conn_ref)?;
+            let conn = index.find_conn(conn_ref)?;
             index
                 .grants
-                .get(&(record.id.clone(), cred.to_string()))
+                .get(&(conn.id.clone(), cred.to_string()))
                 .cloned()
                 .ok_or_else(|| {
                     ApiError::not_found(format!(
                         "'{}' has no grant of '{cred}'; see its grants with: sidekeyctl conn info {}",
-                        record.name, record.name
+                        conn.name, conn.name
                     ))
                 })?
         };
@@ -728,7 +789,7 @@ impl Index {
 
     fn insert_conn(
         &mut self,
-        record: ConnRecord,
+        record: &ConnRecord,
         now_ms: u64,
         revoked: &HashSet<KeyHash>,
     ) -> Arc<LiveConn> {
@@ -737,31 +798,31 @@ impl Index {
             name: record.name.clone(),
             kind: record.kind,
             expires_at: record.expires_at,
-            share: record.share.clone(),
+            share: record.share.as_deref().map(Box::from),
             read_only: record.read_only,
             disabled: AtomicBool::new(record.disabled),
-            limiter: record.rate.map(TokenBucket::new),
+            limiter: record.rate.map(|rate| Box::new(TokenBucket::new(rate))),
             last_used_at: AtomicU64::new(record.last_used_at.unwrap_or(0)),
             last_used_by: Mutex::new(record.last_used_by.clone().unwrap_or_default()),
             dirty: AtomicBool::new(false),
         });
-        let mut linked = record.clone();
-        if linked
+        let previous = record
             .previous
             .as_ref()
-            .and_then(|p| KeyHash::from_hex(&p.key_hash))
-            .is_some_and(|h| revoked.contains(&h))
-        {
-            linked.previous = None;
-        }
-        self.link_keys(&linked, &live, now_ms);
-        self.names.insert(record.name.clone(), record.id.clone());
-        self.conns.insert(record.id.clone(), (record, live.clone()));
+            .filter(|p| KeyHash::from_hex(&p.key_hash).is_none_or(|hash| !revoked.contains(&hash)));
+        self.link_keys(&record.key_hash, previous, &live, now_ms);
+        self.conns.insert(live.clone());
         live
     }
 
-    fn link_keys(&mut self, record: &ConnRecord, live: &Arc<LiveConn>, now_ms: u64) {
-        if let Some(hash) = KeyHash::from_hex(&record.key_hash) {
+    fn link_keys(
+        &mut self,
+        key_hash: &str,
+        previous: Option<&PreviousKey>,
+        live: &Arc<LiveConn>,
+        now_ms: u64,
+    ) {
+        if let Some(hash) = KeyHash::from_hex(key_hash) {
             self.by_hash.insert(
                 hash,
                 Holder::Conn {
@@ -770,7 +831,7 @@ impl Index {
                 },
             );
         }
-        if let Some(previous) = &record.previous
+        if let Some(previous) = previous
             && previous.until > now_ms
             && let Some(hash) = KeyHash::from_hex(&previous.key_hash)
         {
@@ -785,7 +846,7 @@ impl Index {
     }
 
     fn insert_grant(&mut self, record: GrantRecord, revoked: &HashSet<KeyHash>) {
-        let Some((_, live)) = self.conns.get(&record.conn_id) else {
+        let Some(live) = self.conns.get(&record.conn_id) else {
             return;
         };
         if !self.creds.contains_key(&record.cred) {
@@ -812,17 +873,14 @@ impl Index {
         }
     }
 
-    fn find_conn(&self, reference: &str) -> Result<(&ConnRecord, &Arc<LiveConn>), ApiError> {
-        let id = self
-            .names
-            .get(reference)
-            .map(String::as_str)
-            .unwrap_or(reference);
-        self.conns.get(id).map(|(r, l)| (r, l)).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "No connection has the id or name '{reference}'; list them with: sidekeyctl conn ls"
-            ))
-        })
+    fn find_conn(&self, reference: &str) -> Result<&Arc<LiveConn>, ApiError> {
+        self.conn_named(reference)
+            .or_else(|| self.conns.get(reference))
+            .ok_or_else(|| conn_not_found(reference))
+    }
+
+    fn conn_named(&self, name: &str) -> Option<&Arc<LiveConn>> {
+        self.conns.iter().find(|conn| conn.name == name)
     }
 
     fn find_cred(&self, name: &str) -> Result<&CredRecord, ApiError> {
@@ -871,12 +929,7 @@ impl Index {
                 .as_ref()
                 .filter(|p| p.until > now_ms())
                 .map(|p| p.until / 1000),
-            grants: self
-                .grants
-                .keys()
-                .filter(|(conn_id, _)| *conn_id == record.id)
-                .map(|(_, cred)| cred.clone())
-                .collect(),
+            grants: self.granted_names(&record.id).cloned().collect(),
         }
     }
 
@@ -892,7 +945,7 @@ impl Index {
                 .grants
                 .keys()
                 .filter(|(_, cred)| *cred == record.name)
-                .filter_map(|(conn_id, _)| self.conns.get(conn_id).map(|(r, _)| r.name.clone()))
+                .filter_map(|(conn_id, _)| self.conns.get(conn_id).map(|conn| conn.name.clone()))
                 .collect(),
         }
     }
@@ -910,6 +963,12 @@ impl LiveConn {
         }
         self.dirty.store(true, Ordering::Release);
     }
+}
+
+fn conn_not_found(reference: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "No connection has the id or name '{reference}'; list them with: sidekeyctl conn ls"
+    ))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -973,4 +1032,61 @@ fn validate_path_prefix(prefix: Option<&str>) -> Result<Option<String>, ApiError
         )));
     }
     Ok(Some(prefix.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(data_dir: &std::path::Path) -> Registry {
+        let master = crate::store::master_key::load_or_create(data_dir).unwrap();
+        Registry::load(Store::open(data_dir, &master).unwrap()).unwrap()
+    }
+
+    fn agent(name: &str) -> ConnCreate {
+        ConnCreate {
+            name: name.to_string(),
+            kind: ConnKind::Agent,
+            expires_in_secs: None,
+            rate: None,
+            share: None,
+            read_only: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_to_a_connection_are_read_back_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = open(dir.path());
+        let first = registry.create_conn(agent("first")).await.unwrap();
+        let second = registry.create_conn(agent("second")).await.unwrap();
+        registry.verify(Some(&first.key), "test").unwrap();
+        assert_eq!(registry.flush_last_used().await.unwrap(), 1);
+        let rotated = registry.rotate_key("first", None).await.unwrap();
+        assert!(registry.verify(Some(&first.key), "test").is_err());
+        registry.set_disabled(&second.conn.id, true).await.unwrap();
+        drop(registry);
+
+        let registry = open(dir.path());
+        let conn = registry.conn("first").unwrap();
+        assert_eq!(conn.last_used_by.as_deref(), Some("test"));
+        assert!(conn.rotated_at.is_some());
+        assert_eq!(registry.reveal_key(&conn.id).unwrap().key, rotated.key);
+        assert_eq!(
+            registry.conn(&second.conn.id).unwrap().state,
+            ConnState::Disabled
+        );
+        let mut ids = vec![first.conn.id, second.conn.id];
+        ids.sort();
+        let listed: Vec<String> = registry
+            .list_conns()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(listed, ids, "listed in id order");
+        registry.remove_conn("second").await.unwrap();
+        assert!(registry.conn("second").is_err());
+        assert!(!registry.conn_name_taken("second"));
+    }
 }

@@ -47,7 +47,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
     match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "status"]) => ok(&status(daemon)),
 
-        (&Method::GET, ["v1", "conns"]) => ok(&registry.list_conns()),
+        (&Method::GET, ["v1", "conns"]) => ok(&registry.list_conns()?),
         (&Method::POST, ["v1", "conns"]) => {
             let req: ConnCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(StatusCode::CREATED, &registry.create_conn(req).await?))

@@ -215,12 +215,7 @@ impl Engine {
             .remove(name)
             .ok_or_else(|| ApiError::not_found(format!("No share is named '{name}'.")))?;
         stop.cancel();
-        for conn in daemon
-            .registry
-            .list_conns()
-            .into_iter()
-            .filter(|c| c.share.as_deref() == Some(name))
-        {
+        for conn in daemon.registry.share_conns(name) {
             daemon.registry.remove_conn(&conn.id).await?;
         }
         let store = daemon.registry.store();
@@ -257,10 +252,9 @@ impl Engine {
             version: share.journal.last_version(),
             peers: daemon
                 .registry
-                .list_conns()
-                .into_iter()
-                .filter(|c| c.share.as_deref() == Some(name))
-                .map(|c| c.name)
+                .share_conns(name)
+                .iter()
+                .map(|c| c.name.clone())
                 .collect(),
             halted: share.halted(),
             skipped: report.skipped.clone(),
@@ -282,18 +276,10 @@ impl Engine {
         };
         let name = match req.name {
             Some(name) => name,
-            None => {
-                let taken: Vec<String> = daemon
-                    .registry
-                    .list_conns()
-                    .into_iter()
-                    .map(|c| c.name)
-                    .collect();
-                (1..)
-                    .map(|n| format!("{share}-peer-{n}"))
-                    .find(|n| !taken.contains(n))
-                    .expect("a free name")
-            }
+            None => (1..)
+                .map(|n| format!("{share}-peer-{n}"))
+                .find(|n| !daemon.registry.conn_name_taken(n))
+                .expect("a free name"),
         };
         let created = daemon
             .registry
