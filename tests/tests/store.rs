@@ -40,7 +40,7 @@ fn first_start_creates_a_private_data_dir_and_master_key() {
     let key = std::fs::read_to_string(data.join("master.key")).unwrap();
     assert_eq!(key.trim().len(), 64);
     let status = home.ctl(&["status", "--json"]).success().json();
-    assert_eq!(status["schema_version"], 1);
+    assert_eq!(status["schema_version"], 2);
     assert_eq!(status["data_dir"], data.display().to_string());
     let human = home.ctl(&["status"]).success().stdout;
     assert!(human.contains(&d.proxy.to_string()), "{human}");

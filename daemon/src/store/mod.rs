@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sidekey_api::{ConnKind, CredType, RateLimit};
 
-use crate::keys::{KeyHash, Secret};
+use crate::keys::{self, KeyHash, Secret};
 use crypto::Cipher;
 pub use master_key::MasterKey;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,15 +61,19 @@ pub enum StoreError {
 
 /// A connection as it is stored. The key itself is only ever sealed.
 ///
-/// Unset fields are left out: sled keeps every record it has read in memory,
-/// so a smaller record is a smaller daemon. `disabled` is always written,
-/// because sidekeyd versions before this one require it.
+/// Unset fields are left out, and since schema 2 the id (the record's sled
+/// key) and the key's hash and last four are filled in when the record is
+/// read, not stored: sled keeps every record it has read in memory, so a
+/// smaller record is a smaller daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnRecord {
+    #[serde(default, skip_serializing)]
     pub id: String,
     pub name: String,
     pub kind: ConnKind,
+    #[serde(default, skip_serializing)]
     pub key_hash: String,
+    #[serde(default, skip_serializing)]
     pub key_last4: String,
     pub key_sealed: String,
     pub created_at: u64,
@@ -79,6 +83,7 @@ pub struct ConnRecord {
     pub expires_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub disabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<u64>,
@@ -245,6 +250,23 @@ impl Store {
                 found: version,
             });
         }
+        if version < SCHEMA_VERSION {
+            // Every older record still reads; the new version is written
+            // before any new-form record, so an older sidekeyd refuses the
+            // store with a clear error instead of failing on a record.
+            meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                .map_err(corrupt)?;
+            db.flush().map_err(corrupt)?;
+            check::write(check_path, &cipher).map_err(|e| StoreError::Write {
+                path: check_path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            tracing::info!(
+                from = version,
+                to = SCHEMA_VERSION,
+                "upgraded the store's schema"
+            );
+        }
         let generation = meta
             .get("generation")
             .map_err(corrupt)?
@@ -312,15 +334,34 @@ impl Store {
 
     /// Every connection record, in id order, read one at a time.
     pub fn conns(&self) -> impl Iterator<Item = Result<ConnRecord, StoreError>> + '_ {
-        self.records(&self.conns)
+        self.conns.iter().map(|entry| {
+            let (id, bytes) = entry.map_err(|e| self.corrupt(e.to_string()))?;
+            self.conn_from(&id, &bytes)
+        })
     }
 
     pub fn conn(&self, id: &str) -> Result<Option<ConnRecord>, StoreError> {
         self.conns
             .get(id)
             .map_err(|e| self.corrupt(e.to_string()))?
-            .map(|bytes| self.parse(&bytes))
+            .map(|bytes| self.conn_from(id.as_bytes(), &bytes))
             .transpose()
+    }
+
+    /// Fills in what schema 2 leaves out: the id from the sled key, the
+    /// hash and last four from the sealed key. Schema 1 records hold them.
+    fn conn_from(&self, id: &[u8], bytes: &[u8]) -> Result<ConnRecord, StoreError> {
+        let mut record: ConnRecord = self.parse(bytes)?;
+        if record.id.is_empty() {
+            record.id = String::from_utf8(id.to_vec())
+                .map_err(|_| self.corrupt("a connection id is not UTF-8".into()))?;
+        }
+        if record.key_hash.is_empty() || record.key_last4.is_empty() {
+            let key = self.open_conn_key(&record)?;
+            record.key_hash = KeyHash::of(key.expose()).to_hex();
+            record.key_last4 = keys::last4(&key);
+        }
+        Ok(record)
     }
 
     pub fn put_conn(&self, record: &ConnRecord) -> Result<(), StoreError> {
@@ -645,12 +686,86 @@ mod tests {
     fn conn_records_leave_out_unset_fields_and_read_older_ones() {
         let older = r#"{"id":"conn_4cd66066","name":"a","kind":"agent","key_hash":"00","key_last4":"c058","key_sealed":"00","created_at":1,"rotated_at":null,"expires_at":null,"rate":null,"disabled":false,"last_used_at":null,"last_used_by":null,"previous":null}"#;
         let record: ConnRecord = serde_json::from_str(older).unwrap();
+        assert_eq!(record.key_hash, "00", "a schema-1 record's hash is read");
         let written = serde_json::to_string(&record).unwrap();
         assert_eq!(
             written,
-            r#"{"id":"conn_4cd66066","name":"a","kind":"agent","key_hash":"00","key_last4":"c058","key_sealed":"00","created_at":1,"disabled":false}"#
+            r#"{"name":"a","kind":"agent","key_sealed":"00","created_at":1}"#
         );
         let back: ConnRecord = serde_json::from_str(&written).unwrap();
-        assert_eq!(format!("{back:?}"), format!("{record:?}"));
+        assert!(back.id.is_empty() && back.key_hash.is_empty() && back.key_last4.is_empty());
+    }
+
+    fn open(dir: &Path) -> Store {
+        let master = master_key::load_or_create(dir).unwrap();
+        Store::open(dir, &master).unwrap()
+    }
+
+    #[test]
+    fn the_id_hash_and_last4_are_filled_in_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let key = Secret::new(format!("sk_live_{}", "ab".repeat(32)));
+        let record = ConnRecord {
+            id: "conn_00000001".into(),
+            name: "a".into(),
+            kind: ConnKind::Agent,
+            key_hash: KeyHash::of(key.expose()).to_hex(),
+            key_last4: "abab".into(),
+            key_sealed: store.seal_conn_key("conn_00000001", &key),
+            created_at: 1,
+            rotated_at: None,
+            expires_at: None,
+            rate: None,
+            disabled: false,
+            last_used_at: None,
+            last_used_by: None,
+            previous: None,
+            share: None,
+            read_only: false,
+        };
+        store.put_conn(&record).unwrap();
+        let raw = store.conns.get(&record.id).unwrap().unwrap();
+        let raw = String::from_utf8_lossy(&raw);
+        for field in ["\"id\"", "key_hash", "key_last4"] {
+            assert!(!raw.contains(field), "{field} in {raw}");
+        }
+        let read = store.conn(&record.id).unwrap().unwrap();
+        let listed: Vec<ConnRecord> = store.conns().collect::<Result<_, _>>().unwrap();
+        for read in [read, listed[0].clone()] {
+            assert_eq!(
+                (read.id, read.key_hash, read.key_last4),
+                (
+                    record.id.clone(),
+                    record.key_hash.clone(),
+                    record.key_last4.clone()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_schema_1_store_is_upgraded_so_older_daemons_refuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .meta
+            .insert("schema_version", &1u32.to_be_bytes())
+            .unwrap();
+        store.db.flush().unwrap();
+        drop(store);
+        let check = dir.path().join("store.check");
+        let text = std::fs::read_to_string(&check).unwrap();
+        std::fs::write(
+            &check,
+            text.replacen(&format!("{SCHEMA_VERSION} "), "1 ", 1),
+        )
+        .unwrap();
+
+        let store = open(dir.path());
+        let version = store.meta.get("schema_version").unwrap().unwrap();
+        assert_eq!(version.as_ref(), SCHEMA_VERSION.to_be_bytes());
+        let text = std::fs::read_to_string(&check).unwrap();
+        assert!(text.starts_with(&format!("{SCHEMA_VERSION} ")), "{text}");
     }
 }
