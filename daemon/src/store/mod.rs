@@ -226,14 +226,19 @@ impl Store {
             detail: e.to_string(),
         };
         let meta = db.open_tree("meta").map_err(corrupt)?;
-        if fresh {
+        // Beside the store (`store.check`) and in it, so that an older
+        // sidekeyd refuses a newer store before it reads a record.
+        let write_version = || -> Result<(), StoreError> {
             meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
                 .map_err(corrupt)?;
             db.flush().map_err(corrupt)?;
             check::write(check_path, &cipher).map_err(|e| StoreError::Write {
                 path: check_path.to_path_buf(),
                 detail: e.to_string(),
-            })?;
+            })
+        };
+        if fresh {
+            write_version()?;
         }
         let version = meta
             .get("schema_version")
@@ -251,16 +256,9 @@ impl Store {
             });
         }
         if version < SCHEMA_VERSION {
-            // Every older record still reads; the new version is written
-            // before any new-form record, so an older sidekeyd refuses the
-            // store with a clear error instead of failing on a record.
-            meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
-                .map_err(corrupt)?;
-            db.flush().map_err(corrupt)?;
-            check::write(check_path, &cipher).map_err(|e| StoreError::Write {
-                path: check_path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+            // Every older record still reads; the version goes up before
+            // any record in the new form is written.
+            write_version()?;
             tracing::info!(
                 from = version,
                 to = SCHEMA_VERSION,
