@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use sidekey_api::AuditRecord;
 
@@ -47,7 +47,7 @@ impl Segments {
     /// Appends one line, with any held ones before it. It is in the kernel
     /// when this returns, so it outlives a killed daemon.
     pub fn append(&self, line: &[u8], now_ms: u64, span_ms: u64) -> io::Result<()> {
-        let mut current = self.current.lock().expect("audit writer poisoned");
+        let mut current = self.current();
         if current.bytes >= MAX_SEGMENT_BYTES || now_ms >= current.start_ms + span_ms {
             current.write_held()?;
             let held = std::mem::take(&mut current.held);
@@ -68,7 +68,7 @@ impl Segments {
     /// [`Segments::flush`]. Returns whether it is the first one held, when
     /// the caller should arrange a flush.
     pub fn hold(&self, line: &[u8]) -> io::Result<bool> {
-        let mut current = self.current.lock().expect("audit writer poisoned");
+        let mut current = self.current();
         let first = current.held.is_empty();
         current.held.extend_from_slice(line);
         if current.held.len() >= MAX_HELD_BYTES {
@@ -78,16 +78,13 @@ impl Segments {
     }
 
     pub fn flush(&self) -> io::Result<()> {
-        self.current
-            .lock()
-            .expect("audit writer poisoned")
-            .write_held()
+        self.current().write_held()
     }
 
     /// Deletes every segment whose lines are all older than `cutoff_ms`:
     /// those followed by a segment opened before the cutoff. Returns how many.
     pub fn prune(&self, cutoff_ms: u64) -> io::Result<usize> {
-        let open = self.current.lock().expect("audit writer poisoned").start_ms;
+        let open = self.current().start_ms;
         let starts = self.starts()?;
         let mut removed = 0;
         for pair in starts.windows(2) {
@@ -144,6 +141,12 @@ impl Segments {
             .collect();
         starts.sort_unstable();
         Ok(starts)
+    }
+
+    /// The open segment. A panic elsewhere while it was held leaves at worst
+    /// a torn last line, which readers skip, so the log goes on.
+    fn current(&self) -> MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn path(&self, start_ms: u64) -> PathBuf {

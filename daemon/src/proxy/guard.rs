@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 /// A client that has begun a request head and not finished it by then is
 /// dropped.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Enough of a header line for its name and any valid `Content-Length`.
 const LINE: usize = 40;
