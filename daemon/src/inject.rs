@@ -11,28 +11,37 @@ use crate::keys::Secret;
 
 /// Writes the credential into the request's headers or URL.
 pub fn apply(cred_type: CredType, secret: &Secret, headers: &mut HeaderMap, uri: &mut Uri) {
+    for (name, value) in header_fields(cred_type, secret) {
+        headers.insert(name, value);
+    }
+    if cred_type == CredType::QueryParam {
+        *uri = with_query_params(uri, secret.expose());
+    }
+}
+
+/// The header fields a credential sets; none for a query parameter.
+pub fn header_fields(cred_type: CredType, secret: &Secret) -> Vec<(HeaderName, HeaderValue)> {
     let value = secret.expose();
-    let set = |headers: &mut HeaderMap, name: HeaderName, text: &str| {
-        if let Ok(mut v) = HeaderValue::from_str(text) {
-            v.set_sensitive(true);
-            headers.insert(name, v);
-        }
+    let field = |name: HeaderName, text: &str| {
+        let mut v = HeaderValue::from_str(text).ok()?;
+        v.set_sensitive(true);
+        Some((name, v))
     };
     match cred_type {
-        CredType::ApiKey => set(headers, AUTHORIZATION, &format!("Bearer {value}")),
+        CredType::ApiKey => field(AUTHORIZATION, &format!("Bearer {value}"))
+            .into_iter()
+            .collect(),
         CredType::BasicAuth => {
             let encoded = base64::engine::general_purpose::STANDARD.encode(value);
-            set(headers, AUTHORIZATION, &format!("Basic {encoded}"));
+            field(AUTHORIZATION, &format!("Basic {encoded}"))
+                .into_iter()
+                .collect()
         }
-        CredType::Cookie => set(headers, COOKIE, value),
-        CredType::CustomHeader => {
-            for (name, v) in header_lines(value) {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    set(headers, name, v);
-                }
-            }
-        }
-        CredType::QueryParam => *uri = with_query_params(uri, value),
+        CredType::Cookie => field(COOKIE, value).into_iter().collect(),
+        CredType::CustomHeader => header_lines(value)
+            .filter_map(|(name, v)| field(HeaderName::from_bytes(name.as_bytes()).ok()?, v))
+            .collect(),
+        CredType::QueryParam => Vec::new(),
     }
 }
 
@@ -71,15 +80,24 @@ fn header_lines(value: &str) -> impl Iterator<Item = (&str, &str)> {
         .filter(|(name, _)| !name.is_empty())
 }
 
-/// Replaces any same-named parameters the agent sent, then appends ours.
 fn with_query_params(uri: &Uri, params: &str) -> Uri {
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = with_query(path_and_query, params).parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// `path_and_query` with the credential's parameters: any same-named ones
+/// the agent sent are replaced, then ours are appended.
+pub fn with_query(path_and_query: &str, params: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
     let names: Vec<&str> = params
         .split('&')
         .filter_map(|p| p.split_once('=').map(|(n, _)| n))
         .collect();
-    let kept: Vec<&str> = uri
-        .query()
-        .unwrap_or("")
+    let kept: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .filter(|p| !names.contains(&p.split('=').next().unwrap_or("")))
@@ -89,10 +107,7 @@ fn with_query_params(uri: &Uri, params: &str) -> Uri {
         query.push('&');
     }
     query.push_str(params);
-    let path_and_query = format!("{}?{query}", uri.path());
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = path_and_query.parse().ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    format!("{path}?{query}")
 }
 
 /// Checks that a secret has the shape its type needs.

@@ -13,7 +13,12 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 /// The key from `Proxy-Authorization`, which every client sends for
 /// `HTTP_PROXY=http://agent:<key>@host:port`.
 pub fn proxy_key(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::PROXY_AUTHORIZATION)?.to_str().ok()?;
+    proxy_key_from(headers.get(header::PROXY_AUTHORIZATION)?.as_bytes())
+}
+
+/// The key from a raw `Proxy-Authorization` value.
+pub fn proxy_key_from(value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value).ok()?;
     if let Some(token) = strip_scheme(value, "bearer") {
         return Some(token.to_string());
     }

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::forward::{Choice, Target, forward};
 use super::guard::HeadGuard;
+use super::h1::{self, Front, Served};
 use super::rewind::Rewind;
 use super::target::forbidden_name;
 use super::upstream::resolve;
@@ -164,45 +165,86 @@ impl Tunnel {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let guarded = HeadGuard::new(io);
-        let smuggling = guarded.flag.clone();
         let Tunnel {
             daemon,
             key,
             host,
             port,
         } = self;
-        let service = service_fn(move |req: Request<Incoming>| {
-            let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
-            let smuggled = refuse_smuggled(&smuggling);
-            async move {
-                if let Some(refused) = smuggled {
-                    return Ok(refused);
-                }
-                // Boxed for the reason given in `proxy::serve`.
-                Ok::<_, std::convert::Infallible>(
-                    Box::pin(inner_request(daemon, &key, &host, port, scheme, req)).await,
-                )
-            }
-        });
-        // Told apart by ALPN rather than by sniffing the first bytes, which
-        // would double hyper's read buffer for every idle http/1.1 tunnel.
-        let served = if h2 {
-            // h2's frames are binary, and h2 has no framing to smuggle.
-            let io = TokioIo::new(guarded.into_inner());
-            let serving =
-                Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service));
-            serving.await
+        // http/1.1 goes to the forwarder first, and to hyper only for what
+        // the forwarder leaves. Told apart by ALPN rather than by sniffing
+        // the first bytes, which would double hyper's read buffer.
+        let io = if h2 {
+            Handoff::H2(io)
         } else {
+            let front = Front::Tunnel {
+                key: key.clone(),
+                scheme,
+                host: host.clone(),
+                port,
+            };
+            match h1::serve(&daemon, &front, io).await {
+                Served::Ended => return,
+                Served::Handoff(rest) => Handoff::H1(rest),
+            }
+        };
+        // Boxed: only tunnels handed off pay for hyper's state.
+        Box::pin(serve_full(daemon, key, host, port, scheme, io)).await;
+    }
+}
+
+/// What an intercepted tunnel hands to hyper.
+enum Handoff<I> {
+    H2(I),
+    H1(Rewind<I>),
+}
+
+/// hyper on an intercepted tunnel. The agent's key is checked again on
+/// every request, so a rotation or a disable takes effect inside tunnels
+/// already open.
+async fn serve_full<I>(
+    daemon: Arc<Daemon>,
+    key: Secret,
+    host: String,
+    port: u16,
+    scheme: &'static str,
+    io: Handoff<I>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let smuggling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = smuggling.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (daemon, key, host) = (daemon.clone(), key.clone(), host.clone());
+        let smuggled = refuse_smuggled(&flag);
+        async move {
+            if let Some(refused) = smuggled {
+                return Ok(refused);
+            }
+            // Boxed for the reason given in `proxy::serve_full`.
+            Ok::<_, std::convert::Infallible>(
+                Box::pin(inner_request(daemon, &key, &host, port, scheme, req)).await,
+            )
+        }
+    });
+    let served = match io {
+        // h2's frames are binary, and h2 has no framing to smuggle.
+        Handoff::H2(io) => {
+            http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), service)
+                .await
+        }
+        Handoff::H1(io) => {
+            let guarded = HeadGuard::with_flag(io, smuggling);
             http1::Builder::new()
                 .max_buf_size(super::READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(guarded), service)
                 .with_upgrades()
                 .await
-        };
-        if let Err(e) = served {
-            tracing::debug!(error = %e, "intercepted connection ended");
         }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "intercepted connection ended");
     }
 }
 

@@ -24,7 +24,7 @@ use crate::http_util::{ProxyBody, boxed};
 use crate::registry::{LiveConn, LiveCred};
 
 /// How long to wait for the upstream's response head.
-const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a request goes.
 #[derive(Debug, Clone)]
@@ -222,14 +222,7 @@ async fn send(
         Ok(pending) => pending,
         Err(e) => {
             tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-            return boxed(
-                ApiError::new(
-                    "audit_unavailable",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The request could not be audited, so it was not sent; check the data dir's free space.",
-                )
-                .to_response(),
-            );
+            return boxed(audit_unavailable().to_response());
         }
     };
 
@@ -245,7 +238,7 @@ async fn send(
     {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            let error = upstream_error(&e, &target);
+            let error = upstream_failure(&e, &target);
             daemon.audit.finish(
                 pending,
                 Some(error.status.as_u16()),
@@ -258,18 +251,7 @@ async fn send(
             daemon
                 .audit
                 .finish(pending, Some(504), (0, 0), "upstream_timeout");
-            return boxed(
-                ApiError::new(
-                    "upstream_timeout",
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "{} did not answer within {} s; try again later.",
-                        target.host,
-                        RESPONSE_HEAD_TIMEOUT.as_secs()
-                    ),
-                )
-                .to_response(),
-            );
+            return boxed(response_timeout(&target).to_response());
         }
     };
 
@@ -300,7 +282,27 @@ async fn send(
     Response::from_parts(parts, body.boxed())
 }
 
-fn upstream_error(e: &hyper_util::client::legacy::Error, target: &Target) -> ApiError {
+pub(crate) fn audit_unavailable() -> ApiError {
+    ApiError::new(
+        "audit_unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The request could not be audited, so it was not sent; check the data dir's free space.",
+    )
+}
+
+pub(crate) fn response_timeout(target: &Target) -> ApiError {
+    ApiError::new(
+        "upstream_timeout",
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "{} did not answer within {} s; try again later.",
+            target.host,
+            RESPONSE_HEAD_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+pub(crate) fn upstream_failure(e: &(dyn std::error::Error + 'static), target: &Target) -> ApiError {
     tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
     match classify(e) {
         Failure::Tls => ApiError::new(

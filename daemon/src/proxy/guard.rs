@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 /// A client that has begun a request head and not finished it by then is
 /// dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Enough of a header line for its name and any valid `Content-Length`.
 const LINE: usize = 40;
@@ -64,6 +64,11 @@ pub struct HeadGuard<T> {
 
 impl<T> HeadGuard<T> {
     pub fn new(inner: T) -> HeadGuard<T> {
+        HeadGuard::with_flag(inner, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Raises `flag` on a head with two framings.
+    pub fn with_flag(inner: T, flag: Arc<AtomicBool>) -> HeadGuard<T> {
         HeadGuard {
             inner,
             phase: Phase::Head,
@@ -73,14 +78,10 @@ impl<T> HeadGuard<T> {
             connect: false,
             length: None,
             saw_encoding: false,
-            flag: Arc::new(AtomicBool::new(false)),
+            flag,
             deadline: None,
             timing: false,
         }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.inner
     }
 
     /// A head has begun and not yet ended.

@@ -8,6 +8,7 @@ mod body;
 mod connect;
 mod forward;
 mod guard;
+mod h1;
 mod headers;
 mod rewind;
 mod target;
@@ -70,6 +71,7 @@ pub fn start(
             .spawn(move || {
                 runtime.block_on(async move {
                     let connections = TaskTracker::new();
+                    tokio::spawn(sweep_idle_upstreams(shutdown.clone()));
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             serve(listener, daemon, shutdown, connections.clone()).await;
@@ -104,36 +106,68 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let stream = guard::HeadGuard::new(stream);
-        let smuggling = stream.flag.clone();
         let daemon = daemon.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let daemon = daemon.clone();
-                let smuggling = smuggling.clone();
-                async move {
-                    if let Some(refused) = refuse_smuggled(&smuggling) {
-                        return Ok::<_, Infallible>(refused);
-                    }
-                    // Boxed: hyper keeps a connection's request future
-                    // allocated while it idles, and this one is kilobytes.
-                    Ok(Box::pin(route(req, peer, daemon)).await)
-                }
-            });
-            let conn = http1::Builder::new()
-                .max_buf_size(READ_BUFFER_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            let front = h1::Front::Plain {
+                own: daemon.proxy_addr,
+            };
+            let stream = match h1::serve(&daemon, &front, stream).await {
+                h1::Served::Ended => return,
+                h1::Served::Handoff(stream) => stream,
+            };
+            // Boxed: only connections handed off pay for hyper's state.
+            Box::pin(serve_full(stream, peer, daemon, shutdown)).await;
         });
+    }
+}
+
+/// The full proxy on one connection: CONNECT, upgrades, our own endpoints,
+/// and every error answer.
+async fn serve_full<S>(
+    stream: S,
+    peer: SocketAddr,
+    daemon: Arc<Daemon>,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = guard::HeadGuard::new(stream);
+    let smuggling = stream.flag.clone();
+    let service = service_fn(move |req| {
+        let daemon = daemon.clone();
+        let smuggling = smuggling.clone();
+        async move {
+            if let Some(refused) = refuse_smuggled(&smuggling) {
+                return Ok::<_, Infallible>(refused);
+            }
+            // Boxed: hyper keeps a connection's request future
+            // allocated while it idles, and this one is kilobytes.
+            Ok(Box::pin(route(req, peer, daemon)).await)
+        }
+    });
+    let conn = http1::Builder::new()
+        .max_buf_size(READ_BUFFER_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Closes this thread's idle upstream connections that have aged or been
+/// closed by their upstream.
+async fn sweep_idle_upstreams(shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(h1::SWEEP_EVERY) => h1::sweep_idle_upstreams(),
+        }
     }
 }
 

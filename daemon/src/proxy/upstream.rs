@@ -29,19 +29,24 @@ pub struct Upstream {
     pub any: Client<Connector, ProxyBody>,
     /// http/1.1 only, for upgrades (WebSocket).
     pub http1: Client<Connector, ProxyBody>,
+    /// TLS for the forwarder's own http/1.1 connections.
+    pub tls_http1: Arc<rustls::ClientConfig>,
 }
 
 impl Upstream {
     pub fn new(extra_ca: Option<&std::path::Path>) -> Result<Upstream> {
         let roots = Arc::new(root_store(extra_ca)?);
-        let build = |http2: bool| -> Result<Client<Connector, ProxyBody>> {
-            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let tls_config = || -> Result<rustls::ClientConfig> {
+            Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
             .context("TLS versions")?
             .with_root_certificates(roots.clone())
-            .with_no_client_auth();
+            .with_no_client_auth())
+        };
+        let build = |http2: bool| -> Result<Client<Connector, ProxyBody>> {
+            let tls = tls_config()?;
             let mut http = HttpConnector::new_with_resolver(GuardedResolver);
             http.enforce_http(false);
             http.set_nodelay(true);
@@ -59,9 +64,12 @@ impl Upstream {
                 .pool_max_idle_per_host(256)
                 .build(connector))
         };
+        let mut tls_http1 = tls_config()?;
+        tls_http1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Upstream {
             any: build(true)?,
             http1: build(false)?,
+            tls_http1: Arc::new(tls_http1),
         })
     }
 }

@@ -1,0 +1,297 @@
+//! One exchange on the forwarder: the request upstream, the response back,
+//! both bodies passed on as they stream, and the audit record around them.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::framing::{Framing, Malformed};
+use super::io::{error_response, read_some, send};
+use super::plan::Plan;
+use super::pool::{self, Stream};
+use super::response::{self, ResponseHead};
+use crate::Daemon;
+use crate::audit::{Pending, redacted_url};
+use crate::error::ApiError;
+use crate::proxy::forward::{
+    RESPONSE_HEAD_TIMEOUT, Target, audit_unavailable, response_timeout, upstream_failure,
+};
+
+pub enum Outcome {
+    KeepAlive,
+    Close,
+}
+
+/// What stopped a body on its way.
+enum Relay {
+    Read,
+    Write(io::Error),
+    Malformed,
+}
+
+pub async fn run<A>(daemon: &Daemon, agent: &mut A, buf: &mut Vec<u8>, plan: Box<Plan>) -> Outcome
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let Plan {
+        conn,
+        cred,
+        target,
+        method,
+        mut head,
+        mut body,
+        head_len,
+        head_only,
+        close,
+    } = *plan;
+    buf.drain(..head_len);
+    let url = redacted_url(target.scheme, &target.authority(), &target.path_and_query);
+    let cred_name = cred.as_ref().map(|c| c.name.as_str());
+    let pending = match daemon
+        .audit
+        .begin(&conn.id, &conn.name, cred_name, &method, url)
+    {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the audit record; refusing the request");
+            let _ = send(agent, &error_response(&audit_unavailable())).await;
+            return Outcome::Close;
+        }
+    };
+    // Whatever of the body is here already goes out with the head.
+    let Ok((taken, whole)) = body.advance(buf) else {
+        return fail(daemon, agent, pending, (0, 0), broken_chunks()).await;
+    };
+    head.extend_from_slice(&buf[..taken]);
+    buf.drain(..taken);
+    let mut up = taken as u64;
+
+    // A pooled connection the upstream closed meanwhile gets the request
+    // again on a new one, if the request is whole in hand.
+    let mut pooled_ok = true;
+    let (mut upstream, mut incoming, mut answer) = loop {
+        let pooled = if pooled_ok {
+            pool::checkout(&target)
+        } else {
+            None
+        };
+        let retry = pooled.is_some() && whole;
+        let mut upstream = match pooled {
+            Some(stream) => stream,
+            None => match pool::connect(&daemon.upstream.tls_http1, &target).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let error = upstream_failure(&e, &target);
+                    return fail(daemon, agent, pending, (up, 0), error).await;
+                }
+            },
+        };
+        if let Err(e) = send(&mut upstream, &head).await {
+            if retry {
+                pooled_ok = false;
+                continue;
+            }
+            return fail(
+                daemon,
+                agent,
+                pending,
+                (up, 0),
+                upstream_failure(&e, &target),
+            )
+            .await;
+        }
+        if !whole {
+            match relay(agent, &mut upstream, buf, &mut body).await {
+                Ok(moved) => up += moved,
+                Err(Relay::Read) => return aborted(daemon, pending, None, (up, 0)),
+                Err(Relay::Write(e)) => {
+                    let error = upstream_failure(&e, &target);
+                    return fail(daemon, agent, pending, (up, 0), error).await;
+                }
+                Err(Relay::Malformed) => {
+                    return fail(daemon, agent, pending, (up, 0), broken_chunks()).await;
+                }
+            }
+        }
+        let mut incoming = Vec::new();
+        let read = read_head(&mut upstream, &mut incoming, head_only, close);
+        match tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, read).await {
+            Ok(Ok(answer)) => break (upstream, incoming, answer),
+            Ok(Err(_)) if retry && incoming.is_empty() => pooled_ok = false,
+            Ok(Err(e)) => {
+                return fail(
+                    daemon,
+                    agent,
+                    pending,
+                    (up, 0),
+                    upstream_failure(&e, &target),
+                )
+                .await;
+            }
+            Err(_) => {
+                return fail(daemon, agent, pending, (up, 0), response_timeout(&target)).await;
+            }
+        }
+    };
+
+    // 1xx answers pass on as they come; the real one follows.
+    while answer.interim {
+        incoming.drain(..answer.len);
+        if send(agent, &answer.head).await.is_err() {
+            return aborted(daemon, pending, None, (up, 0));
+        }
+        let read = read_head(&mut upstream, &mut incoming, head_only, close);
+        answer = match tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, read).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                return fail(
+                    daemon,
+                    agent,
+                    pending,
+                    (up, 0),
+                    upstream_failure(&e, &target),
+                )
+                .await;
+            }
+            Err(_) => {
+                return fail(daemon, agent, pending, (up, 0), response_timeout(&target)).await;
+            }
+        };
+    }
+    let status = Some(answer.status);
+    incoming.drain(..answer.len);
+    let mut framing = answer.body;
+    let Ok((taken, whole)) = framing.advance(&incoming) else {
+        return fail(daemon, agent, pending, (up, 0), malformed_answer(&target)).await;
+    };
+    let mut out = answer.head;
+    out.extend_from_slice(&incoming[..taken]);
+    incoming.drain(..taken);
+    let mut down = taken as u64;
+    if send(agent, &out).await.is_err() {
+        return aborted(daemon, pending, status, (up, down));
+    }
+    drop(out);
+    if !whole {
+        match relay(&mut upstream, agent, &mut incoming, &mut framing).await {
+            Ok(moved) => down += moved,
+            Err(Relay::Write(_)) => return aborted(daemon, pending, status, (up, down)),
+            Err(Relay::Read | Relay::Malformed) => {
+                daemon
+                    .audit
+                    .finish(pending, status, (up, down), "upstream_error");
+                return Outcome::Close;
+            }
+        }
+    }
+    daemon.audit.finish(pending, status, (up, down), "ok");
+    if answer.reusable && incoming.is_empty() {
+        pool::checkin(&target, upstream);
+    }
+    if answer.close {
+        Outcome::Close
+    } else {
+        Outcome::KeepAlive
+    }
+}
+
+/// Reads until `incoming` begins with a whole response head.
+async fn read_head(
+    upstream: &mut Stream,
+    incoming: &mut Vec<u8>,
+    head_only: bool,
+    close: bool,
+) -> io::Result<ResponseHead> {
+    loop {
+        if !incoming.is_empty() {
+            match response::parse(incoming, head_only, close) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(Malformed) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the upstream's response head is malformed",
+                    ));
+                }
+            }
+        }
+        if read_some(upstream, incoming).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Moves one body from `from` to `to`, starting with what `buf` holds, and
+/// leaves in `buf` whatever follows it.
+async fn relay<R, W>(
+    from: &mut R,
+    to: &mut W,
+    buf: &mut Vec<u8>,
+    framing: &mut Framing,
+) -> Result<u64, Relay>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut moved = 0;
+    loop {
+        if buf.is_empty() {
+            let read = read_some(from, buf).await.map_err(|_| Relay::Read)?;
+            if read == 0 {
+                return match framing {
+                    Framing::UntilClose => Ok(moved),
+                    _ => Err(Relay::Read),
+                };
+            }
+        }
+        let (take, whole) = framing.advance(buf).map_err(|Malformed| Relay::Malformed)?;
+        send(to, &buf[..take]).await.map_err(Relay::Write)?;
+        buf.drain(..take);
+        moved += take as u64;
+        if whole {
+            return Ok(moved);
+        }
+    }
+}
+
+/// Answers with `error`, completes the record, and closes the connection.
+async fn fail<A>(
+    daemon: &Daemon,
+    agent: &mut A,
+    pending: Pending,
+    bytes: (u64, u64),
+    error: ApiError,
+) -> Outcome
+where
+    A: AsyncWrite + Unpin,
+{
+    let outcome = match error.code {
+        "upstream_timeout" | "bad_request" => error.code,
+        _ => "upstream_error",
+    };
+    daemon
+        .audit
+        .finish(pending, Some(error.status.as_u16()), bytes, outcome);
+    let _ = send(agent, &error_response(&error)).await;
+    Outcome::Close
+}
+
+fn aborted(daemon: &Daemon, pending: Pending, status: Option<u16>, bytes: (u64, u64)) -> Outcome {
+    daemon
+        .audit
+        .finish(pending, status, bytes, "client_aborted");
+    Outcome::Close
+}
+
+fn broken_chunks() -> ApiError {
+    ApiError::bad_request(
+        "The request body's chunked framing is broken; send a valid chunked body or a Content-Length.",
+    )
+}
+
+fn malformed_answer(target: &Target) -> ApiError {
+    upstream_failure(
+        &io::Error::new(io::ErrorKind::InvalidData, "malformed response body"),
+        target,
+    )
+}

@@ -1,0 +1,186 @@
+//! Where an HTTP/1.1 body ends, read from its raw bytes. The forwarder
+//! passes a body on exactly as it came, so it only needs to know where the
+//! next message begins; a body it cannot frame ends the connection.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// A response that ends when the upstream closes.
+    UntilClose,
+}
+
+/// Where a chunked body's scan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line, or of the final empty line.
+    LineStart,
+    Line,
+    LineLf,
+    EndLf,
+    Done,
+}
+
+/// A body whose framing is broken: neither side can be trusted after it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Hex digits in a chunk size; more would overflow, and no body is that big.
+const MAX_SIZE_DIGITS: u8 = 15;
+
+impl Framing {
+    pub fn chunked() -> Framing {
+        Framing::Chunked(Chunk::Size {
+            value: 0,
+            digits: 0,
+        })
+    }
+
+    /// Takes this body's bytes from the front of `data`: how many are its,
+    /// and whether it is now whole.
+    pub fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), Malformed> {
+        match self {
+            Framing::Empty => Ok((0, true)),
+            Framing::Length(left) => {
+                let take = (*left).min(data.len() as u64);
+                *left -= take;
+                Ok((take as usize, *left == 0))
+            }
+            Framing::Chunked(chunk) => chunk.advance(data),
+            Framing::UntilClose => Ok((data.len(), false)),
+        }
+    }
+}
+
+impl Chunk {
+    fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), Malformed> {
+        let mut i = 0;
+        while i < data.len() && *self != Chunk::Done {
+            if let Chunk::Data(left) = self {
+                let take = (*left).min((data.len() - i) as u64);
+                *left -= take;
+                i += take as usize;
+                if *left == 0 {
+                    *self = Chunk::DataCr;
+                }
+                continue;
+            }
+            *self = self.step(data[i])?;
+            i += 1;
+        }
+        Ok((i, *self == Chunk::Done))
+    }
+
+    fn step(self, byte: u8) -> Result<Chunk, Malformed> {
+        let next = match (self, byte) {
+            (Chunk::Size { value, digits }, _) if byte.is_ascii_hexdigit() => {
+                if digits == MAX_SIZE_DIGITS {
+                    return Err(Malformed);
+                }
+                let digit = (byte as char).to_digit(16).ok_or(Malformed)?;
+                Chunk::Size {
+                    value: value << 4 | u64::from(digit),
+                    digits: digits + 1,
+                }
+            }
+            (Chunk::Size { value, digits }, b';' | b' ' | b'\t') if digits > 0 => {
+                Chunk::Extension(value)
+            }
+            (Chunk::Size { value, digits }, b'\r') if digits > 0 => Chunk::SizeLf(value),
+            (Chunk::Extension(value), b'\r') => Chunk::SizeLf(value),
+            (Chunk::Extension(_), b'\n') => return Err(Malformed),
+            (Chunk::Extension(value), _) => Chunk::Extension(value),
+            (Chunk::SizeLf(0), b'\n') => Chunk::LineStart,
+            (Chunk::SizeLf(value), b'\n') => Chunk::Data(value),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size {
+                value: 0,
+                digits: 0,
+            },
+            (Chunk::LineStart, b'\r') => Chunk::EndLf,
+            (Chunk::LineStart | Chunk::Line, b'\n') => return Err(Malformed),
+            (Chunk::Line, b'\r') => Chunk::LineLf,
+            (Chunk::LineStart | Chunk::Line, _) => Chunk::Line,
+            (Chunk::LineLf, b'\n') => Chunk::LineStart,
+            (Chunk::EndLf, b'\n') => Chunk::Done,
+            _ => return Err(Malformed),
+        };
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(framing: &mut Framing, data: &[u8]) -> Result<(usize, bool), Malformed> {
+        framing.advance(data)
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let mut f = Framing::Length(5);
+        assert_eq!(feed(&mut f, b"abc"), Ok((3, false)));
+        assert_eq!(feed(&mut f, b"deGET /"), Ok((2, true)));
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nGET / HTTP/1.1";
+        let mut f = Framing::chunked();
+        let (taken, done) = feed(&mut f, body).unwrap();
+        assert!(done);
+        assert_eq!(&body[taken..], b"GET / HTTP/1.1");
+    }
+
+    #[test]
+    fn a_chunked_body_can_arrive_a_byte_at_a_time() {
+        let body = b"a\r\n0123456789\r\n0\r\n\r\n";
+        let mut f = Framing::chunked();
+        for (i, byte) in body.iter().enumerate() {
+            let (taken, done) = feed(&mut f, std::slice::from_ref(byte)).unwrap();
+            assert_eq!(taken, 1);
+            assert_eq!(done, i == body.len() - 1);
+        }
+    }
+
+    #[test]
+    fn header_like_lines_inside_chunks_are_data() {
+        let data = b"Transfer-Encoding: chunked\r\n\r\n";
+        let body = [
+            format!("{:x}\r\n", data.len()).as_bytes(),
+            data,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let mut f = Framing::chunked();
+        assert_eq!(feed(&mut f, &body), Ok((body.len(), true)));
+    }
+
+    #[test]
+    fn broken_chunking_is_refused() {
+        for body in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"4\nWiki",
+            b"4\r\nWikiX",
+            b"ffffffffffffffff\r\n",
+            b"0\r\nbad\ntrailer",
+        ] {
+            let mut f = Framing::chunked();
+            assert_eq!(feed(&mut f, body), Err(Malformed), "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The forwarder: sidekey's own HTTP/1.1 path for the requests agents send
+//! most, on plain proxy connections and inside intercepted tunnels. It reads
+//! each head, applies hygiene and the credential to it, and passes bodies
+//! on as raw bytes in their own framing, with no per-connection buffers
+//! while a connection idles. A request it does not take (see [`plan`]) hands
+//! the connection, bytes read and all, to the full hyper-based proxy.
+
+mod exchange;
+mod framing;
+mod io;
+mod plan;
+mod pool;
+mod response;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+pub use plan::Front;
+pub use pool::sweep as sweep_idle_upstreams;
+
+use super::guard::HEAD_TIMEOUT;
+use super::rewind::Rewind;
+use crate::Daemon;
+use exchange::Outcome;
+use plan::Parsed;
+
+/// How often idle upstream connections are checked.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+pub enum Served<S> {
+    Ended,
+    /// The rest of the connection is the full proxy's, from these bytes on.
+    Handoff(Rewind<S>),
+}
+
+pub async fn serve<S>(daemon: &Daemon, front: &Front, mut agent: S) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
+    loop {
+        if buf.is_empty() {
+            // Idle: hold no buffer until the next request begins.
+            buf = Vec::new();
+            let read = tokio::select! {
+                () = daemon.shutdown.cancelled() => return Served::Ended,
+                read = io::read_some(&mut agent, &mut buf) => read,
+            };
+            if !matches!(read, Ok(1..)) {
+                return Served::Ended;
+            }
+        }
+        // A head that has begun must be whole in time.
+        let deadline = Instant::now() + HEAD_TIMEOUT;
+        let plan = loop {
+            match plan::plan(daemon, front, &buf) {
+                Parsed::Take(plan) => break plan,
+                Parsed::Leave => return Served::Handoff(Rewind::new(buf, agent)),
+                Parsed::Partial => {
+                    let read = io::read_some(&mut agent, &mut buf);
+                    if !matches!(tokio::time::timeout_at(deadline, read).await, Ok(Ok(1..))) {
+                        return Served::Ended;
+                    }
+                }
+            }
+        };
+        // Boxed: an idle connection's task should not carry an exchange's state.
+        match Box::pin(exchange::run(daemon, &mut agent, &mut buf, plan)).await {
+            Outcome::KeepAlive => {}
+            Outcome::Close => {
+                let _ = agent.shutdown().await;
+                return Served::Ended;
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Reads one request head and decides whether the forwarder takes it. It
+//! takes the common case: a request it can pass on as it came, with hygiene
+//! and the credential applied to the head. Everything else (CONNECT,
+//! upgrades, `Expect`, our own endpoints, HTTP/1.0, and every request that
+//! is answered with an error) is left to the full proxy, which answers it
+//! exactly as it always has.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::Uri;
+use http::header::HeaderName;
+
+use super::framing::Framing;
+use crate::Daemon;
+use crate::config::Egress;
+use crate::keys::Secret;
+use crate::proxy::forward::Target;
+use crate::proxy::target::forbidden_name;
+use crate::proxy::{MAX_HEADER_BYTES, auth, authority_matches, is_own_address};
+use crate::registry::{LiveConn, LiveCred};
+
+/// hyper's limit too: more header fields than this is left to it to refuse.
+const MAX_FIELDS: usize = 100;
+
+/// Hop-by-hop fields, dropped from requests and responses alike. A body's
+/// framing fields stay: the body passes on in the framing it came in.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Where requests on a connection come from.
+pub enum Front {
+    /// The forward proxy: absolute-form requests.
+    Plain { own: SocketAddr },
+    /// An intercepted tunnel to one target, for one agent key.
+    Tunnel {
+        key: Secret,
+        scheme: &'static str,
+        host: String,
+        port: u16,
+    },
+}
+
+/// A request the forwarder takes.
+pub struct Plan {
+    pub conn: Arc<LiveConn>,
+    pub cred: Option<Arc<LiveCred>>,
+    pub target: Target,
+    pub method: String,
+    /// The head to send upstream.
+    pub head: Vec<u8>,
+    pub body: Framing,
+    /// Bytes of the agent's head.
+    pub head_len: usize,
+    /// A HEAD request, whose response has no body.
+    pub head_only: bool,
+    /// The agent asked to close after this exchange.
+    pub close: bool,
+}
+
+pub enum Parsed {
+    /// The head is not whole yet.
+    Partial,
+    Take(Box<Plan>),
+    /// For the full proxy, from this request on.
+    Leave,
+}
+
+pub fn plan(daemon: &Daemon, front: &Front, buf: &[u8]) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEADER_BYTES => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEADER_BYTES => return Parsed::Partial,
+        _ => return Parsed::Leave,
+    };
+    let (Some(method), Some(request_target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Leave;
+    };
+    if matches!(method, "CONNECT" | "OPTIONS") {
+        return Parsed::Leave;
+    }
+    let Some(scan) = Scan::of(req.headers) else {
+        return Parsed::Leave;
+    };
+    let Some((target, key)) = target_and_key(front, request_target, &scan) else {
+        return Parsed::Leave;
+    };
+    let Ok(verified) = daemon.registry.verify(Some(key.expose()), "proxy") else {
+        return Parsed::Leave;
+    };
+    let conn = verified.conn;
+    if forbidden_name(&target.host) {
+        return Parsed::Leave;
+    }
+    let cred = daemon
+        .registry
+        .cred_for(&conn.id, &target.host, target.path());
+    if cred.is_none() && daemon.live_config().egress == Egress::Deny {
+        return Parsed::Leave;
+    }
+    let mut texts: Vec<&[u8]> = Vec::with_capacity(req.headers.len() + 1);
+    texts.push(request_target.as_bytes());
+    texts.extend(req.headers.iter().map(|f| f.value));
+    if daemon
+        .registry
+        .leaked_secret(&texts, &target.host)
+        .is_some()
+    {
+        return Parsed::Leave;
+    }
+    let head = upstream_head(method, &target, cred.as_deref(), req.headers, &scan);
+    Parsed::Take(Box::new(Plan {
+        conn,
+        cred,
+        method: method.to_string(),
+        head,
+        body: scan.framing(),
+        head_len,
+        head_only: method == "HEAD",
+        close: scan.close,
+        target,
+    }))
+}
+
+/// What the fields of a request head say about it.
+#[derive(Default)]
+struct Scan<'a> {
+    length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    /// Fields the `Connection` field names, dropped as hop-by-hop.
+    named: Vec<&'a str>,
+    host: Option<&'a [u8]>,
+    proxy_authorization: Option<&'a [u8]>,
+}
+
+impl<'a> Scan<'a> {
+    /// `None` for a request the forwarder leaves to the full proxy.
+    fn of(fields: &[httparse::Header<'a>]) -> Option<Scan<'a>> {
+        let mut scan = Scan::default();
+        for field in fields {
+            let name = field.name;
+            let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+            if is("content-length") {
+                let length = std::str::from_utf8(field.value).ok()?.trim().parse().ok()?;
+                if scan.length.is_some_and(|seen| seen != length) {
+                    return None;
+                }
+                scan.length = Some(length);
+            } else if is("transfer-encoding") {
+                let chunked = field.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                if scan.chunked || !chunked {
+                    return None;
+                }
+                scan.chunked = true;
+            } else if is("connection") {
+                for token in std::str::from_utf8(field.value).ok()?.split(',') {
+                    let token = token.trim();
+                    if token.eq_ignore_ascii_case("close") {
+                        scan.close = true;
+                    } else if token.eq_ignore_ascii_case("upgrade") {
+                        return None;
+                    } else if !token.is_empty() {
+                        scan.named.push(token);
+                    }
+                }
+            } else if is("origin") || is("upgrade") || is("expect") {
+                return None;
+            } else if is("host") {
+                scan.host = Some(field.value);
+            } else if is("proxy-authorization") {
+                scan.proxy_authorization = Some(field.value);
+            }
+        }
+        // Two framings: the full proxy refuses the request as smuggling.
+        if scan.chunked && scan.length.is_some() {
+            return None;
+        }
+        Some(scan)
+    }
+
+    fn framing(&self) -> Framing {
+        match (self.chunked, self.length) {
+            (true, _) => Framing::chunked(),
+            (false, Some(length)) if length > 0 => Framing::Length(length),
+            _ => Framing::Empty,
+        }
+    }
+
+    fn is_hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+            || self
+                .named
+                .iter()
+                .any(|named| name.eq_ignore_ascii_case(named))
+    }
+}
+
+/// The request's target, and the key that must verify for it.
+fn target_and_key(front: &Front, request_target: &str, scan: &Scan) -> Option<(Target, Secret)> {
+    match front {
+        Front::Plain { own } => {
+            if !request_target.starts_with("http://") {
+                return None;
+            }
+            let uri: Uri = request_target.parse().ok()?;
+            if is_own_address(uri.authority()?, *own) {
+                return None;
+            }
+            let key = auth::proxy_key_from(scan.proxy_authorization?)?;
+            let target = Target::from_uri(&uri).ok()?;
+            Some((target, Secret::new(key)))
+        }
+        Front::Tunnel {
+            key,
+            scheme,
+            host,
+            port,
+        } => {
+            if !request_target.starts_with('/') {
+                return None;
+            }
+            let claimed = std::str::from_utf8(scan.host?).ok()?;
+            if !authority_matches(claimed, host, *port, scheme) {
+                return None;
+            }
+            Some((
+                Target::new(scheme, host, Some(*port), request_target),
+                key.clone(),
+            ))
+        }
+    }
+}
+
+/// The head sent upstream: origin-form, the real target's `Host`, no
+/// hop-by-hop fields, and the credential in place of whatever the agent sent
+/// in its slot.
+fn upstream_head(
+    method: &str,
+    target: &Target,
+    cred: Option<&LiveCred>,
+    fields: &[httparse::Header],
+    scan: &Scan,
+) -> Vec<u8> {
+    let injected: Vec<(HeaderName, http::HeaderValue)> = cred
+        .map(|c| crate::inject::header_fields(c.cred_type, &c.secret))
+        .unwrap_or_default();
+    let query_cred = cred.filter(|c| c.cred_type == sidekey_api::CredType::QueryParam);
+    let path = match query_cred {
+        Some(c) => crate::inject::with_query(&target.path_and_query, c.secret.expose()),
+        None => target.path_and_query.clone(),
+    };
+    let mut head = Vec::with_capacity(512);
+    for part in [
+        method,
+        " ",
+        &path,
+        " HTTP/1.1\r\nHost: ",
+        &target.authority(),
+        "\r\n",
+    ] {
+        head.extend_from_slice(part.as_bytes());
+    }
+    for field in fields {
+        let replaced = injected
+            .iter()
+            .any(|(name, _)| field.name.eq_ignore_ascii_case(name.as_str()));
+        if replaced || field.name.eq_ignore_ascii_case("host") || scan.is_hop_by_hop(field.name) {
+            continue;
+        }
+        push_field(&mut head, field.name.as_bytes(), field.value);
+    }
+    for (name, value) in &injected {
+        push_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
