@@ -8,8 +8,8 @@ mod segments;
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use sidekey_api::AuditRecord;
@@ -33,6 +33,54 @@ pub struct Audit {
     feed: broadcast::Sender<Arc<AuditRecord>>,
     /// Woken when closing lines start waiting to be written.
     held: Notify,
+    /// Opening lines waiting for the write they will share.
+    opening: Mutex<Option<Batch>>,
+}
+
+/// Opening lines written together: every request that begins while the
+/// first one's task yields shares its write.
+struct Batch {
+    lines: Vec<u8>,
+    written: Arc<Written>,
+}
+
+#[derive(Default)]
+struct Written {
+    result: OnceLock<Result<(), io::ErrorKind>>,
+    done: Notify,
+}
+
+impl Written {
+    async fn wait(&self) -> io::Result<()> {
+        let done = self.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if self.result.get().is_none() {
+            done.await;
+        }
+        match self.result.get() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(kind)) => Err((*kind).into()),
+            None => Err(io::Error::other("the audit write was abandoned")),
+        }
+    }
+}
+
+/// Writes its batch when dropped, so a leader cancelled while it yields
+/// still releases the requests that joined it.
+struct Leader<'a>(&'a Audit);
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let audit = self.0;
+        let Some(batch) = audit.opening().take() else {
+            return;
+        };
+        let span = audit.span_ms.load(Ordering::Relaxed);
+        let result = audit.segments.append(&batch.lines, now_ms(), span);
+        let _ = batch.written.result.set(result.map_err(|e| e.kind()));
+        batch.written.done.notify_waiters();
+    }
 }
 
 /// A request in flight; completes its record once.
@@ -49,11 +97,12 @@ impl Audit {
             seq: AtomicU64::new(0),
             feed: broadcast::channel(4096).0,
             held: Notify::new(),
+            opening: Mutex::new(None),
         })
     }
 
     /// Writes the opening record. An error means the request must be refused.
-    pub fn begin(
+    pub async fn begin(
         &self,
         conn_id: &str,
         conn: &str,
@@ -77,7 +126,7 @@ impl Audit {
             bytes_down: 0,
             outcome: "started".into(),
         };
-        self.append(&record)?;
+        self.append_opening(line(&record)).await?;
         Ok(Pending {
             record,
             started: Instant::now(),
@@ -115,12 +164,38 @@ impl Audit {
         let _ = self.feed.send(Arc::new(pending.record));
     }
 
-    fn append(&self, record: &AuditRecord) -> io::Result<()> {
-        self.segments.append(
-            &line(record),
-            now_ms(),
-            self.span_ms.load(Ordering::Relaxed),
-        )
+    /// Returns once `line` is in the kernel. Requests that begin on this
+    /// thread in the same turn share one write: the first one yields so the
+    /// others can join it, then writes them all.
+    async fn append_opening(&self, line: Vec<u8>) -> io::Result<()> {
+        let (written, leader) = {
+            let mut opening = self.opening();
+            match opening.as_mut() {
+                Some(batch) => {
+                    batch.lines.extend_from_slice(&line);
+                    (batch.written.clone(), None)
+                }
+                None => {
+                    let written = Arc::new(Written::default());
+                    *opening = Some(Batch {
+                        lines: line,
+                        written: written.clone(),
+                    });
+                    (written, Some(Leader(self)))
+                }
+            }
+        };
+        if let Some(leader) = leader {
+            tokio::task::yield_now().await;
+            drop(leader);
+        }
+        written.wait().await
+    }
+
+    fn opening(&self) -> MutexGuard<'_, Option<Batch>> {
+        self.opening
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Writes held closing lines a moment after the first is held, so a

@@ -212,13 +212,17 @@ async fn send(
     parts.uri = uri;
 
     let url = redacted_url(target.scheme, &authority, &target.path_and_query);
-    let pending = match daemon.audit.begin(
-        &conn.id,
-        &conn.name,
-        cred.as_ref().map(|c| c.name.as_str()),
-        parts.method.as_str(),
-        url,
-    ) {
+    let pending = match daemon
+        .audit
+        .begin(
+            &conn.id,
+            &conn.name,
+            cred.as_ref().map(|c| c.name.as_str()),
+            parts.method.as_str(),
+            url,
+        )
+        .await
+    {
         Ok(pending) => pending,
         Err(e) => {
             tracing::error!(error = %e, "cannot write the audit record; refusing the request");

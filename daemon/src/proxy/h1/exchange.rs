@@ -50,6 +50,7 @@ where
     let pending = match daemon
         .audit
         .begin(&conn.id, &conn.name, cred_name, &method, url)
+        .await
     {
         Ok(pending) => pending,
         Err(e) => {

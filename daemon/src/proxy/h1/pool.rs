@@ -25,6 +25,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections older than this are closed.
 const IDLE_FOR_AT_MOST: Duration = Duration::from_secs(90);
 const IDLE_PER_HOST: usize = 256;
+/// A connection reused sooner than this is not checked for a close first:
+/// upstreams close idle connections after seconds, and a request that
+/// meets a closed one anyway is sent again on a new one.
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 pub enum Stream {
     Plain(TcpStream),
@@ -59,7 +63,8 @@ pub fn checkout(target: &Target) -> Option<Stream> {
     IDLE.with_borrow_mut(|idle| {
         let (_, streams) = idle.iter_mut().find(|(origin, _)| origin.is(target))?;
         while let Some((stream, since)) = streams.pop() {
-            if since.elapsed() < IDLE_FOR_AT_MOST && stream.still_open() {
+            let idle = since.elapsed();
+            if idle < CHECK_AFTER || (idle < IDLE_FOR_AT_MOST && stream.still_open()) {
                 return Some(stream);
             }
         }
