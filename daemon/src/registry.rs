@@ -68,6 +68,8 @@ pub struct LiveCred {
     patterns: Vec<HostPattern>,
     path_prefix: Option<String>,
     pub secret: Secret,
+    /// The header fields it sets, rendered once rather than per request.
+    pub fields: Vec<(http::HeaderName, http::HeaderValue)>,
     needles: Vec<String>,
 }
 
@@ -83,6 +85,7 @@ impl LiveCred {
                 .collect(),
             path_prefix: record.path_prefix.clone(),
             needles: crate::inject::needles(record.cred_type, &secret),
+            fields: crate::inject::header_fields(record.cred_type, &secret),
             secret,
         }
     }

@@ -161,7 +161,9 @@ impl Audit {
             outcome,
             "proxied"
         );
-        let _ = self.feed.send(Arc::new(pending.record));
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Arc::new(pending.record));
+        }
     }
 
     /// Returns once `line` is in the kernel. Requests that begin on this

@@ -144,7 +144,9 @@ async fn intercept_tunnel(
             }
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        Box::pin(tunnel.serve("https", tls, h2))
+        // The stream is boxed too: a future keeps a slot for each place a
+        // value passes through, and a TLS stream is over a kilobyte.
+        Box::pin(tunnel.serve("https", Box::new(tls), h2))
     };
     serving.await;
 }

@@ -221,10 +221,13 @@ async fn route(
             Err(e) => auth_failure(e),
         };
     }
-    let own = req
-        .uri()
-        .authority()
-        .is_none_or(|a| is_own_address(a, daemon.proxy_addr));
+    let own = req.uri().authority().is_none_or(|a| {
+        is_own_address(
+            &crate::hosts::normalize_host(a.host()),
+            a.port_u16(),
+            daemon.proxy_addr,
+        )
+    });
     match (own, req.uri().path()) {
         (true, "/v1/whoami") => boxed(whoami(&req, peer, &daemon)),
         (true, "/v1/proxy") => agentkeys::handle(daemon, req).await,
@@ -297,9 +300,8 @@ pub(crate) fn authority_matches(claimed: &str, host: &str, port: u16, scheme: &s
 
 /// httpx and requests send `http://127.0.0.1:8787/v1/proxy` through the
 /// proxy in absolute form; those are ours to serve, not to forward.
-fn is_own_address(authority: &http::uri::Authority, own: SocketAddr) -> bool {
-    let host = crate::hosts::normalize_host(authority.host());
-    let port_matches = authority.port_u16() == Some(own.port());
+fn is_own_address(host: &str, port: Option<u16>, own: SocketAddr) -> bool {
+    let port_matches = port == Some(own.port());
     let host_matches = host == "localhost"
         || host
             .parse::<std::net::IpAddr>()

@@ -37,6 +37,7 @@ where
         conn,
         cred,
         target,
+        authority,
         method,
         mut head,
         mut body,
@@ -45,7 +46,7 @@ where
         close,
     } = *plan;
     buf.drain(..head_len);
-    let url = redacted_url(target.scheme, &target.authority(), &target.path_and_query);
+    let url = redacted_url(target.scheme, &authority, &target.path_and_query);
     let cred_name = cred.as_ref().map(|c| c.name.as_str());
     let pending = match daemon
         .audit
@@ -79,7 +80,9 @@ where
         let retry = pooled.is_some() && whole;
         let mut upstream = match pooled {
             Some(stream) => stream,
-            None => match pool::connect(&daemon.upstream.tls_http1, &target).await {
+            // Boxed: a TLS handshake's state is kilobytes, and keep-alive
+            // makes new connections rare.
+            None => match Box::pin(pool::connect(&daemon.upstream.tls_http1, &target)).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     let error = upstream_failure(&e, &target);

@@ -53,12 +53,13 @@ where
             }
         }
         // A head that has begun must be whole in time.
-        let deadline = Instant::now() + HEAD_TIMEOUT;
+        let mut deadline = None;
         let plan = loop {
             match plan::plan(daemon, front, &buf) {
                 Parsed::Take(plan) => break plan,
                 Parsed::Leave => return Served::Handoff(Rewind::new(buf, agent)),
                 Parsed::Partial => {
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
                     let read = io::read_some(&mut agent, &mut buf);
                     if !matches!(tokio::time::timeout_at(deadline, read).await, Ok(Ok(1..))) {
                         return Served::Ended;
@@ -66,8 +67,7 @@ where
                 }
             }
         };
-        // Boxed: an idle connection's task should not carry an exchange's state.
-        match Box::pin(exchange::run(daemon, &mut agent, &mut buf, plan)).await {
+        match exchange::run(daemon, &mut agent, &mut buf, plan).await {
             Outcome::KeepAlive => {}
             Outcome::Close => {
                 let _ = agent.shutdown().await;

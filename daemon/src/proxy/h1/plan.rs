@@ -5,10 +5,10 @@
 //! is answered with an error) is left to the full proxy, which answers it
 //! exactly as it always has.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::Uri;
 use http::header::HeaderName;
 
 use super::framing::Framing;
@@ -54,6 +54,8 @@ pub struct Plan {
     pub conn: Arc<LiveConn>,
     pub cred: Option<Arc<LiveCred>>,
     pub target: Target,
+    /// [`Target::authority`], which the head and the audit record both need.
+    pub authority: String,
     pub method: String,
     /// The head to send upstream.
     pub head: Vec<u8>,
@@ -117,11 +119,20 @@ pub fn plan(daemon: &Daemon, front: &Front, buf: &[u8]) -> Parsed {
     {
         return Parsed::Leave;
     }
-    let head = upstream_head(method, &target, cred.as_deref(), req.headers, &scan);
+    let authority = target.authority();
+    let head = upstream_head(
+        method,
+        &target,
+        &authority,
+        cred.as_deref(),
+        req.headers,
+        &scan,
+    );
     Parsed::Take(Box::new(Plan {
         conn,
         cred,
         method: method.to_string(),
+        authority,
         head,
         body: scan.framing(),
         head_len,
@@ -209,15 +220,12 @@ impl<'a> Scan<'a> {
 fn target_and_key(front: &Front, request_target: &str, scan: &Scan) -> Option<(Target, Secret)> {
     match front {
         Front::Plain { own } => {
-            if !request_target.starts_with("http://") {
-                return None;
-            }
-            let uri: Uri = request_target.parse().ok()?;
-            if is_own_address(uri.authority()?, *own) {
+            let (host, port, path) = split_absolute(request_target)?;
+            let target = Target::new("http", host, port, path);
+            if is_own_address(&target.host, port, *own) {
                 return None;
             }
             let key = auth::proxy_key_from(scan.proxy_authorization?)?;
-            let target = Target::from_uri(&uri).ok()?;
             Some((target, Secret::new(key)))
         }
         Front::Tunnel {
@@ -241,33 +249,47 @@ fn target_and_key(front: &Front, request_target: &str, scan: &Scan) -> Option<(T
     }
 }
 
+/// `http://host[:port]/path` split without building a `Uri`. `None` for
+/// whatever the full proxy should judge: userinfo, a bad port, no host, a
+/// query with no path.
+fn split_absolute(request_target: &str) -> Option<(&str, Option<u16>, &str)> {
+    let rest = request_target.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if authority.contains('@') || !(path.is_empty() || path.starts_with('/')) {
+        return None;
+    }
+    let (host, port) = match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => (
+            &authority[..colon],
+            Some(authority[colon + 1..].parse().ok()?),
+        ),
+        _ => (authority, None),
+    };
+    (!host.is_empty()).then_some((host, port, path))
+}
+
 /// The head sent upstream: origin-form, the real target's `Host`, no
 /// hop-by-hop fields, and the credential in place of whatever the agent sent
 /// in its slot.
 fn upstream_head(
     method: &str,
     target: &Target,
+    authority: &str,
     cred: Option<&LiveCred>,
     fields: &[httparse::Header],
     scan: &Scan,
 ) -> Vec<u8> {
-    let injected: Vec<(HeaderName, http::HeaderValue)> = cred
-        .map(|c| crate::inject::header_fields(c.cred_type, &c.secret))
-        .unwrap_or_default();
+    let injected: &[(HeaderName, http::HeaderValue)] = cred.map_or(&[], |c| &c.fields);
     let query_cred = cred.filter(|c| c.cred_type == sidekey_api::CredType::QueryParam);
     let path = match query_cred {
-        Some(c) => crate::inject::with_query(&target.path_and_query, c.secret.expose()),
-        None => target.path_and_query.clone(),
+        Some(c) => Cow::Owned(crate::inject::with_query(
+            &target.path_and_query,
+            c.secret.expose(),
+        )),
+        None => Cow::Borrowed(target.path_and_query.as_str()),
     };
     let mut head = Vec::with_capacity(512);
-    for part in [
-        method,
-        " ",
-        &path,
-        " HTTP/1.1\r\nHost: ",
-        &target.authority(),
-        "\r\n",
-    ] {
+    for part in [method, " ", &path, " HTTP/1.1\r\nHost: ", authority, "\r\n"] {
         head.extend_from_slice(part.as_bytes());
     }
     for field in fields {
@@ -279,7 +301,7 @@ fn upstream_head(
         }
         push_field(&mut head, field.name.as_bytes(), field.value);
     }
-    for (name, value) in &injected {
+    for (name, value) in injected {
         push_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     head.extend_from_slice(b"\r\n");
@@ -291,4 +313,33 @@ pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_targets_split_into_host_port_and_path() {
+        assert_eq!(
+            split_absolute("http://api.x.test:8080/v1?q=1"),
+            Some(("api.x.test", Some(8080), "/v1?q=1"))
+        );
+        assert_eq!(
+            split_absolute("http://[::1]:81/"),
+            Some(("[::1]", Some(81), "/"))
+        );
+        assert_eq!(split_absolute("http://[::1]"), Some(("[::1]", None, "")));
+        assert_eq!(split_absolute("http://h"), Some(("h", None, "")));
+        for left in [
+            "https://h/",
+            "http://user:pw@h/",
+            "http://h:99999/",
+            "http://h?q",
+            "http:///path",
+            "/origin",
+        ] {
+            assert_eq!(split_absolute(left), None, "{left}");
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Reads an upstream response head and writes the agent's: the same status
 //! and fields, without hop-by-hop ones, and the body's framing as it came.
 
+use std::io::Write;
+
 use super::framing::{Framing, Malformed};
 use super::plan::{HOP_BY_HOP, push_field};
 use crate::proxy::MAX_HEADER_BYTES;
@@ -84,7 +86,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
     let close = close || body == Framing::UntilClose;
 
     let mut head = Vec::with_capacity(len + 32);
-    head.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    let _ = write!(head, "HTTP/1.1 {status} ");
     head.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
     head.extend_from_slice(b"\r\n");
     for field in res.headers.iter() {
