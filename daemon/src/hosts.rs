@@ -61,12 +61,11 @@ impl std::fmt::Display for HostPattern {
 /// Lowercases, drops one trailing dot and IPv6 brackets, and canonicalizes IP
 /// literals, so that `API.Example.com.` and `api.example.com` are one host.
 pub fn normalize_host(host: &str) -> String {
-    let lowered = host.to_ascii_lowercase();
-    let trimmed = lowered.strip_suffix('.').unwrap_or(&lowered);
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
     let bracketless = trimmed.trim_start_matches('[').trim_end_matches(']');
     match bracketless.parse::<IpAddr>() {
         Ok(ip) => ip.to_string(),
-        Err(_) => trimmed.to_string(),
+        Err(_) => trimmed.to_ascii_lowercase(),
     }
 }
 

@@ -244,7 +244,9 @@ impl Audit {
 }
 
 fn line(record: &AuditRecord) -> Vec<u8> {
-    let mut line = serde_json::to_vec(record).expect("records always serialize");
+    // Sized for a typical record, so serializing does not grow it step by step.
+    let mut line = Vec::with_capacity(384);
+    serde_json::to_writer(&mut line, record).expect("records always serialize");
     line.push(b'\n');
     line
 }

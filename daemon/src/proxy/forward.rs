@@ -77,17 +77,21 @@ impl Target {
 
     /// `host[:port]`, the port only when it is not the scheme's default.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default_port = if self.scheme == "https" { 443 } else { 80 };
-        if self.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.port)
+        let mut authority = String::with_capacity(self.host.len() + 8);
+        let ipv6 = self.host.contains(':');
+        if ipv6 {
+            authority.push('[');
         }
+        authority.push_str(&self.host);
+        if ipv6 {
+            authority.push(']');
+        }
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        if self.port != default_port {
+            authority.push(':');
+            authority.push_str(itoa(self.port, &mut [0; 5]));
+        }
+        authority
     }
 
     pub fn path(&self) -> &str {
@@ -102,6 +106,20 @@ impl Target {
                 ApiError::bad_request("The target URL is not valid; check its path and query.")
             })
     }
+}
+
+/// `n` in decimal, without the formatting machinery.
+fn itoa(mut n: u16, digits: &mut [u8; 5]) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&digits[start..]).unwrap_or_default()
 }
 
 /// Which credential a request may carry.
@@ -337,5 +355,21 @@ pub(crate) fn upstream_failure(e: &(dyn std::error::Error + 'static), target: &T
                 target.host, target.port
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_name_the_port_only_when_it_is_not_the_default() {
+        let authority = |scheme, host, port| Target::new(scheme, host, port, "/").authority();
+        assert_eq!(authority("https", "API.x.test.", Some(443)), "api.x.test");
+        assert_eq!(authority("http", "h", Some(0)), "h:0");
+        assert_eq!(authority("http", "h", Some(65535)), "h:65535");
+        assert_eq!(authority("https", "h", Some(80)), "h:80");
+        assert_eq!(authority("http", "[::1]", Some(8080)), "[::1]:8080");
+        assert_eq!(authority("http", "[::1]", None), "[::1]");
     }
 }
