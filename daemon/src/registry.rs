@@ -955,16 +955,25 @@ impl Index {
 }
 
 impl LiveConn {
+    /// Stores only what changed: every proxy thread marks the same busy
+    /// connection, and a store to a shared line costs each of them.
     fn mark_used(&self, used_by: &str) {
-        self.last_used_at.store(now_secs(), Ordering::Relaxed);
+        let now = now_secs();
+        let mut changed = self.last_used_at.load(Ordering::Relaxed) != now;
+        if changed {
+            self.last_used_at.store(now, Ordering::Relaxed);
+        }
         {
             let mut by = self.last_used_by.lock().unwrap_or_else(|p| p.into_inner());
             if by.as_str() != used_by {
                 by.clear();
                 by.push_str(used_by);
+                changed = true;
             }
         }
-        self.dirty.store(true, Ordering::Release);
+        if changed && !self.dirty.load(Ordering::Acquire) {
+            self.dirty.store(true, Ordering::Release);
+        }
     }
 }
 
