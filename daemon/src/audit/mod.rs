@@ -10,6 +10,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 pub use sidekey_api::AuditRecord;
@@ -33,8 +34,9 @@ pub struct Audit {
     feed: broadcast::Sender<Arc<AuditRecord>>,
     /// Woken when closing lines start waiting to be written.
     held: Notify,
-    /// Opening lines waiting for the write they will share.
-    opening: Mutex<Option<Batch>>,
+    /// Opening lines waiting for the write they will share, a batch per
+    /// thread, so a request never waits to be woken from another thread.
+    opening: Mutex<Vec<(ThreadId, Batch)>>,
 }
 
 /// Opening lines written together: every request that begins while the
@@ -68,13 +70,17 @@ impl Written {
 
 /// Writes its batch when dropped, so a leader cancelled while it yields
 /// still releases the requests that joined it.
-struct Leader<'a>(&'a Audit);
+struct Leader<'a>(&'a Audit, ThreadId);
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        let audit = self.0;
-        let Some(batch) = audit.opening().take() else {
-            return;
+        let Leader(audit, thread) = *self;
+        let batch = {
+            let mut opening = audit.opening();
+            let Some(at) = opening.iter().position(|(t, _)| *t == thread) else {
+                return;
+            };
+            opening.swap_remove(at).1
         };
         let span = audit.span_ms.load(Ordering::Relaxed);
         let result = audit.segments.append(&batch.lines, now_ms(), span);
@@ -97,7 +103,7 @@ impl Audit {
             seq: AtomicU64::new(0),
             feed: broadcast::channel(4096).0,
             held: Notify::new(),
-            opening: Mutex::new(None),
+            opening: Mutex::new(Vec::new()),
         })
     }
 
@@ -170,20 +176,22 @@ impl Audit {
     /// thread in the same turn share one write: the first one yields so the
     /// others can join it, then writes them all.
     async fn append_opening(&self, line: Vec<u8>) -> io::Result<()> {
+        let thread = std::thread::current().id();
         let (written, leader) = {
             let mut opening = self.opening();
-            match opening.as_mut() {
-                Some(batch) => {
+            match opening.iter_mut().find(|(t, _)| *t == thread) {
+                Some((_, batch)) => {
                     batch.lines.extend_from_slice(&line);
                     (batch.written.clone(), None)
                 }
                 None => {
                     let written = Arc::new(Written::default());
-                    *opening = Some(Batch {
+                    let batch = Batch {
                         lines: line,
                         written: written.clone(),
-                    });
-                    (written, Some(Leader(self)))
+                    };
+                    opening.push((thread, batch));
+                    (written, Some(Leader(self, thread)))
                 }
             }
         };
@@ -194,7 +202,7 @@ impl Audit {
         written.wait().await
     }
 
-    fn opening(&self) -> MutexGuard<'_, Option<Batch>> {
+    fn opening(&self) -> MutexGuard<'_, Vec<(ThreadId, Batch)>> {
         self.opening
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

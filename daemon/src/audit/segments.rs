@@ -25,14 +25,15 @@ const SUFFIX: &str = ".ndjson";
 pub struct Segments {
     dir: PathBuf,
     current: Mutex<Current>,
+    /// Closing lines not yet written. Its own lock, so that completing a
+    /// record never waits for another thread's write.
+    held: Mutex<Vec<u8>>,
 }
 
 struct Current {
     file: File,
     start_ms: u64,
     bytes: u64,
-    /// Closing lines not yet written.
-    held: Vec<u8>,
 }
 
 impl Segments {
@@ -41,6 +42,7 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_path_buf(),
             current: Mutex::new(Current::create(dir, now_ms)?),
+            held: Mutex::new(Vec::new()),
         })
     }
 
@@ -49,17 +51,17 @@ impl Segments {
     pub fn append(&self, line: &[u8], now_ms: u64, span_ms: u64) -> io::Result<()> {
         let mut current = self.current();
         if current.bytes >= MAX_SEGMENT_BYTES || now_ms >= current.start_ms + span_ms {
-            current.write_held()?;
-            let held = std::mem::take(&mut current.held);
+            self.write_held(&mut current)?;
             *current = Current::create(&self.dir, now_ms.max(current.start_ms + 1))?;
-            current.held = held;
         }
-        let before = current.held.len();
-        current.held.extend_from_slice(line);
-        let written = current.write_held();
+        let mut out = std::mem::take(&mut *self.held());
+        let before = out.len();
+        out.extend_from_slice(line);
+        let written = current.write(&out);
         if written.is_err() {
             // The request is refused, so its opening line must never appear.
-            current.held.truncate(before);
+            out.truncate(before);
+            self.hold_again(out);
         }
         written
     }
@@ -68,17 +70,44 @@ impl Segments {
     /// [`Segments::flush`]. Returns whether it is the first one held, when
     /// the caller should arrange a flush.
     pub fn hold(&self, line: &[u8]) -> io::Result<bool> {
-        let mut current = self.current();
-        let first = current.held.is_empty();
-        current.held.extend_from_slice(line);
-        if current.held.len() >= MAX_HELD_BYTES {
-            current.write_held()?;
+        let (first, full) = {
+            let mut held = self.held();
+            let first = held.is_empty();
+            held.extend_from_slice(line);
+            (first, held.len() >= MAX_HELD_BYTES)
+        };
+        if full {
+            self.flush()?;
         }
         Ok(first)
     }
 
     pub fn flush(&self) -> io::Result<()> {
-        self.current().write_held()
+        self.write_held(&mut self.current())
+    }
+
+    /// Writes the held lines; on an error they stay held, to be tried again.
+    fn write_held(&self, current: &mut Current) -> io::Result<()> {
+        let held = std::mem::take(&mut *self.held());
+        if held.is_empty() {
+            return Ok(());
+        }
+        let written = current.write(&held);
+        if written.is_err() {
+            self.hold_again(held);
+        }
+        written
+    }
+
+    /// Puts lines that could not be written back in front of those held since.
+    fn hold_again(&self, mut lines: Vec<u8>) {
+        let mut held = self.held();
+        lines.extend_from_slice(&held);
+        *held = lines;
+    }
+
+    fn held(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Deletes every segment whose lines are all older than `cutoff_ms`:
@@ -166,18 +195,12 @@ impl Current {
             file,
             start_ms,
             bytes,
-            held: Vec::new(),
         })
     }
 
-    /// On an error the held lines stay held, to be tried again.
-    fn write_held(&mut self) -> io::Result<()> {
-        if self.held.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(&self.held)?;
-        self.bytes += self.held.len() as u64;
-        self.held.clear();
+    fn write(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.file.write_all(lines)?;
+        self.bytes += lines.len() as u64;
         Ok(())
     }
 }
