@@ -963,13 +963,14 @@ impl LiveConn {
         if changed {
             self.last_used_at.store(now, Ordering::Relaxed);
         }
+        // Busy: another use is being recorded this instant, and of two uses
+        // at once either may count as the last.
+        if let Ok(mut by) = self.last_used_by.try_lock()
+            && by.as_str() != used_by
         {
-            let mut by = self.last_used_by.lock().unwrap_or_else(|p| p.into_inner());
-            if by.as_str() != used_by {
-                by.clear();
-                by.push_str(used_by);
-                changed = true;
-            }
+            by.clear();
+            by.push_str(used_by);
+            changed = true;
         }
         if changed && !self.dirty.load(Ordering::Acquire) {
             self.dirty.store(true, Ordering::Release);
