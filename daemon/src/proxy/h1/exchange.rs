@@ -118,22 +118,11 @@ where
             }
         }
         let mut incoming = Vec::new();
-        let read = read_head(&mut upstream, &mut incoming, head_only, close);
-        match tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, read).await {
-            Ok(Ok(answer)) => break (upstream, incoming, answer),
-            Ok(Err(_)) if retry && incoming.is_empty() => pooled_ok = false,
-            Ok(Err(e)) => {
-                return fail(
-                    daemon,
-                    agent,
-                    pending,
-                    (up, 0),
-                    upstream_failure(&e, &target),
-                )
-                .await;
-            }
-            Err(_) => {
-                return fail(daemon, agent, pending, (up, 0), response_timeout(&target)).await;
+        match next_head(&mut upstream, &mut incoming, head_only, close).await {
+            Ok(answer) => break (upstream, incoming, answer),
+            Err(Some(_)) if retry && incoming.is_empty() => pooled_ok = false,
+            Err(e) => {
+                return fail(daemon, agent, pending, (up, 0), head_failure(e, &target)).await;
             }
         }
     };
@@ -144,21 +133,10 @@ where
         if send(agent, &answer.head).await.is_err() {
             return aborted(daemon, pending, None, (up, 0));
         }
-        let read = read_head(&mut upstream, &mut incoming, head_only, close);
-        answer = match tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, read).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                return fail(
-                    daemon,
-                    agent,
-                    pending,
-                    (up, 0),
-                    upstream_failure(&e, &target),
-                )
-                .await;
-            }
-            Err(_) => {
-                return fail(daemon, agent, pending, (up, 0), response_timeout(&target)).await;
+        answer = match next_head(&mut upstream, &mut incoming, head_only, close).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                return fail(daemon, agent, pending, (up, 0), head_failure(e, &target)).await;
             }
         };
     }
@@ -196,6 +174,28 @@ where
         Outcome::Close
     } else {
         Outcome::KeepAlive
+    }
+}
+
+/// The next response head, within [`RESPONSE_HEAD_TIMEOUT`]; the error is
+/// `None` when the upstream took too long.
+async fn next_head(
+    upstream: &mut Stream,
+    incoming: &mut Vec<u8>,
+    head_only: bool,
+    close: bool,
+) -> Result<ResponseHead, Option<io::Error>> {
+    let read = read_head(upstream, incoming, head_only, close);
+    match tokio::time::timeout(RESPONSE_HEAD_TIMEOUT, read).await {
+        Ok(read) => read.map_err(Some),
+        Err(_) => Err(None),
+    }
+}
+
+fn head_failure(e: Option<io::Error>, target: &Target) -> ApiError {
+    match e {
+        Some(e) => upstream_failure(&e, target),
+        None => response_timeout(target),
     }
 }
 
