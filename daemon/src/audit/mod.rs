@@ -68,6 +68,11 @@ impl Written {
     }
 }
 
+thread_local! {
+    /// A written batch's buffer, kept for the thread's next batch.
+    static SPARE_LINES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Writes its batch when dropped, so a leader cancelled while it yields
 /// still releases the requests that joined it.
 struct Leader<'a>(&'a Audit, ThreadId);
@@ -86,6 +91,9 @@ impl Drop for Leader<'_> {
         let result = audit.segments.append(&batch.lines, now_ms(), span);
         let _ = batch.written.result.set(result.map_err(|e| e.kind()));
         batch.written.done.notify_waiters();
+        let mut lines = batch.lines;
+        lines.clear();
+        SPARE_LINES.set(lines);
     }
 }
 
@@ -186,8 +194,10 @@ impl Audit {
                 }
                 None => {
                     let written = Arc::new(Written::default());
+                    let mut lines = SPARE_LINES.take();
+                    lines.extend_from_slice(&line);
                     let batch = Batch {
-                        lines: line,
+                        lines,
                         written: written.clone(),
                     };
                     opening.push((thread, batch));

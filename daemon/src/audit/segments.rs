@@ -62,6 +62,8 @@ impl Segments {
             // The request is refused, so its opening line must never appear.
             out.truncate(before);
             self.hold_again(out);
+        } else {
+            self.reuse(out);
         }
         written
     }
@@ -95,8 +97,19 @@ impl Segments {
         let written = current.write(&held);
         if written.is_err() {
             self.hold_again(held);
+        } else {
+            self.reuse(held);
         }
         written
+    }
+
+    /// Gives a written buffer back to hold the next lines, so the held
+    /// buffer keeps its size instead of growing again after every write.
+    fn reuse(&self, mut written: Vec<u8>) {
+        written.clear();
+        let mut held = self.held();
+        written.extend_from_slice(&held);
+        *held = written;
     }
 
     /// Puts lines that could not be written back in front of those held since.
