@@ -4,6 +4,7 @@
 //! scheme://host/path (never a query value), status, latency and bytes:
 //! never a header or a secret.
 
+mod line;
 mod segments;
 
 use std::io;
@@ -17,6 +18,8 @@ pub use sidekey_api::AuditRecord;
 use tokio::sync::{Notify, broadcast};
 
 use crate::registry::now_ms;
+pub use line::Opening;
+use line::Closing;
 use segments::Segments;
 use tokio_util::sync::CancellationToken;
 
@@ -97,9 +100,10 @@ impl Drop for Leader<'_> {
     }
 }
 
-/// A request in flight; completes its record once.
+/// A request's record, to be written when it begins and again when it ends.
 pub struct Pending {
-    record: AuditRecord,
+    /// The part both lines share; see [`line::head`].
+    head: Vec<u8>,
     started: Instant,
 }
 
@@ -115,87 +119,68 @@ impl Audit {
         })
     }
 
-    /// Writes the opening record. An error means the request must be refused.
-    pub async fn begin(
-        &self,
-        conn_id: &str,
-        conn: &str,
-        cred: Option<&str>,
-        method: &str,
-        url: String,
-    ) -> io::Result<Pending> {
+    /// Stamps a request's record, to be written by [`Audit::begin`].
+    pub fn record(&self, opening: &Opening) -> Pending {
         let time_ms = now_ms();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) & ((1 << SEQ_BITS) - 1);
-        let record = AuditRecord {
-            id: (time_ms << SEQ_BITS) | seq,
-            time_ms,
-            conn_id: conn_id.to_string(),
-            conn: conn.to_string(),
-            cred: cred.map(str::to_string),
-            method: method.to_string(),
-            url,
-            status: None,
-            latency_ms: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            outcome: "started".into(),
-        };
-        self.append_opening(line(&record)).await?;
-        Ok(Pending {
-            record,
+        Pending {
+            head: line::head((time_ms << SEQ_BITS) | seq, time_ms, opening),
             started: Instant::now(),
-        })
+        }
     }
 
-    pub fn finish(
-        &self,
-        mut pending: Pending,
-        status: Option<u16>,
-        bytes: (u64, u64),
-        outcome: &str,
-    ) {
-        let record = &mut pending.record;
-        record.status = status;
-        record.latency_ms = Some(pending.started.elapsed().as_millis() as u64);
-        (record.bytes_up, record.bytes_down) = bytes;
-        record.outcome = outcome.to_string();
-        match self.segments.hold(&line(record)) {
+    /// Writes the opening line. An error means the request must be refused.
+    pub async fn begin(&self, pending: &Pending) -> io::Result<()> {
+        self.append_opening(&pending.head).await
+    }
+
+    pub fn finish(&self, pending: Pending, status: Option<u16>, bytes: (u64, u64), outcome: &str) {
+        let closing = Closing {
+            status,
+            latency_ms: Some(pending.started.elapsed().as_millis() as u64),
+            bytes,
+            outcome,
+        };
+        let held = self.segments.hold(|held| {
+            held.extend_from_slice(&pending.head);
+            line::push_tail(held, &closing);
+        });
+        match held {
             Ok(true) => self.held.notify_one(),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not complete an audit record"),
         }
-        // The audit log is the record of every request; the log gets it at debug.
-        tracing::debug!(
-            conn = %record.conn_id,
-            cred = record.cred.as_deref().unwrap_or("-"),
-            method = %record.method,
-            url = %record.url,
-            status = status.unwrap_or(0),
-            latency_ms = record.latency_ms.unwrap_or(0),
-            outcome,
-            "proxied"
-        );
-        if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send(Arc::new(pending.record));
+        let watched = self.feed.receiver_count() > 0;
+        if watched || tracing::enabled!(tracing::Level::DEBUG) {
+            let mut line = pending.head;
+            line::push_tail(&mut line, &closing);
+            // The audit log is the record of every request; the log gets it at debug.
+            tracing::debug!(record = %String::from_utf8_lossy(line.trim_ascii_end()), "proxied");
+            if watched && let Ok(record) = serde_json::from_slice(&line) {
+                let _ = self.feed.send(Arc::new(record));
+            }
         }
     }
 
-    /// Returns once `line` is in the kernel. Requests that begin on this
-    /// thread in the same turn share one write: the first one yields so the
-    /// others can join it, then writes them all.
-    async fn append_opening(&self, line: Vec<u8>) -> io::Result<()> {
+    /// Returns once the opening line of the record that begins with `head`
+    /// is in the kernel. Requests that begin on this thread in the same turn
+    /// share one write: the first one yields so the others can join it, then
+    /// writes them all.
+    async fn append_opening(&self, head: &[u8]) -> io::Result<()> {
         let thread = std::thread::current().id();
         let (written, leader) = {
             let mut opening = self.opening();
             match opening.iter_mut().find(|(t, _)| *t == thread) {
                 Some((_, batch)) => {
-                    batch.lines.extend_from_slice(&line);
+                    batch.lines.extend_from_slice(head);
+                    line::push_tail(&mut batch.lines, &line::STARTED);
                     (batch.written.clone(), None)
                 }
                 None => {
                     let written = Arc::new(Written::default());
                     let mut lines = SPARE_LINES.take();
-                    lines.extend_from_slice(&line);
+                    lines.extend_from_slice(head);
+                    line::push_tail(&mut lines, &line::STARTED);
                     let batch = Batch {
                         lines,
                         written: written.clone(),
@@ -261,38 +246,10 @@ impl Audit {
     }
 }
 
-fn line(record: &AuditRecord) -> Vec<u8> {
-    // Sized for a typical record, so serializing does not grow it step by step.
-    let mut line = Vec::with_capacity(384);
-    serde_json::to_writer(&mut line, record).expect("records always serialize");
-    line.push(b'\n');
-    line
-}
-
 fn cutoff_ms(retention_secs: u64) -> u64 {
     now_ms().saturating_sub(retention_secs.saturating_mul(1000))
 }
 
 fn span_ms(retention_secs: u64) -> u64 {
     (retention_secs.saturating_mul(1000) / 4).clamp(1_000, 3_600_000)
-}
-
-/// `scheme://host[:port]/path`: the query is dropped, since its values may be secrets.
-pub fn redacted_url(scheme: &str, authority: &str, path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or("/");
-    format!("{scheme}://{authority}{path}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_in_records_never_carry_a_query() {
-        assert_eq!(
-            redacted_url("https", "api.x.com", "/v1/a?key=secret#f"),
-            "https://api.x.com/v1/a"
-        );
-        assert_eq!(redacted_url("http", "h:8080", "/"), "http://h:8080/");
-    }
 }

@@ -71,11 +71,11 @@ impl Segments {
     /// Holds a line back until the next [`Segments::append`] or
     /// [`Segments::flush`]. Returns whether it is the first one held, when
     /// the caller should arrange a flush.
-    pub fn hold(&self, line: &[u8]) -> io::Result<bool> {
+    pub fn hold(&self, write_line: impl FnOnce(&mut Vec<u8>)) -> io::Result<bool> {
         let (first, full) = {
             let mut held = self.held();
             let first = held.is_empty();
-            held.extend_from_slice(line);
+            write_line(&mut held);
             (first, held.len() >= MAX_HELD_BYTES)
         };
         if full {
@@ -269,8 +269,8 @@ mod tests {
         let log = Segments::open(dir.path(), 1_000).unwrap();
         let on_disk = || std::fs::read(log.path(1_000)).unwrap();
         log.append(&record(1, 1_000, "started"), 1_000, 10).unwrap();
-        assert!(log.hold(&record(1, 1_000, "ok")).unwrap(), "the first held");
-        assert!(!log.hold(&record(2, 1_000, "ok")).unwrap());
+        assert!(log.hold(|held| held.extend(record(1, 1_000, "ok"))).unwrap(), "the first held");
+        assert!(!log.hold(|held| held.extend(record(2, 1_000, "ok"))).unwrap());
         assert_eq!(on_disk(), record(1, 1_000, "started"));
         log.append(&record(3, 1_001, "started"), 1_001, 10).unwrap();
         let written = [
@@ -281,7 +281,7 @@ mod tests {
         ]
         .concat();
         assert_eq!(on_disk(), written);
-        log.hold(&record(3, 1_001, "ok")).unwrap();
+        log.hold(|held| held.extend(record(3, 1_001, "ok"))).unwrap();
         log.flush().unwrap();
         assert!(on_disk().ends_with(&record(3, 1_001, "ok")));
     }

@@ -16,7 +16,7 @@ use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::target::forbidden_name;
 use super::upstream::{Failure, classify};
 use crate::Daemon;
-use crate::audit::redacted_url;
+use crate::audit::Opening;
 use crate::config::Egress;
 use crate::error::ApiError;
 use crate::hosts::normalize_host;
@@ -229,24 +229,19 @@ async fn send(
     parts.version = http::Version::HTTP_11;
     parts.uri = uri;
 
-    let url = redacted_url(target.scheme, &authority, &target.path_and_query);
-    let pending = match daemon
-        .audit
-        .begin(
-            &conn.id,
-            &conn.name,
-            cred.as_ref().map(|c| c.name.as_str()),
-            parts.method.as_str(),
-            url,
-        )
-        .await
-    {
-        Ok(pending) => pending,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-            return boxed(audit_unavailable().to_response());
-        }
-    };
+    let pending = daemon.audit.record(&Opening {
+        conn_id: &conn.id,
+        conn: &conn.name,
+        cred: cred.as_ref().map(|c| c.name.as_str()),
+        method: parts.method.as_str(),
+        scheme: target.scheme,
+        authority: &authority,
+        path: &target.path_and_query,
+    });
+    if let Err(e) = daemon.audit.begin(&pending).await {
+        tracing::error!(error = %e, "cannot write the audit record; refusing the request");
+        return boxed(audit_unavailable().to_response());
+    }
 
     let up = Arc::new(AtomicU64::new(0));
     let body = Counted::new(body.map_err(Into::into).boxed(), up.clone()).boxed();

@@ -11,7 +11,7 @@ use super::plan::Plan;
 use super::pool::{self, Stream};
 use super::response::{self, ResponseHead};
 use crate::Daemon;
-use crate::audit::{Pending, redacted_url};
+use crate::audit::Pending;
 use crate::error::ApiError;
 use crate::proxy::forward::{
     RESPONSE_HEAD_TIMEOUT, Target, audit_unavailable, response_timeout, upstream_failure,
@@ -29,37 +29,25 @@ enum Relay {
     Malformed,
 }
 
-pub async fn run<A>(daemon: &Daemon, agent: &mut A, buf: &mut Vec<u8>, plan: Box<Plan>) -> Outcome
+pub async fn run<A>(daemon: &Daemon, agent: &mut A, buf: &mut Vec<u8>, plan: Plan) -> Outcome
 where
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let Plan {
-        conn,
-        cred,
         target,
-        authority,
-        method,
+        record: pending,
         mut head,
         mut body,
         head_len,
         head_only,
         close,
-    } = *plan;
+    } = plan;
     buf.drain(..head_len);
-    let url = redacted_url(target.scheme, &authority, &target.path_and_query);
-    let cred_name = cred.as_ref().map(|c| c.name.as_str());
-    let pending = match daemon
-        .audit
-        .begin(&conn.id, &conn.name, cred_name, &method, url)
-        .await
-    {
-        Ok(pending) => pending,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot write the audit record; refusing the request");
-            let _ = send(agent, &error_response(&audit_unavailable())).await;
-            return Outcome::Close;
-        }
-    };
+    if let Err(e) = daemon.audit.begin(&pending).await {
+        tracing::error!(error = %e, "cannot write the audit record; refusing the request");
+        let _ = send(agent, &error_response(&audit_unavailable())).await;
+        return Outcome::Close;
+    }
     // Whatever of the body is here already goes out with the head.
     let Ok((taken, whole)) = body.advance(buf) else {
         return fail(daemon, agent, pending, (0, 0), broken_chunks()).await;

@@ -7,18 +7,18 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use http::header::HeaderName;
 
 use super::framing::Framing;
 use crate::Daemon;
+use crate::audit::{Opening, Pending};
 use crate::config::Egress;
 use crate::keys::Secret;
 use crate::proxy::forward::Target;
 use crate::proxy::target::forbidden_name;
 use crate::proxy::{MAX_HEADER_BYTES, auth, authority_matches, is_own_address};
-use crate::registry::{LiveConn, LiveCred};
+use crate::registry::LiveCred;
 
 /// hyper's limit too: more header fields than this is left to it to refuse.
 const MAX_FIELDS: usize = 100;
@@ -51,12 +51,8 @@ pub enum Front {
 
 /// A request the forwarder takes.
 pub struct Plan {
-    pub conn: Arc<LiveConn>,
-    pub cred: Option<Arc<LiveCred>>,
     pub target: Target,
-    /// [`Target::authority`], which the head and the audit record both need.
-    pub authority: String,
-    pub method: String,
+    pub record: Pending,
     /// The head to send upstream.
     pub head: Vec<u8>,
     pub body: Framing,
@@ -71,7 +67,7 @@ pub struct Plan {
 pub enum Parsed {
     /// The head is not whole yet.
     Partial,
-    Take(Box<Plan>),
+    Take(Plan),
     /// For the full proxy, from this request on.
     Leave,
 }
@@ -128,18 +124,24 @@ pub fn plan(daemon: &Daemon, front: &Front, buf: &[u8]) -> Parsed {
         req.headers,
         &scan,
     );
-    Parsed::Take(Box::new(Plan {
-        conn,
-        cred,
-        method: method.to_string(),
-        authority,
+    let record = daemon.audit.record(&Opening {
+        conn_id: &conn.id,
+        conn: &conn.name,
+        cred: cred.as_ref().map(|c| c.name.as_str()),
+        method,
+        scheme: target.scheme,
+        authority: &authority,
+        path: &target.path_and_query,
+    });
+    Parsed::Take(Plan {
+        target,
+        record,
         head,
         body: scan.framing(),
         head_len,
         head_only: method == "HEAD",
         close: scan.close,
-        target,
-    }))
+    })
 }
 
 /// What the fields of a request head say about it.
