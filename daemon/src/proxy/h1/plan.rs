@@ -25,7 +25,7 @@ const MAX_FIELDS: usize = 100;
 
 /// Hop-by-hop fields, dropped from requests and responses alike. A body's
 /// framing fields stay: the body passes on in the framing it came in.
-pub const HOP_BY_HOP: &[&str] = &[
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -105,12 +105,14 @@ pub fn plan(daemon: &Daemon, front: &Front, buf: &[u8]) -> Parsed {
     if cred.is_none() && daemon.live_config().egress == Egress::Deny {
         return Parsed::Leave;
     }
-    let mut texts: Vec<&[u8]> = Vec::with_capacity(req.headers.len() + 1);
-    texts.push(request_target.as_bytes());
-    texts.extend(req.headers.iter().map(|f| f.value));
+    let mut texts: [&[u8]; MAX_FIELDS + 1] = [&[]; MAX_FIELDS + 1];
+    texts[0] = request_target.as_bytes();
+    for (text, field) in texts[1..].iter_mut().zip(req.headers.iter()) {
+        *text = field.value;
+    }
     if daemon
         .registry
-        .leaked_secret(&texts, &target.host)
+        .leaked_secret(&texts[..=req.headers.len()], &target.host)
         .is_some()
     {
         return Parsed::Leave;
@@ -182,7 +184,7 @@ impl<'a> Scan<'a> {
                         scan.close = true;
                     } else if token.eq_ignore_ascii_case("upgrade") {
                         return None;
-                    } else if !token.is_empty() {
+                    } else if !token.is_empty() && !is_hop_by_hop(token) {
                         scan.named.push(token);
                     }
                 }
@@ -210,7 +212,7 @@ impl<'a> Scan<'a> {
     }
 
     fn is_hop_by_hop(&self, name: &str) -> bool {
-        HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        is_hop_by_hop(name)
             || self
                 .named
                 .iter()
@@ -308,6 +310,11 @@ fn upstream_head(
     }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// One of the fields every hop drops.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
 }
 
 pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::framing::{Framing, Malformed};
-use super::plan::{HOP_BY_HOP, push_field};
+use super::plan::{is_hop_by_hop, push_field};
 use crate::proxy::MAX_HEADER_BYTES;
 
 const MAX_FIELDS: usize = 100;
@@ -61,7 +61,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     upstream_closes = true;
-                } else if !token.is_empty() {
+                } else if !token.is_empty() && !is_hop_by_hop(token) {
                     named.push(token);
                 }
             }
@@ -91,7 +91,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
     head.extend_from_slice(b"\r\n");
     for field in res.headers.iter() {
         let name = field.name;
-        let hop = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        let hop = is_hop_by_hop(name)
             || named.iter().any(|n| name.eq_ignore_ascii_case(n));
         // With both, the encoding frames the body; the length must not reach the agent.
         let stale_length = encoding.is_some() && name.eq_ignore_ascii_case("content-length");
