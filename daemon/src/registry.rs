@@ -177,6 +177,17 @@ pub struct Registry {
     change: tokio::sync::Mutex<()>,
     /// The config's `default_rate`, for agent connections without their own.
     default_rates: DefaultRates,
+    /// Moves on with every change to the index, so a [`Lookup`] can tell
+    /// that it still holds.
+    generation: AtomicU64,
+}
+
+/// Which connection a key names, as of one state of the index.
+pub struct Lookup {
+    verified: Verified,
+    /// The end of a rotated key's grace.
+    until_ms: Option<u64>,
+    generation: u64,
 }
 
 pub fn now_secs() -> u64 {
@@ -225,6 +236,7 @@ impl Registry {
             index: RwLock::new(index),
             change: tokio::sync::Mutex::new(()),
             default_rates: DefaultRates::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -241,8 +253,12 @@ impl Registry {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Moving the generation on while holding the lock: a lookup that read
+    /// the old generation either finished before this change or waits for it.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        let index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        index
     }
 
     pub fn counts(&self) -> (u64, u64, u64) {
@@ -259,32 +275,53 @@ impl Registry {
     /// Checks a presented key. `used_by` says what used it, for `last_used`.
     pub fn verify(&self, presented: Option<&str>, used_by: &str) -> Result<Verified, ApiError> {
         let presented = presented.ok_or_else(ApiError::token_missing)?;
+        self.admit(&self.look_up(presented)?, used_by)
+    }
+
+    /// Finds the connection a key names, without admitting a request yet.
+    pub fn look_up(&self, presented: &str) -> Result<Lookup, ApiError> {
         if keys::parse(presented).is_none() {
             return Err(ApiError::invalid_access_key());
         }
         let hash = KeyHash::of(presented);
-        let verified = {
-            let index = self.read();
-            match index.by_hash.get_key_value(&hash) {
-                Some((stored, holder)) if stored.ct_eq(&hash) => match holder {
-                    Holder::Conn { conn, until_ms } => {
-                        if until_ms.is_some_and(|until| now_ms() >= until) {
-                            return Err(ApiError::invalid_access_key());
-                        }
-                        Verified {
-                            conn: conn.clone(),
-                            grant_cred: None,
-                        }
-                    }
-                    Holder::Grant { conn, cred } => Verified {
+        let generation = self.generation.load(Ordering::Acquire);
+        let index = self.read();
+        match index.by_hash.get_key_value(&hash) {
+            Some((stored, holder)) if stored.ct_eq(&hash) => Ok(match holder {
+                Holder::Conn { conn, until_ms } => Lookup {
+                    verified: Verified {
+                        conn: conn.clone(),
+                        grant_cred: None,
+                    },
+                    until_ms: *until_ms,
+                    generation,
+                },
+                Holder::Grant { conn, cred } => Lookup {
+                    verified: Verified {
                         conn: conn.clone(),
                         grant_cred: Some(cred.clone()),
                     },
+                    until_ms: None,
+                    generation,
                 },
-                _ => return Err(ApiError::invalid_access_key()),
-            }
-        };
-        let conn = &verified.conn;
+            }),
+            _ => Err(ApiError::invalid_access_key()),
+        }
+    }
+
+    /// Whether nothing has changed since `lookup`, so that the key it was
+    /// made for still names the same connection.
+    pub fn still_holds(&self, lookup: &Lookup) -> bool {
+        lookup.generation == self.generation.load(Ordering::Acquire)
+    }
+
+    /// Admits one request on a looked-up key: its grace, the connection's
+    /// state, expiry and rate, then marks it used.
+    pub fn admit(&self, lookup: &Lookup, used_by: &str) -> Result<Verified, ApiError> {
+        if lookup.until_ms.is_some_and(|until| now_ms() >= until) {
+            return Err(ApiError::invalid_access_key());
+        }
+        let conn = &lookup.verified.conn;
         if conn.disabled.load(Ordering::Acquire) {
             return Err(ApiError::connection_disabled());
         }
@@ -301,7 +338,7 @@ impl Registry {
                 .map_err(ApiError::rate_limited)?;
         }
         conn.mark_used(used_by);
-        Ok(verified)
+        Ok(lookup.verified.clone())
     }
 
     // --- credential lookups for the proxy (hot path: read lock only)

@@ -310,3 +310,71 @@ fn a_broken_upstream_answer_is_a_502_and_is_audited() {
         "{audit}"
     );
 }
+
+/// One head and its body, however the answer is framed (`Content-Length`).
+fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&out, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |l| l.trim().parse().unwrap());
+            if out.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The forwarder admits a connection's later requests without hashing the
+/// key again; a rotation or a disable in between must still refuse the
+/// very next one on the same connection.
+#[test]
+fn a_key_changed_mid_connection_is_refused_on_its_very_next_request() {
+    let s = setup();
+    let up = Scripted::start(Answer::KeepAlive);
+    let mut old = agent(&s);
+    old.write_all(get(&s, up.port, "/before").as_bytes())
+        .unwrap();
+    assert!(read_one_response(&mut old).starts_with("HTTP/1.1 200 OK"));
+
+    let rotated = s
+        .home
+        .ctl(&["conn", "key", "agent-1", "--regenerate"])
+        .success()
+        .stdout
+        .trim()
+        .to_string();
+    old.write_all(get(&s, up.port, "/old-key").as_bytes())
+        .unwrap();
+    let refused = read_one_response(&mut old);
+    assert!(refused.starts_with("HTTP/1.1 407"), "{refused}");
+    assert!(refused.contains("invalid_access_key"), "{refused}");
+
+    let mut new = agent(&s);
+    let with_new_key = |path: &str| {
+        format!(
+            "GET http://api.sidekey.test:{}{path} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {rotated}\r\n\r\n",
+            up.port
+        )
+    };
+    new.write_all(with_new_key("/new-key").as_bytes()).unwrap();
+    assert!(read_one_response(&mut new).starts_with("HTTP/1.1 200 OK"));
+    s.home.ctl(&["conn", "disable", "agent-1"]).success();
+    new.write_all(with_new_key("/disabled").as_bytes()).unwrap();
+    let refused = read_one_response(&mut new);
+    assert!(refused.contains("connection_disabled"), "{refused}");
+
+    let paths: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["/before", "/new-key"]);
+}

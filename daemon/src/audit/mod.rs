@@ -18,8 +18,8 @@ pub use sidekey_api::AuditRecord;
 use tokio::sync::{Notify, broadcast};
 
 use crate::registry::now_ms;
-pub use line::Opening;
 use line::Closing;
+pub use line::Opening;
 use segments::Segments;
 use tokio_util::sync::CancellationToken;
 

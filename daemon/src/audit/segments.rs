@@ -269,8 +269,15 @@ mod tests {
         let log = Segments::open(dir.path(), 1_000).unwrap();
         let on_disk = || std::fs::read(log.path(1_000)).unwrap();
         log.append(&record(1, 1_000, "started"), 1_000, 10).unwrap();
-        assert!(log.hold(|held| held.extend(record(1, 1_000, "ok"))).unwrap(), "the first held");
-        assert!(!log.hold(|held| held.extend(record(2, 1_000, "ok"))).unwrap());
+        assert!(
+            log.hold(|held| held.extend(record(1, 1_000, "ok")))
+                .unwrap(),
+            "the first held"
+        );
+        assert!(
+            !log.hold(|held| held.extend(record(2, 1_000, "ok")))
+                .unwrap()
+        );
         assert_eq!(on_disk(), record(1, 1_000, "started"));
         log.append(&record(3, 1_001, "started"), 1_001, 10).unwrap();
         let written = [
@@ -281,7 +288,8 @@ mod tests {
         ]
         .concat();
         assert_eq!(on_disk(), written);
-        log.hold(|held| held.extend(record(3, 1_001, "ok"))).unwrap();
+        log.hold(|held| held.extend(record(3, 1_001, "ok")))
+            .unwrap();
         log.flush().unwrap();
         assert!(on_disk().ends_with(&record(3, 1_001, "ok")));
     }

@@ -8,6 +8,7 @@
 mod exchange;
 mod framing;
 mod io;
+mod known;
 mod plan;
 mod pool;
 mod response;
@@ -40,6 +41,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::new();
+    let mut known = None;
     loop {
         if buf.is_empty() {
             // Idle: hold no buffer until the next request begins.
@@ -55,7 +57,7 @@ where
         // A head that has begun must be whole in time.
         let mut deadline = None;
         let plan = loop {
-            match plan::plan(daemon, front, &buf) {
+            match plan::plan(daemon, front, &mut known, &buf) {
                 Parsed::Take(plan) => break plan,
                 Parsed::Leave => return Served::Handoff(Rewind::new(buf, agent)),
                 Parsed::Partial => {

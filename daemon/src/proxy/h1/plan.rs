@@ -11,13 +11,14 @@ use std::net::SocketAddr;
 use http::header::HeaderName;
 
 use super::framing::Framing;
+use super::known::{self, KnownKey, Presented};
 use crate::Daemon;
 use crate::audit::{Opening, Pending};
 use crate::config::Egress;
 use crate::keys::Secret;
 use crate::proxy::forward::Target;
 use crate::proxy::target::forbidden_name;
-use crate::proxy::{MAX_HEADER_BYTES, auth, authority_matches, is_own_address};
+use crate::proxy::{MAX_HEADER_BYTES, authority_matches, is_own_address};
 use crate::registry::LiveCred;
 
 /// hyper's limit too: more header fields than this is left to it to refuse.
@@ -72,7 +73,7 @@ pub enum Parsed {
     Leave,
 }
 
-pub fn plan(daemon: &Daemon, front: &Front, buf: &[u8]) -> Parsed {
+pub fn plan(daemon: &Daemon, front: &Front, known: &mut Option<KnownKey>, buf: &[u8]) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut fields);
     let head_len = match req.parse(buf) {
@@ -89,13 +90,12 @@ pub fn plan(daemon: &Daemon, front: &Front, buf: &[u8]) -> Parsed {
     let Some(scan) = Scan::of(req.headers) else {
         return Parsed::Leave;
     };
-    let Some((target, key)) = target_and_key(front, request_target, &scan) else {
+    let Some((target, presented)) = target_and_key(front, request_target, &scan) else {
         return Parsed::Leave;
     };
-    let Ok(verified) = daemon.registry.verify(Some(key.expose()), "proxy") else {
+    let Some(conn) = known::admit(daemon, known, presented) else {
         return Parsed::Leave;
     };
-    let conn = verified.conn;
     if forbidden_name(&target.host) {
         return Parsed::Leave;
     }
@@ -221,7 +221,11 @@ impl<'a> Scan<'a> {
 }
 
 /// The request's target, and the key that must verify for it.
-fn target_and_key(front: &Front, request_target: &str, scan: &Scan) -> Option<(Target, Secret)> {
+fn target_and_key<'a>(
+    front: &'a Front,
+    request_target: &str,
+    scan: &Scan<'a>,
+) -> Option<(Target, Presented<'a>)> {
     match front {
         Front::Plain { own } => {
             let (host, port, path) = split_absolute(request_target)?;
@@ -229,8 +233,7 @@ fn target_and_key(front: &Front, request_target: &str, scan: &Scan) -> Option<(T
             if is_own_address(&target.host, port, *own) {
                 return None;
             }
-            let key = auth::proxy_key_from(scan.proxy_authorization?)?;
-            Some((target, Secret::new(key)))
+            Some((target, Presented::Header(scan.proxy_authorization?)))
         }
         Front::Tunnel {
             key,
@@ -247,7 +250,7 @@ fn target_and_key(front: &Front, request_target: &str, scan: &Scan) -> Option<(T
             }
             Some((
                 Target::new(scheme, host, Some(*port), request_target),
-                key.clone(),
+                Presented::Tunnel(key),
             ))
         }
     }

@@ -85,14 +85,14 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
     };
     let close = close || body == Framing::UntilClose;
 
-    let mut head = Vec::with_capacity(len + 32);
+    // Room for the body bytes that came with the head too: they follow it out.
+    let mut head = Vec::with_capacity(buf.len() + 32);
     let _ = write!(head, "HTTP/1.1 {status} ");
     head.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
     head.extend_from_slice(b"\r\n");
     for field in res.headers.iter() {
         let name = field.name;
-        let hop = is_hop_by_hop(name)
-            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
+        let hop = is_hop_by_hop(name) || named.iter().any(|n| name.eq_ignore_ascii_case(n));
         // With both, the encoding frames the body; the length must not reach the agent.
         let stale_length = encoding.is_some() && name.eq_ignore_ascii_case("content-length");
         if !hop && !stale_length {
