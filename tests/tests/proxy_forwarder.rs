@@ -112,14 +112,25 @@ fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String>
     let head = String::from_utf8_lossy(&pending[..head_end]).to_ascii_lowercase();
     let mut end = head_end;
     if head.contains("transfer-encoding: chunked") {
-        while find(&pending[head_end..], b"\r\n0\r\n\r\n").is_none()
-            && !pending[head_end..].starts_with(b"0\r\n\r\n")
-        {
-            fill(stream, pending)?;
+        // Chunk by chunk: a chunk's data may hold anything, a last chunk included.
+        loop {
+            let line_end = loop {
+                if let Some(at) = find(&pending[end..], b"\r\n") {
+                    break end + at;
+                }
+                fill(stream, pending)?;
+            };
+            let size_text = String::from_utf8_lossy(&pending[end..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("a chunk size");
+            end = line_end + 2 + size + 2;
+            while pending.len() < end {
+                fill(stream, pending)?;
+            }
+            if size == 0 {
+                break;
+            }
         }
-        end = head_end
-            + find(&pending[head_end..], b"0\r\n\r\n").expect("a last chunk")
-            + b"0\r\n\r\n".len();
     } else if let Some(length) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
         end += length.trim().parse::<usize>().unwrap();
         while pending.len() < end {

@@ -6,7 +6,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::framing::{Framing, Malformed};
-use super::io::{error_response, read_some, send};
+use super::io::{error_response, read_some, recycle, send};
 use super::plan::Plan;
 use super::pool::{self, Stream};
 use super::response::{self, ResponseHead};
@@ -114,6 +114,7 @@ where
             }
         }
     };
+    recycle(head);
 
     // 1xx answers pass on as they come; the real one follows.
     while answer.interim {
@@ -141,7 +142,7 @@ where
     if send(agent, &out).await.is_err() {
         return aborted(daemon, pending, status, (up, down));
     }
-    drop(out);
+    recycle(out);
     if !whole {
         match relay(&mut upstream, agent, &mut incoming, &mut framing).await {
             Ok(moved) => down += moved,
@@ -158,6 +159,7 @@ where
     if answer.reusable && incoming.is_empty() {
         pool::checkin(&target, upstream);
     }
+    recycle(incoming);
     if answer.close {
         Outcome::Close
     } else {

@@ -12,9 +12,32 @@ use crate::error::ApiError;
 
 /// The most one read takes: a relayed body moves in steps of this size.
 const SCRATCH_BYTES: usize = 64 * 1024;
+/// Buffers a thread keeps for its next exchanges, and the largest it keeps.
+const SPARE_BUFFERS: usize = 8;
+const SPARE_BYTES: usize = 8 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for at least `bytes`, reused when one is spare.
+pub fn buffer(bytes: usize) -> Vec<u8> {
+    let mut buf = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+    buf.reserve(bytes);
+    buf
+}
+
+/// Keeps a buffer that is done with for the next exchange on this thread.
+pub fn recycle(mut buf: Vec<u8>) {
+    if (1..=SPARE_BYTES).contains(&buf.capacity()) {
+        buf.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
 }
 
 /// Appends what `stream` has to `buf`; 0 is the end of the stream. Reads go
@@ -28,6 +51,9 @@ pub async fn read_some<S: AsyncRead + Unpin>(
         SCRATCH.with_borrow_mut(|scratch| {
             let mut read = ReadBuf::new(scratch);
             ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+            if buf.capacity() == 0 {
+                *buf = buffer(read.filled().len());
+            }
             buf.extend_from_slice(read.filled());
             Poll::Ready(Ok(read.filled().len()))
         })

@@ -45,7 +45,7 @@ where
     loop {
         if buf.is_empty() {
             // Idle: hold no buffer until the next request begins.
-            buf = Vec::new();
+            io::recycle(std::mem::take(&mut buf));
             let read = tokio::select! {
                 () = daemon.shutdown.cancelled() => return Served::Ended,
                 read = io::read_some(&mut agent, &mut buf) => read,

@@ -295,7 +295,7 @@ fn upstream_head(
         )),
         None => Cow::Borrowed(target.path_and_query.as_str()),
     };
-    let mut head = Vec::with_capacity(512);
+    let mut head = super::io::buffer(512);
     for part in [method, " ", &path, " HTTP/1.1\r\nHost: ", authority, "\r\n"] {
         head.extend_from_slice(part.as_bytes());
     }

@@ -86,7 +86,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
     let close = close || body == Framing::UntilClose;
 
     // Room for the body bytes that came with the head too: they follow it out.
-    let mut head = Vec::with_capacity(buf.len() + 32);
+    let mut head = super::io::buffer(buf.len() + 32);
     let _ = write!(head, "HTTP/1.1 {status} ");
     head.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
     head.extend_from_slice(b"\r\n");
