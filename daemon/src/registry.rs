@@ -190,6 +190,13 @@ pub struct Lookup {
     generation: u64,
 }
 
+impl Lookup {
+    /// The connection, not yet admitted: see [`Registry::admit`].
+    pub fn conn(&self) -> &Arc<LiveConn> {
+        &self.verified.conn
+    }
+}
+
 pub fn now_secs() -> u64 {
     now_ms() / 1000
 }

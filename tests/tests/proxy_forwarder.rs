@@ -389,3 +389,28 @@ fn a_key_changed_mid_connection_is_refused_on_its_very_next_request() {
         .collect();
     assert_eq!(paths, ["/before", "/new-key"]);
 }
+
+/// A request the forwarder leaves to the full proxy (here, one to the cloud
+/// metadata address) is admitted there alone: it costs one rate token, not
+/// one in each.
+#[test]
+fn every_request_costs_one_rate_token_whichever_path_answers_it() {
+    let s = setup();
+    let up = Scripted::start(Answer::KeepAlive);
+    let (_, limited) = s.home.create_conn("limited", "agent", &["--rate", "3/min"]);
+    s.home.ctl(&["grant", "limited", "key"]).success();
+    let request = |authority: &str| {
+        format!(
+            "GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Bearer {limited}\r\n\r\n"
+        )
+    };
+    let served = format!("api.sidekey.test:{}", up.port);
+    let mut answers = Vec::new();
+    for authority in ["169.254.169.254", &served, &served, &served] {
+        let mut stream = agent(&s);
+        stream.write_all(request(authority).as_bytes()).unwrap();
+        let answer = read_one_response(&mut stream);
+        answers.push(answer.split(' ').nth(1).unwrap().to_string());
+    }
+    assert_eq!(answers, ["403", "200", "200", "429"]);
+}

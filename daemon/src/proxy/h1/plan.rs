@@ -19,7 +19,7 @@ use crate::keys::Secret;
 use crate::proxy::forward::Target;
 use crate::proxy::target::forbidden_name;
 use crate::proxy::{MAX_HEADER_BYTES, authority_matches, is_own_address};
-use crate::registry::LiveCred;
+use crate::registry::{LiveCred, Verified};
 
 /// hyper's limit too: more header fields than this is left to it to refuse.
 const MAX_FIELDS: usize = 100;
@@ -93,16 +93,7 @@ pub fn plan(daemon: &Daemon, front: &Front, known: &mut Option<KnownKey>, buf: &
     let Some((target, presented)) = target_and_key(front, request_target, &scan) else {
         return Parsed::Leave;
     };
-    let Some(conn) = known::admit(daemon, known, presented) else {
-        return Parsed::Leave;
-    };
     if forbidden_name(&target.host) {
-        return Parsed::Leave;
-    }
-    let cred = daemon
-        .registry
-        .cred_for(&conn.id, &target.host, target.path());
-    if cred.is_none() && daemon.live_config().egress == Egress::Deny {
         return Parsed::Leave;
     }
     let mut texts: [&[u8]; MAX_FIELDS + 1] = [&[]; MAX_FIELDS + 1];
@@ -117,6 +108,20 @@ pub fn plan(daemon: &Daemon, front: &Front, known: &mut Option<KnownKey>, buf: &
     {
         return Parsed::Leave;
     }
+    let Some(lookup) = known::look_up(daemon, known, presented) else {
+        return Parsed::Leave;
+    };
+    let cred = daemon
+        .registry
+        .cred_for(&lookup.conn().id, &target.host, target.path());
+    if cred.is_none() && daemon.live_config().egress == Egress::Deny {
+        return Parsed::Leave;
+    }
+    // Last, so a request left to the full proxy is admitted only there: one
+    // rate token and one use for each request.
+    let Ok(Verified { conn, .. }) = daemon.registry.admit(lookup, "proxy") else {
+        return Parsed::Leave;
+    };
     let authority = target.authority();
     let head = upstream_head(
         method,
