@@ -382,7 +382,11 @@ impl Registry {
 
     /// The name of a credential whose secret appears in `texts` while the
     /// request goes to a host that credential is not bound to.
-    pub fn leaked_secret(&self, texts: &[&[u8]], host: &str) -> Option<String> {
+    pub fn leaked_secret<'t>(
+        &self,
+        texts: impl Iterator<Item = &'t [u8]> + Clone,
+        host: &str,
+    ) -> Option<String> {
         let index = self.read();
         index
             .live_creds
@@ -391,7 +395,7 @@ impl Registry {
             .find(|cred| {
                 cred.needles
                     .iter()
-                    .any(|needle| texts.iter().any(|text| contains(text, needle.as_bytes())))
+                    .any(|needle| texts.clone().any(|text| contains(text, needle.as_bytes())))
             })
             .map(|cred| cred.name.clone())
     }

@@ -193,7 +193,10 @@ fn prepare(
     .map(str::as_bytes)
     .collect();
     texts.extend(req.headers().values().map(HeaderValue::as_bytes));
-    if let Some(leaked) = daemon.registry.leaked_secret(&texts, &target.host) {
+    if let Some(leaked) = daemon
+        .registry
+        .leaked_secret(texts.iter().copied(), &target.host)
+    {
         tracing::warn!(conn = %conn.id, cred = %leaked, host = %target.host, "refused a request carrying a credential's secret to another host");
         return Err(ApiError::permission_denied(format!(
             "This request carries the secret of credential '{leaked}' toward {}, a host it is not bound to; it was not sent.",

@@ -2,6 +2,7 @@
 //! and fields, without hop-by-hop ones, and the body's framing as it came.
 
 use std::io::Write;
+use std::mem::MaybeUninit;
 
 use super::framing::{Framing, Malformed};
 use super::plan::{is_hop_by_hop, push_field};
@@ -27,9 +28,10 @@ pub struct ResponseHead {
 /// `Ok(None)` until the head is whole. `head_only` is a HEAD request, and
 /// `close` the agent asking to close.
 pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<ResponseHead>, Malformed> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let parser = httparse::ParserConfig::default();
+    let len = match parser.parse_response_with_uninit_headers(&mut res, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEADER_BYTES => return Ok(None),
         _ => return Err(Malformed),
