@@ -100,11 +100,7 @@ pub fn plan(daemon: &Daemon, front: &Front, known: &mut Option<KnownKey>, buf: &
     }
     let values = req.headers.iter().map(|field| field.value);
     let texts = std::iter::once(request_target.as_bytes()).chain(values);
-    if daemon
-        .registry
-        .leaked_secret(texts, &target.host)
-        .is_some()
-    {
+    if daemon.registry.leaked_secret(texts, &target.host).is_some() {
         return Parsed::Leave;
     }
     let Some(lookup) = known::look_up(daemon, known, presented) else {
