@@ -239,6 +239,36 @@ fn an_upstream_closing_a_pooled_connection_costs_the_agent_nothing() {
     assert_eq!(up.connections(), 3, "a closed connection is never reused");
 }
 
+/// An upload still streaming from the agent cannot be sent again, so it must
+/// never start on a pooled connection the upstream has closed, however
+/// recently it went idle.
+#[test]
+fn a_streaming_upload_never_starts_on_a_pooled_connection_the_upstream_closed() {
+    let s = setup();
+    let up = Scripted::start(Answer::ThenClose);
+    let mut stream = agent(&s);
+    stream
+        .write_all(get(&s, up.port, "/first").as_bytes())
+        .unwrap();
+    assert!(read_responses(&mut stream, 1).starts_with("HTTP/1.1 200 OK"));
+    // Give the upstream's close time to land in the pool.
+    std::thread::sleep(Duration::from_millis(50));
+
+    let head = format!(
+        "POST http://api.sidekey.test:{}/upload HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {}\r\nContent-Length: 10\r\n\r\n01234",
+        up.port, s.key
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stream.write_all(b"56789").unwrap();
+    let answer = read_responses(&mut stream, 1);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let requests = up.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[1].ends_with("\r\n\r\n0123456789"), "{requests:?}");
+    assert_eq!(up.connections(), 2);
+}
+
 #[test]
 fn a_body_that_ends_at_close_arrives_whole_and_closes_the_agent_too() {
     let s = setup();

@@ -61,7 +61,7 @@ where
     let mut pooled_ok = true;
     let (mut upstream, mut incoming, mut answer) = loop {
         let pooled = if pooled_ok {
-            pool::checkout(&target)
+            pool::checkout(&target, whole)
         } else {
             None
         };

@@ -26,8 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_FOR_AT_MOST: Duration = Duration::from_secs(90);
 const IDLE_PER_HOST: usize = 256;
 /// A connection reused sooner than this is not checked for a close first:
-/// upstreams close idle connections after seconds, and a request that
-/// meets a closed one anyway is sent again on a new one.
+/// upstreams close idle connections after seconds, and a request whole in
+/// hand that meets a closed one anyway is sent again on a new one.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 pub enum Stream {
@@ -58,13 +58,16 @@ thread_local! {
     static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An idle connection to `target`'s origin that is still open, if any.
-pub fn checkout(target: &Target) -> Option<Stream> {
+/// An idle connection to `target`'s origin that is still open, if any. One
+/// idle only briefly is taken unchecked when `can_resend`: the request, if
+/// it meets the connection closed, can be sent again on a new one.
+pub fn checkout(target: &Target, can_resend: bool) -> Option<Stream> {
     IDLE.with_borrow_mut(|idle| {
         let (_, streams) = idle.iter_mut().find(|(origin, _)| origin.is(target))?;
         while let Some((stream, since)) = streams.pop() {
             let idle = since.elapsed();
-            if idle < CHECK_AFTER || (idle < IDLE_FOR_AT_MOST && stream.still_open()) {
+            let trusted = can_resend && idle < CHECK_AFTER;
+            if trusted || (idle < IDLE_FOR_AT_MOST && stream.still_open()) {
                 return Some(stream);
             }
         }
