@@ -15,6 +15,7 @@
 //! - `sync`      two-way folder sync: shares on a hub, sessions on peers
 //! - `fsutil`    private directories and the data-dir lock
 //! - `logging`   tracing setup
+//! - `guard`     keeping other processes out of the daemon's memory
 //! - `memory`    keeping glibc's heap from holding on to freed memory
 //! - `service`   life under a service manager: readiness, reload, `--daemonize`
 
@@ -23,6 +24,7 @@ pub mod config;
 mod control;
 mod error;
 mod fsutil;
+pub mod guard;
 mod hosts;
 mod http_util;
 mod inject;

@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     sidekeyd::memory::limit_arenas();
+    if let Err(e) = sidekeyd::guard::keep_memory_private() {
+        eprintln!("sidekeyd: cannot keep other processes out of its memory: {e}");
+        return ExitCode::FAILURE;
+    }
     let args = Args::parse();
     match start(args) {
         Ok(()) => ExitCode::SUCCESS,

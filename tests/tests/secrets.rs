@@ -2,6 +2,8 @@
 //! key never appear in logs (at trace level), error bodies, argv, the
 //! environment of the daemon, or the raw bytes of anything in the data dir.
 
+use std::process::Command;
+
 use sidekey_tests::http;
 use sidekey_tests::{Home, contains_bytes, read_tree};
 
@@ -86,7 +88,8 @@ fn secrets_never_appear_in_logs_errors_argv_or_the_data_dir() {
 
     // Good and bad keys against the proxy, keeping every error body.
     assert_eq!(http::whoami(d.proxy, &agent).status, 200);
-    let near_miss = format!("{}0", &agent[..agent.len() - 1]);
+    let last = if agent.ends_with('0') { '1' } else { '0' };
+    let near_miss = format!("{}{last}", &agent[..agent.len() - 1]);
     for presented in [
         near_miss.as_str(),
         &format!("{agent}x"),
@@ -173,4 +176,56 @@ fn secrets_never_appear_in_logs_errors_argv_or_the_data_dir() {
         );
     }
     assert!(!logs.contains("LEAKCANARY") && !observed.contains("LEAKCANARY"));
+}
+
+/// Agents usually run as the daemon's own user. Such a process must not be
+/// able to read the daemon's memory, where secrets lie unsealed, and a crash
+/// must not write that memory to a core file.
+#[test]
+fn processes_of_the_daemons_own_user_cannot_read_its_memory() {
+    const AS_NOBODY: [&str; 4] = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"];
+    let home = Home::new();
+    let chown = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(home.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let wrap: Vec<&str> = std::iter::once("setpriv").chain(AS_NOBODY).collect();
+    let d = home
+        .start_wrapped(&wrap, &[], &[])
+        .unwrap_or_else(|e| panic!("sidekeyd did not start as nobody: {e}"));
+    let mut neighbour = Command::new("setpriv")
+        .args(AS_NOBODY)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let opens_as_nobody = |pid: u32, file: &str| {
+        Command::new("setpriv")
+            .args(AS_NOBODY)
+            .args(["head", "-c", "0", &format!("/proc/{pid}/{file}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    // An ordinary process of the same user is open to it: the check is real.
+    let np = neighbour.id();
+    assert!(opens_as_nobody(np, "mem") && opens_as_nobody(np, "environ"));
+    assert!(!opens_as_nobody(d.pid(), "mem"), "the daemon's memory");
+    assert!(!opens_as_nobody(d.pid(), "environ"));
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["0", "0"]
+    );
+    let _ = neighbour.kill();
+    let _ = neighbour.wait();
+    d.stop();
 }
