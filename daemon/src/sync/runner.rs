@@ -25,13 +25,15 @@ pub async fn run_share(share: Arc<Share>, stop: CancellationToken) {
     loop {
         {
             let _guard = share.lock.lock().await;
-            if let Err(e) = tokio::task::block_in_place(|| share.scan()) {
+            let scope = watch.take();
+            if let Err(e) = tokio::task::block_in_place(|| share.scan(scope)) {
                 tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
+                watch.look_again();
             }
             let _ = share.journal.flush().await;
         }
         crate::memory::release_freed_soon();
-        if !next_wake(&mut hints, None, &stop, watch.poll()).await {
+        if !next_wake(&watch, &mut hints, None, &stop).await {
             return;
         }
     }
@@ -67,7 +69,11 @@ pub async fn run_session(
             }
             continue;
         }
-        let stopped = match session.round().await {
+        let outcome = session.round(watch.take()).await;
+        if outcome.is_err() {
+            watch.look_again();
+        }
+        let stopped = match outcome {
             Ok(()) => {
                 failures = 0;
                 again = 0;
@@ -124,7 +130,7 @@ pub async fn run_session(
         }
         crate::memory::release_freed_soon();
         tokio::select! {
-            keep = next_wake(&mut hints, Some(&wake), &stop, watch.poll()) => if !keep { return },
+            keep = next_wake(&watch, &mut hints, Some(&wake), &stop) => if !keep { return },
             _ = user.changed() => {}
         }
     }

@@ -2,12 +2,12 @@
 //! file and directory, and what it skipped and why. Hashing happens later,
 //! only for files whose stat data changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::ignore::{Ignorer, TEMP_PREFIX};
-use super::model::{Digest, Kind};
+use super::ignore::{IGNORE_FILE, Ignorer, TEMP_PREFIX};
+use super::model::{Digest, Kind, Synced};
 use super::paths::case_key;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +43,21 @@ pub fn stat_of(meta: &std::fs::Metadata) -> Stat {
 
 pub fn scan(root: &Path, ignorer: &Ignorer) -> std::io::Result<Scan> {
     let mut out = Scan::default();
+    walk(&mut out, root, vec![(root.to_path_buf(), String::new())], ignorer)?;
+    out.skipped.sort();
+    out.case_collisions.sort();
+    Ok(out)
+}
+
+/// Adds to `out` everything below the directories on `stack`, each with
+/// the wire prefix of its entries. Only `root` being unreadable is an error.
+fn walk(
+    out: &mut Scan,
+    root: &Path,
+    mut stack: Vec<(PathBuf, String)>,
+    ignorer: &Ignorer,
+) -> std::io::Result<()> {
     let mut seen_case: HashMap<String, String> = HashMap::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -85,9 +98,179 @@ pub fn scan(root: &Path, ignorer: &Ignorer) -> std::io::Result<Scan> {
             out.entries.insert(relative, stat_of(&meta));
         }
     }
-    out.skipped.sort();
-    out.case_collisions.sort();
-    Ok(out)
+    Ok(())
+}
+
+/// What a round looks at: the whole folder, or only the paths the watcher
+/// saw change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scope {
+    Everything,
+    Paths(BTreeSet<String>),
+}
+
+/// What a round found, and which synced paths it speaks for: one missing
+/// from [`Scan::entries`] that it settles is gone.
+pub struct Found {
+    pub scan: Scan,
+    /// The paths looked at, each with everything below it; `None` when the
+    /// whole folder was.
+    settled: Option<Vec<String>>,
+}
+
+impl Found {
+    pub fn is_whole(&self) -> bool {
+        self.settled.is_none()
+    }
+
+    /// Whether this leaves none of the live `synced` paths: a folder that
+    /// suddenly went empty.
+    pub fn empties<'a>(&self, synced: impl IntoIterator<Item = (&'a String, &'a Synced)>) -> bool {
+        if !self.scan.entries.is_empty() {
+            return false;
+        }
+        let mut live = synced
+            .into_iter()
+            .filter(|(_, s)| s.kind != Kind::Deleted)
+            .peekable();
+        live.peek().is_some() && live.all(|(path, _)| self.settles(path))
+    }
+
+    pub fn settles(&self, path: &str) -> bool {
+        self.settled.as_ref().is_none_or(|settled| {
+            settled.iter().any(|s| {
+                path.strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        })
+    }
+}
+
+/// Looks at what `scope` names. A look at only some paths falls back to the
+/// whole folder whenever it could not say what a full scan would: a path
+/// that is no longer a file or a directory, an unreadable one, a name not
+/// in UTF-8, a new name that differs from another only by case, or a change
+/// to the ignore rules. `synced` says whether a path is synced already.
+pub fn look(
+    root: &Path,
+    scope: Scope,
+    ignorer: &Ignorer,
+    synced: impl Fn(&str) -> bool,
+) -> std::io::Result<Found> {
+    if let Scope::Paths(paths) = scope
+        && let Some(found) = look_at(root, paths, ignorer, synced)
+    {
+        return Ok(found);
+    }
+    Ok(Found {
+        scan: scan(root, ignorer)?,
+        settled: None,
+    })
+}
+
+fn look_at(
+    root: &Path,
+    paths: BTreeSet<String>,
+    ignorer: &Ignorer,
+    synced: impl Fn(&str) -> bool,
+) -> Option<Found> {
+    let mut out = Scan::default();
+    let mut settled = Vec::new();
+    for path in paths {
+        if path == IGNORE_FILE {
+            return None;
+        }
+        let mut parts: Vec<&str> = path.split('/').collect();
+        let name = parts.pop()?;
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        // The directories above it, as a full scan would have met them.
+        let mut above = String::new();
+        let mut reached = Reached::Path;
+        for part in parts {
+            above.push_str(part);
+            if ignorer.ignored(&above, true) {
+                reached = Reached::Ignored;
+                break;
+            }
+            if !out.entries.contains_key(&above) {
+                let Some(meta) = stat_unless_gone(root, &above)? else {
+                    reached = Reached::Gone;
+                    break;
+                };
+                if !meta.is_dir() || (!synced(&above) && has_case_twin(root, &above)) {
+                    return None;
+                }
+                out.entries.insert(above.clone(), stat_of(&meta));
+            }
+            above.push('/');
+        }
+        if reached == Reached::Ignored {
+            continue;
+        }
+        settled.push(path.clone());
+        if reached == Reached::Gone {
+            continue;
+        }
+        let Some(meta) = stat_unless_gone(root, &path)? else {
+            continue;
+        };
+        let is_dir = meta.is_dir();
+        if (!is_dir && !meta.is_file()) || (!synced(&path) && has_case_twin(root, &path)) {
+            return None;
+        }
+        if ignorer.ignored(&path, is_dir) {
+            continue;
+        }
+        if is_dir {
+            let stack = vec![(root.join(&path), format!("{path}/"))];
+            walk(&mut out, root, stack, ignorer).ok()?;
+        }
+        out.entries.insert(path, stat_of(&meta));
+    }
+    let reportable = !out.skipped.is_empty() || !out.case_collisions.is_empty();
+    if reportable || !out.leftovers.is_empty() {
+        return None;
+    }
+    Some(Found {
+        scan: out,
+        settled: Some(settled),
+    })
+}
+
+#[derive(PartialEq, Eq)]
+enum Reached {
+    Path,
+    /// A directory above it is ignored.
+    Ignored,
+    /// A directory above it is gone, so it is too.
+    Gone,
+}
+
+/// `Some(None)` when nothing is at `path`; `None` when it cannot be told.
+fn stat_unless_gone(root: &Path, path: &str) -> Option<Option<std::fs::Metadata>> {
+    match std::fs::symlink_metadata(root.join(path)) {
+        Ok(meta) => Some(Some(meta)),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            Some(None)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Whether another entry beside `path` has a name that differs from its
+/// own only by case.
+fn has_case_twin(root: &Path, path: &str) -> bool {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let key = case_key(name);
+    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let other = entry.file_name();
+        other.to_str() != Some(name) && other.to_str().is_some_and(|o| case_key(o) == key)
+    })
 }
 
 /// SHA-256 of a file, streamed; never follows a symlink.

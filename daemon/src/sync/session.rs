@@ -23,7 +23,7 @@ use super::frames::FrameWriter;
 use super::ignore::{Ignorer, MARKER};
 use super::journal::Journal;
 use super::model::{Entry, Kind, PushHead, PushResult, Synced};
-use super::scan::{self, Stat};
+use super::scan::{self, Found, Scope, Stat};
 use super::share::same_stat;
 use super::{fsops, paths};
 use crate::http_util::ChannelBody;
@@ -163,29 +163,35 @@ impl Session {
         }
     }
 
-    /// One full round: push local changes, then pull the hub's.
-    pub async fn round(&self) -> Result<(), RoundError> {
+    /// One round: push the local changes `scope` covers, then pull the hub's.
+    pub async fn round(&self, scope: Scope) -> Result<(), RoundError> {
         self.check_marker().map_err(RoundError::Halt)?;
         self.update(|s| s.state = SessionState::Scanning);
         let ignorer = Ignorer::load(&self.root);
-        let found = scan::scan(&self.root, &ignorer)
-            .map_err(|e| RoundError::Halt(format!("cannot read {}: {e}", self.root.display())))?;
-        fsops::remove_leftovers(&found.leftovers);
         let index: BTreeMap<String, Synced> =
             self.index.all().map_err(store_error)?.into_iter().collect();
-        let live = index.values().filter(|s| s.kind != Kind::Deleted).count();
-        if found.entries.is_empty() && live > 0 {
+        let live = |path: &str| index.get(path).is_some_and(|s| s.kind != Kind::Deleted);
+        let cannot_read =
+            |e: std::io::Error| RoundError::Halt(format!("cannot read {}: {e}", self.root.display()));
+        let mut found = scan::look(&self.root, scope, &ignorer, live).map_err(cannot_read)?;
+        if found.empties(&index) && !found.is_whole() {
+            found = scan::look(&self.root, Scope::Everything, &ignorer, live).map_err(cannot_read)?;
+        }
+        if found.empties(&index) {
             return Err(RoundError::Halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove this session",
                 self.root.display()
             )));
         }
-        self.update(|s| {
-            s.skipped = found.skipped.clone();
-            s.case_collisions = found.case_collisions.clone();
-        });
+        if found.is_whole() {
+            fsops::remove_leftovers(&found.scan.leftovers);
+            self.update(|s| {
+                s.skipped = found.scan.skipped.clone();
+                s.case_collisions = found.scan.case_collisions.clone();
+            });
+        }
 
-        let changes = self.local_changes(&found.entries, &index, &ignorer)?;
+        let changes = self.local_changes(&found, &index, &ignorer)?;
         let first = !self.record().initial_sync_done;
         let unpushed = changes.len() as u64;
         let read_only = self.read_only.load(Ordering::Relaxed);
@@ -226,12 +232,12 @@ impl Session {
 
     fn local_changes(
         &self,
-        found: &BTreeMap<String, Stat>,
+        found: &Found,
         index: &BTreeMap<String, Synced>,
         ignorer: &Ignorer,
     ) -> Result<Vec<Change>, RoundError> {
         let mut creates = Vec::new();
-        for (path, stat) in found {
+        for (path, stat) in &found.scan.entries {
             let synced = index.get(path).filter(|s| s.kind != Kind::Deleted);
             let base = index.get(path).map(|s| s.version).unwrap_or(0);
             if let Some(synced) = synced
@@ -289,7 +295,8 @@ impl Session {
         }
         let mut deletes = Vec::new();
         for (path, synced) in index {
-            if synced.kind == Kind::Deleted || found.contains_key(path) {
+            let here = found.scan.entries.contains_key(path);
+            if synced.kind == Kind::Deleted || here || !found.settles(path) {
                 continue;
             }
             if ignorer.ignored(path, synced.kind == Kind::Dir) {

@@ -2,6 +2,7 @@
 //! own edits are journaled by [`Share::scan`], and peers' pushes are applied
 //! only when the hub's file still matches the journal.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,7 @@ use super::fsops;
 use super::ignore::{Ignorer, MARKER};
 use super::journal::Journal;
 use super::model::{Entry, Kind, PushHead, Synced};
-use super::scan::{self, Stat};
+use super::scan::{self, Scope, Stat};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,9 +68,10 @@ impl Share {
         std::fs::write(root.join(MARKER), format!("{replica}\n"))
     }
 
-    /// Journals the hub's own changes: the caller holds `lock`. A vanished
-    /// marker or a folder that suddenly went empty halts the share instead.
-    pub fn scan(&self) -> Result<(), String> {
+    /// Journals the hub's own changes that `scope` covers: the caller holds
+    /// `lock`. A vanished marker or a folder that suddenly went empty halts
+    /// the share instead.
+    pub fn scan(&self, scope: Scope) -> Result<(), String> {
         if self.halted().is_some() {
             return Ok(());
         }
@@ -82,23 +84,26 @@ impl Share {
             return Ok(());
         }
         let ignorer = Ignorer::load(&self.root);
-        let found = scan::scan(&self.root, &ignorer)
-            .map_err(|e| format!("cannot read {}: {e}", self.root.display()))?;
-        fsops::remove_leftovers(&found.leftovers);
-        let known = self.journal.all().map_err(|e| e.to_string())?;
-        let live = known
-            .iter()
-            .filter(|(_, s)| s.kind != Kind::Deleted)
-            .count();
-        if found.entries.is_empty() && live > 0 {
+        let known: HashMap<String, Synced> = self
+            .journal
+            .all()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let live = |path: &str| known.get(path).is_some_and(|s| s.kind != Kind::Deleted);
+        let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", self.root.display());
+        let mut found = scan::look(&self.root, scope, &ignorer, live).map_err(cannot_read)?;
+        if found.empties(&known) && !found.is_whole() {
+            found = scan::look(&self.root, Scope::Everything, &ignorer, live).map_err(cannot_read)?;
+        }
+        if found.empties(&known) {
             self.halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove the share and add it again",
                 self.root.display()
             ));
             return Ok(());
         }
-        let known: std::collections::HashMap<String, Synced> = known.into_iter().collect();
-        for (path, stat) in &found.entries {
+        for (path, stat) in &found.scan.entries {
             self.journal_local(path, stat, known.get(path))
                 .map_err(|e| e.to_string())?;
         }
@@ -107,7 +112,8 @@ impl Share {
             .iter()
             .filter(|(path, synced)| {
                 synced.kind != Kind::Deleted
-                    && !found.entries.contains_key(*path)
+                    && !found.scan.entries.contains_key(*path)
+                    && found.settles(path)
                     && !ignorer.ignored(path, synced.kind == Kind::Dir)
             })
             .map(|(path, _)| path)
@@ -118,10 +124,13 @@ impl Share {
                 .record(path, Synced::deleted(0))
                 .map_err(|e| e.to_string())?;
         }
-        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = ScanReport {
-            skipped: found.skipped,
-            case_collisions: found.case_collisions,
-        };
+        if found.is_whole() {
+            fsops::remove_leftovers(&found.scan.leftovers);
+            *self.report.lock().unwrap_or_else(|p| p.into_inner()) = ScanReport {
+                skipped: found.scan.skipped,
+                case_collisions: found.scan.case_collisions,
+            };
+        }
         Ok(())
     }
 
