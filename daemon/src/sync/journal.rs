@@ -103,23 +103,30 @@ impl Journal {
         Ok(self.read().entries.get(path).map(|s| s.entry(path)))
     }
 
-    pub fn all(&self) -> Result<Vec<(String, Synced)>, StoreError> {
-        Ok(self
-            .read()
+    /// The entries whose paths `keep` picks, from one consistent view.
+    pub fn matching(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, Synced)> {
+        self.read()
             .entries
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .filter(|(path, _)| keep(path))
+            .map(|(path, synced)| (path.clone(), synced.clone()))
+            .collect()
+    }
+
+    pub fn is_live(&self, path: &str) -> bool {
+        self.read()
+            .entries
+            .get(path)
+            .is_some_and(|s| s.kind != Kind::Deleted)
     }
 
     /// Live (not deleted) paths.
-    pub fn live_count(&self) -> Result<usize, StoreError> {
-        Ok(self
-            .read()
+    pub fn live_count(&self) -> usize {
+        self.read()
             .entries
             .values()
             .filter(|s| s.kind != Kind::Deleted)
-            .count())
+            .count()
     }
 
     /// Sets a path's state as-is: a peer recording what it synced, or the

@@ -248,7 +248,7 @@ impl Engine {
         Ok(sidekey_api::Share {
             name: share.record.name.clone(),
             path: share.record.path.clone(),
-            files: share.journal.live_count().map_err(api_error)? as u64,
+            files: share.journal.live_count() as u64,
             version: share.journal.last_version(),
             peers: daemon
                 .registry
@@ -463,7 +463,7 @@ impl Engine {
             share: record.share.clone(),
             state: status.state,
             message: status.message,
-            files: session.index.live_count().map_err(api_error)? as u64,
+            files: session.index.live_count() as u64,
             pending: status.pending,
             conflicts: status.conflicts,
             bytes_moved: session

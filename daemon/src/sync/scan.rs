@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ignore::{IGNORE_FILE, Ignorer, TEMP_PREFIX};
+use super::journal::Journal;
 use super::model::{Digest, Kind, Synced};
 use super::paths::case_key;
 
@@ -123,19 +124,6 @@ impl Found {
         self.settled.is_none()
     }
 
-    /// Whether this leaves none of the live `synced` paths: a folder that
-    /// suddenly went empty.
-    pub fn empties<'a>(&self, synced: impl IntoIterator<Item = (&'a String, &'a Synced)>) -> bool {
-        if !self.scan.entries.is_empty() {
-            return false;
-        }
-        let mut live = synced
-            .into_iter()
-            .filter(|(_, s)| s.kind != Kind::Deleted)
-            .peekable();
-        live.peek().is_some() && live.all(|(path, _)| self.settles(path))
-    }
-
     pub fn settles(&self, path: &str) -> bool {
         self.settled.as_ref().is_none_or(|settled| {
             settled.iter().any(|s| {
@@ -146,12 +134,54 @@ impl Found {
     }
 }
 
+/// What a round found, with the journal entries it speaks for.
+pub struct Look {
+    pub found: Found,
+    /// The entries of paths it found or settled.
+    pub synced: Vec<(String, Synced)>,
+    /// Whether the folder has nothing left of what the journal holds: it
+    /// was emptied, or is not the folder it was.
+    pub emptied: bool,
+}
+
+/// Looks at what `scope` names, and at everything if that finds the folder
+/// emptied.
+pub fn look_around(
+    root: &Path,
+    scope: Scope,
+    ignorer: &Ignorer,
+    journal: &Journal,
+) -> std::io::Result<Look> {
+    let live = |path: &str| journal.is_live(path);
+    let live_total = journal.live_count();
+    let covering = |found: Found| {
+        let synced = journal.matching(|path| {
+            found.is_whole() || found.settles(path) || found.scan.entries.contains_key(path)
+        });
+        let settled_live = synced
+            .iter()
+            .filter(|(path, s)| s.kind != Kind::Deleted && found.settles(path))
+            .count();
+        let emptied = found.scan.entries.is_empty() && live_total > 0 && settled_live == live_total;
+        Look {
+            found,
+            synced,
+            emptied,
+        }
+    };
+    let first = covering(look(root, scope, ignorer, live)?);
+    if first.emptied && !first.found.is_whole() {
+        return Ok(covering(look(root, Scope::Everything, ignorer, live)?));
+    }
+    Ok(first)
+}
+
 /// Looks at what `scope` names. A look at only some paths falls back to the
 /// whole folder whenever it could not say what a full scan would: a path
 /// that is no longer a file or a directory, an unreadable one, a name not
 /// in UTF-8, a new name that differs from another only by case, or a change
 /// to the ignore rules. `synced` says whether a path is synced already.
-pub fn look(
+fn look(
     root: &Path,
     scope: Scope,
     ignorer: &Ignorer,

@@ -168,16 +168,11 @@ impl Session {
         self.check_marker().map_err(RoundError::Halt)?;
         self.update(|s| s.state = SessionState::Scanning);
         let ignorer = Ignorer::load(&self.root);
-        let index: BTreeMap<String, Synced> =
-            self.index.all().map_err(store_error)?.into_iter().collect();
-        let live = |path: &str| index.get(path).is_some_and(|s| s.kind != Kind::Deleted);
-        let cannot_read =
-            |e: std::io::Error| RoundError::Halt(format!("cannot read {}: {e}", self.root.display()));
-        let mut found = scan::look(&self.root, scope, &ignorer, live).map_err(cannot_read)?;
-        if found.empties(&index) && !found.is_whole() {
-            found = scan::look(&self.root, Scope::Everything, &ignorer, live).map_err(cannot_read)?;
-        }
-        if found.empties(&index) {
+        let look = scan::look_around(&self.root, scope, &ignorer, &self.index)
+            .map_err(|e| RoundError::Halt(format!("cannot read {}: {e}", self.root.display())))?;
+        let found = look.found;
+        let index: BTreeMap<String, Synced> = look.synced.into_iter().collect();
+        if look.emptied {
             return Err(RoundError::Halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove this session",
                 self.root.display()

@@ -84,19 +84,11 @@ impl Share {
             return Ok(());
         }
         let ignorer = Ignorer::load(&self.root);
-        let known: HashMap<String, Synced> = self
-            .journal
-            .all()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        let live = |path: &str| known.get(path).is_some_and(|s| s.kind != Kind::Deleted);
-        let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", self.root.display());
-        let mut found = scan::look(&self.root, scope, &ignorer, live).map_err(cannot_read)?;
-        if found.empties(&known) && !found.is_whole() {
-            found = scan::look(&self.root, Scope::Everything, &ignorer, live).map_err(cannot_read)?;
-        }
-        if found.empties(&known) {
+        let look = scan::look_around(&self.root, scope, &ignorer, &self.journal)
+            .map_err(|e| format!("cannot read {}: {e}", self.root.display()))?;
+        let found = look.found;
+        let known: HashMap<String, Synced> = look.synced.into_iter().collect();
+        if look.emptied {
             self.halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove the share and add it again",
                 self.root.display()

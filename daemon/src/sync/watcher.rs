@@ -16,8 +16,10 @@ use super::scan::Scope;
 /// More changed paths than this in one round, and it looks at everything.
 const MAX_PATHS: usize = 512;
 
-/// How long notify events are gathered before a round starts.
-const DEBOUNCE: Duration = Duration::from_millis(15);
+/// How long notify events are gathered before a round starts. Short, since
+/// a round looks only at the paths named: an editor's burst of writes that
+/// straddles it costs one more small round, not a rescan.
+const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// A periodic rescan catches what notify missed; jitter keeps many replicas
 /// from scanning in lockstep. With a working watcher it is only a safety
@@ -147,8 +149,8 @@ impl Watch {
     }
 }
 
-/// Waits for a hint (then gathers more for [`DEBOUNCE`]), a rescan tick, or
-/// stop; `false` on stop.
+/// Waits for a hint (then gathers more for [`DEBOUNCE`]), a `wake`, a
+/// rescan tick, or stop; `false` on stop.
 pub async fn next_wake(
     watch: &Watch,
     hints: &mut mpsc::Receiver<()>,
@@ -157,11 +159,10 @@ pub async fn next_wake(
 ) -> bool {
     tokio::select! {
         () = stop.cancelled() => return false,
-        _ = hints.recv() => {}
+        _ = hints.recv() => tokio::time::sleep(DEBOUNCE).await,
         () = async { match wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {}
         () = tokio::time::sleep(watch.poll()) => watch.look_again(),
     }
-    tokio::time::sleep(DEBOUNCE).await;
     while hints.try_recv().is_ok() {}
     true
 }
