@@ -103,14 +103,31 @@ impl Journal {
         Ok(self.read().entries.get(path).map(|s| s.entry(path)))
     }
 
-    /// The entries whose paths `keep` picks, from one consistent view.
-    pub fn matching(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, Synced)> {
-        self.read()
-            .entries
-            .iter()
-            .filter(|(path, _)| keep(path))
-            .map(|(path, synced)| (path.clone(), synced.clone()))
-            .collect()
+    pub fn all(&self) -> HashMap<String, Synced> {
+        self.read().entries.clone()
+    }
+
+    /// The entries of `paths`, and of everything below those of them that
+    /// are or were directories.
+    pub fn around<'a>(&self, paths: impl IntoIterator<Item = &'a String>) -> HashMap<String, Synced> {
+        let state = self.read();
+        let mut out = HashMap::new();
+        let mut trees = Vec::new();
+        for path in paths {
+            if let Some(synced) = state.entries.get(path) {
+                if synced.kind != Kind::File {
+                    trees.push(format!("{path}/"));
+                }
+                out.insert(path.clone(), synced.clone());
+            }
+        }
+        if !trees.is_empty() {
+            let below = |path: &str| trees.iter().any(|tree| path.starts_with(tree.as_str()));
+            for (path, synced) in state.entries.iter().filter(|(path, _)| below(path)) {
+                out.insert(path.clone(), synced.clone());
+            }
+        }
+        out
     }
 
     pub fn is_live(&self, path: &str) -> bool {

@@ -138,7 +138,7 @@ impl Found {
 pub struct Look {
     pub found: Found,
     /// The entries of paths it found or settled.
-    pub synced: Vec<(String, Synced)>,
+    pub synced: HashMap<String, Synced>,
     /// Whether the folder has nothing left of what the journal holds: it
     /// was emptied, or is not the folder it was.
     pub emptied: bool,
@@ -155,9 +155,10 @@ pub fn look_around(
     let live = |path: &str| journal.is_live(path);
     let live_total = journal.live_count();
     let covering = |found: Found| {
-        let synced = journal.matching(|path| {
-            found.is_whole() || found.settles(path) || found.scan.entries.contains_key(path)
-        });
+        let synced = match &found.settled {
+            None => journal.all(),
+            Some(settled) => journal.around(found.scan.entries.keys().chain(settled)),
+        };
         let settled_live = synced
             .iter()
             .filter(|(path, s)| s.kind != Kind::Deleted && found.settles(path))

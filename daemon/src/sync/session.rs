@@ -7,7 +7,7 @@
 //! which then syncs like any file; an incoming change is applied only while
 //! the local path still matches what was last synced.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -171,7 +171,7 @@ impl Session {
         let look = scan::look_around(&self.root, scope, &ignorer, &self.index)
             .map_err(|e| RoundError::Halt(format!("cannot read {}: {e}", self.root.display())))?;
         let found = look.found;
-        let index: BTreeMap<String, Synced> = look.synced.into_iter().collect();
+        let index = look.synced;
         if look.emptied {
             return Err(RoundError::Halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove this session",
@@ -228,7 +228,7 @@ impl Session {
     fn local_changes(
         &self,
         found: &Found,
-        index: &BTreeMap<String, Synced>,
+        index: &HashMap<String, Synced>,
         ignorer: &Ignorer,
     ) -> Result<Vec<Change>, RoundError> {
         let mut creates = Vec::new();

@@ -2,7 +2,6 @@
 //! own edits are journaled by [`Share::scan`], and peers' pushes are applied
 //! only when the hub's file still matches the journal.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -87,7 +86,7 @@ impl Share {
         let look = scan::look_around(&self.root, scope, &ignorer, &self.journal)
             .map_err(|e| format!("cannot read {}: {e}", self.root.display()))?;
         let found = look.found;
-        let known: HashMap<String, Synced> = look.synced.into_iter().collect();
+        let known = look.synced;
         if look.emptied {
             self.halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove the share and add it again",

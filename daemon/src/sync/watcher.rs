@@ -19,7 +19,7 @@ const MAX_PATHS: usize = 512;
 /// How long notify events are gathered before a round starts. Short, since
 /// a round looks only at the paths named: an editor's burst of writes that
 /// straddles it costs one more small round, not a rescan.
-const DEBOUNCE: Duration = Duration::from_millis(5);
+const DEBOUNCE: Duration = Duration::from_millis(1);
 
 /// A periodic rescan catches what notify missed; jitter keeps many replicas
 /// from scanning in lockstep. With a working watcher it is only a safety
