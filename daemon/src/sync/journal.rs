@@ -107,18 +107,27 @@ impl Journal {
         self.read().entries.clone()
     }
 
-    /// The entries of `paths`, and of everything below those of them that
-    /// are or were directories.
-    pub fn around<'a>(&self, paths: impl IntoIterator<Item = &'a String>) -> HashMap<String, Synced> {
+    /// The entries of `paths` and `roots`, and of everything below those
+    /// roots that are or were directories.
+    pub fn around<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a String>,
+        roots: &[String],
+    ) -> HashMap<String, Synced> {
         let state = self.read();
         let mut out = HashMap::new();
         let mut trees = Vec::new();
         for path in paths {
             if let Some(synced) = state.entries.get(path) {
-                if synced.kind != Kind::File {
-                    trees.push(format!("{path}/"));
-                }
                 out.insert(path.clone(), synced.clone());
+            }
+        }
+        for root in roots {
+            if let Some(synced) = state.entries.get(root) {
+                if synced.kind != Kind::File {
+                    trees.push(format!("{root}/"));
+                }
+                out.insert(root.clone(), synced.clone());
             }
         }
         if !trees.is_empty() {

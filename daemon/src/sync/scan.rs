@@ -153,17 +153,19 @@ pub fn look_around(
     journal: &Journal,
 ) -> std::io::Result<Look> {
     let live = |path: &str| journal.is_live(path);
-    let live_total = journal.live_count();
     let covering = |found: Found| {
         let synced = match &found.settled {
             None => journal.all(),
-            Some(settled) => journal.around(found.scan.entries.keys().chain(settled)),
+            Some(settled) => journal.around(found.scan.entries.keys(), settled),
         };
-        let settled_live = synced
-            .iter()
-            .filter(|(path, s)| s.kind != Kind::Deleted && found.settles(path))
-            .count();
-        let emptied = found.scan.entries.is_empty() && live_total > 0 && settled_live == live_total;
+        let emptied = found.scan.entries.is_empty() && {
+            let settled_live = synced
+                .iter()
+                .filter(|(path, s)| s.kind != Kind::Deleted && found.settles(path))
+                .count();
+            let live_total = journal.live_count();
+            live_total > 0 && settled_live == live_total
+        };
         Look {
             found,
             synced,
