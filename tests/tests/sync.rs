@@ -98,6 +98,35 @@ fn everyday_changes_converge_both_ways() {
     );
 }
 
+/// Rounds look only at the paths the watcher names. A tree moved in from
+/// outside the folder, or out of it, is named by its top directory alone.
+#[test]
+fn trees_moved_into_and_out_of_the_folder_sync_whole() {
+    let w = World::new(1, &[("start.txt", b"hello")]);
+    w.converge(SOON);
+    let (hub, peer) = (&w.hub, &w.peers[0]);
+    let outside = tempfile::tempdir_in(peer.path("..")).unwrap();
+    let tree = outside.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    std::fs::write(tree.join("a/b/deep.txt"), b"deep").unwrap();
+    std::fs::write(tree.join("top.txt"), b"top").unwrap();
+
+    std::fs::rename(&tree, peer.path("moved-in")).unwrap();
+    w.converge(SOON);
+    assert_eq!(hub.read("moved-in/a/b/deep.txt").unwrap(), b"deep");
+    assert_eq!(hub.read("moved-in/top.txt").unwrap(), b"top");
+
+    std::fs::rename(hub.path("moved-in"), outside.path().join("back")).unwrap();
+    w.converge(SOON);
+    assert!(!peer.exists("moved-in"));
+    assert_eq!(peer.read("start.txt").unwrap(), b"hello");
+
+    // And back in on the hub, under another name.
+    std::fs::rename(outside.path().join("back"), hub.path("returned")).unwrap();
+    w.converge(SOON);
+    assert_eq!(peer.read("returned/a/b/deep.txt").unwrap(), b"deep");
+}
+
 #[test]
 fn an_edit_on_one_peer_reaches_every_other_replica() {
     let mut w = World::new(2, &[]);

@@ -44,7 +44,12 @@ pub fn stat_of(meta: &std::fs::Metadata) -> Stat {
 
 pub fn scan(root: &Path, ignorer: &Ignorer) -> std::io::Result<Scan> {
     let mut out = Scan::default();
-    walk(&mut out, root, vec![(root.to_path_buf(), String::new())], ignorer)?;
+    walk(
+        &mut out,
+        root,
+        vec![(root.to_path_buf(), String::new())],
+        ignorer,
+    )?;
     out.skipped.sort();
     out.case_collisions.sort();
     Ok(out)
@@ -285,7 +290,12 @@ enum Reached {
 fn stat_unless_gone(root: &Path, path: &str) -> Option<Option<std::fs::Metadata>> {
     match std::fs::symlink_metadata(root.join(path)) {
         Ok(meta) => Some(Some(meta)),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             Some(None)
         }
         Err(_) => None,
@@ -353,5 +363,55 @@ mod tests {
         assert_eq!(scan.skipped, vec!["link".to_string()]);
         assert_eq!(scan.case_collisions.len(), 1);
         assert_eq!(scan.leftovers.len(), 1);
+    }
+
+    fn paths(names: &[&str]) -> Scope {
+        Scope::Paths(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn a_look_at_named_paths_settles_them_and_everything_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f.txt"), "f").unwrap();
+        std::fs::write(root.join("a/g.txt"), "g").unwrap();
+        std::fs::write(root.join("top.txt"), "t").unwrap();
+        std::fs::write(root.join("untouched.txt"), "u").unwrap();
+        let named = paths(&["a", "gone/deeper/x", "top.txt", ".sidekey-tmp-1"]);
+        let found = look(root, named, &Ignorer::load(root), |_| true).unwrap();
+        assert!(!found.is_whole());
+        let entries: Vec<&str> = found.scan.entries.keys().map(String::as_str).collect();
+        assert_eq!(entries, ["a", "a/b", "a/b/f.txt", "a/g.txt", "top.txt"]);
+        for settled in [
+            "a",
+            "a/b/f.txt",
+            "gone/deeper/x",
+            "gone/deeper/x/y",
+            "top.txt",
+        ] {
+            assert!(found.settles(settled), "{settled}");
+        }
+        for open in ["untouched.txt", "ab", "gone", ".sidekey-tmp-1"] {
+            assert!(!found.settles(open), "{open}");
+        }
+    }
+
+    #[test]
+    fn a_look_at_named_paths_looks_at_everything_when_unsure() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("Readme"), "1").unwrap();
+        std::fs::write(root.join("README"), "2").unwrap();
+        std::fs::write(root.join(".sidekeyignore"), "*.log\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let ignorer = Ignorer::load(root);
+        let synced_readme = |path: &str| path == "Readme";
+        for unsure in ["README", "link", ".sidekeyignore"] {
+            let found = look(root, paths(&[unsure]), &ignorer, synced_readme).unwrap();
+            assert!(found.is_whole(), "{unsure}");
+        }
+        let found = look(root, paths(&["Readme"]), &ignorer, synced_readme).unwrap();
+        assert!(!found.is_whole(), "a synced name is no new collision");
     }
 }
