@@ -74,6 +74,20 @@ impl Replica {
     pub fn snapshot(&self) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
         snapshot(&self.dir)
     }
+
+    /// The wire paths of the files whose exec bit is set.
+    pub fn executables(&self) -> std::collections::BTreeSet<String> {
+        use std::os::unix::fs::PermissionsExt;
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, content)| content.is_some())
+            .filter(|(path, _)| {
+                std::fs::symlink_metadata(self.path(path))
+                    .is_ok_and(|meta| meta.permissions().mode() & 0o111 != 0)
+            })
+            .map(|(path, _)| path)
+            .collect()
+    }
 }
 
 /// Every file (content) and directory (`None`) under `root`, by wire path.
@@ -148,17 +162,19 @@ impl World {
         index
     }
 
-    /// Waits until every replica holds the same files and directories.
+    /// Waits until every replica holds the same files and directories,
+    /// with the same exec bits.
     pub fn converge(&self, limit: Duration) {
         let mut last = String::new();
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             let hub = self.hub.snapshot();
+            let hub_executables = self.hub.executables();
             let differing: Vec<String> = self
                 .peers
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.snapshot() != hub)
+                .filter(|(_, p)| p.snapshot() != hub || p.executables() != hub_executables)
                 .map(|(i, p)| {
                     format!(
                         "peer {i}: {:?} vs hub {:?}",
