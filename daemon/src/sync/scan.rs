@@ -109,7 +109,7 @@ fn walk(
 
 /// What a round looks at: the whole folder, or only the paths the watcher
 /// saw change.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Scope {
     Everything,
     Paths(BTreeSet<String>),
