@@ -2,7 +2,8 @@
 //! key never appear in logs (at trace level), error bodies, argv, the
 //! environment of the daemon, or the raw bytes of anything in the data dir.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use sidekey_tests::http;
 use sidekey_tests::{Home, contains_bytes, read_tree};
@@ -195,11 +196,20 @@ fn processes_of_the_daemons_own_user_cannot_read_its_memory() {
     let d = home
         .start_wrapped(&wrap, &[], &[])
         .unwrap_or_else(|e| panic!("sidekeyd did not start as nobody: {e}"));
+    // The neighbour says so once it runs as nobody: until its exec, setpriv
+    // is briefly root and then non-dumpable, which would fail the control.
     let mut neighbour = Command::new("setpriv")
         .args(AS_NOBODY)
-        .args(["sleep", "30"])
+        .args(["sh", "-c", "echo up; read _"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut up = String::new();
+    BufReader::new(neighbour.stdout.take().unwrap())
+        .read_line(&mut up)
+        .unwrap();
+    assert_eq!(up, "up\n");
     let opens_as_nobody = |pid: u32, file: &str| {
         Command::new("setpriv")
             .args(AS_NOBODY)
