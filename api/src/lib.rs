@@ -215,6 +215,9 @@ pub struct Status {
     pub data_dir: String,
     pub socket: String,
     pub proxy_listen: String,
+    /// The proxy upstream connections go through, without its credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy: Option<String>,
     pub conns: u64,
     pub creds: u64,
     pub grants: u64,

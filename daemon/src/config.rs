@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::dial::UpstreamProxy;
+
 /// Flags. Each config key has a flag and a `SIDEKEY_*` variable.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
@@ -118,7 +120,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ca_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_proxy: Option<String>,
+    pub upstream_proxy: Option<UpstreamProxy>,
     pub egress: Egress,
     pub intercept: Intercept,
     pub audit_retention: String,
@@ -177,7 +179,12 @@ impl Config {
             data_dir,
             socket_path,
             upstream_ca_file: args.upstream_ca_file.clone().or(file.upstream_ca_file),
-            upstream_proxy: args.upstream_proxy.clone().or(file.upstream_proxy),
+            upstream_proxy: args
+                .upstream_proxy
+                .clone()
+                .or(file.upstream_proxy)
+                .map(|url| url.parse::<UpstreamProxy>().map_err(anyhow::Error::msg))
+                .transpose()?,
             egress: args.egress.or(file.egress).unwrap_or_default(),
             intercept: args.intercept.or(file.intercept).unwrap_or_default(),
             audit_retention: args
@@ -226,6 +233,13 @@ impl Config {
                 self.log_level
             )
         })?;
+        if let Some(proxy) = &self.upstream_proxy
+            && proxy.is(self.proxy_listen)
+        {
+            bail!(
+                "upstream_proxy {proxy} is this daemon's own proxy_listen, which would loop; name the proxy sidekeyd itself should go through"
+            );
+        }
         if let Some(ca) = &self.upstream_ca_file
             && !ca.is_file()
         {

@@ -125,7 +125,10 @@ impl Daemon {
         let registry = Registry::load(store).map_err(|e| anyhow::anyhow!(e.message))?;
         registry.set_default_rate(config.default_rate());
         let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
-        let upstream = proxy::upstream::Upstream::new(config.upstream_ca_file.as_deref())?;
+        let upstream = proxy::upstream::Upstream::new(
+            config.upstream_ca_file.as_deref(),
+            proxy::dial::Dialer::new(config.upstream_proxy.clone()),
+        )?;
         let sync = sync::Engine::new(registry.store(), &config)?;
         let audit = audit::Audit::open(&config.data_dir, config.audit_retention_secs())
             .with_context(|| {
@@ -167,7 +170,10 @@ impl Daemon {
             self.master_key_path.display(),
             self.config.socket_path.display(),
             self.proxy_addr,
-        ) + &match self.sync.listen() {
+        ) + &match &self.config.upstream_proxy {
+            Some(via) => format!("  upstream:   through {via}\n"),
+            None => String::new(),
+        } + &match self.sync.listen() {
             Some(addr) => format!(
                 "  sync:       {addr} ({})\n",
                 self.sync.identity.fingerprint

@@ -27,13 +27,17 @@ impl Setup {
     }
 
     pub fn with_args(args: &[&str]) -> Setup {
+        Setup::with_args_and_env(args, &[])
+    }
+
+    pub fn with_args_and_env(args: &[&str], envs: &[(&str, &str)]) -> Setup {
         let home = Home::new();
         let certs = TestCerts::new();
         let ca_arg = format!("--upstream-ca-file={}", certs.ca.display());
         let mut all = vec![ca_arg.as_str()];
         all.extend_from_slice(args);
         let daemon = home
-            .start_with(&all, &[])
+            .start_with(&all, envs)
             .unwrap_or_else(|e| panic!("sidekeyd did not start: {e}"));
         let (conn, key) = home.create_conn("agent-1", "agent", &[]);
         let bundle = PathBuf::from(home.ctl(&["ca", "--bundle"]).success().stdout.trim());

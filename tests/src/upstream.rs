@@ -14,6 +14,10 @@ pub const TEST_HOSTS: &[&str] = &[
     "elsewhere.sidekey.test",
 ];
 
+/// Names only the test's upstream proxy resolves: never in /etc/hosts, so
+/// a request to one arrives only if it went through that proxy.
+pub const BEHIND_PROXY_HOSTS: &[&str] = &["corp.sidekey.test", "corp-other.sidekey.test"];
+
 /// Adds the test names to /etc/hosts once (the tests run as root).
 pub fn ensure_test_hosts() {
     let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
@@ -52,7 +56,11 @@ impl TestCerts {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, &ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut names: Vec<String> = TEST_HOSTS.iter().map(|h| h.to_string()).collect();
+        let mut names: Vec<String> = TEST_HOSTS
+            .iter()
+            .chain(BEHIND_PROXY_HOSTS)
+            .map(|h| h.to_string())
+            .collect();
         names.push("127.0.0.1".into());
         let cert = rcgen::CertificateParams::new(names)
             .unwrap()
@@ -147,20 +155,7 @@ impl Upstream {
                 .arg("--key")
                 .arg(&certs.key);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .expect("the recorder printed READY <port>");
+        let (child, port) = spawn_ready(cmd);
         Upstream {
             child,
             port,
@@ -207,6 +202,93 @@ impl Upstream {
 }
 
 impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a test server script and waits for its `READY <port>` line.
+fn spawn_ready(mut cmd: Command) -> (Child, u16) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .expect("the script printed READY <port>");
+    (child, port)
+}
+
+/// One CONNECT as the upstream proxy saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub target: String,
+    pub proxy_authorization: Option<String>,
+}
+
+/// `upstream/chain_proxy.py`: a "corporate" proxy that resolves
+/// [`BEHIND_PROXY_HOSTS`] to 127.0.0.1 and records each CONNECT. Killed on drop.
+pub struct ChainProxy {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChainProxy {
+    /// `auth` is the `user:password` it demands; `refuse` the hosts it forbids.
+    pub fn start(auth: Option<&str>, refuse: &[&str]) -> ChainProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tunnels.jsonl");
+        std::fs::write(&log, "").unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("upstream")
+                .join("chain_proxy.py"),
+        )
+        .arg("--log")
+        .arg(&log);
+        if let Some(auth) = auth {
+            cmd.args(["--auth", auth]);
+        }
+        for host in refuse {
+            cmd.args(["--refuse", host]);
+        }
+        for host in BEHIND_PROXY_HOSTS {
+            cmd.arg("--map").arg(format!("{host}=127.0.0.1"));
+        }
+        let (child, port) = spawn_ready(cmd);
+        ChainProxy {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Every CONNECT so far, oldest first.
+    pub fn tunnels(&self) -> Vec<Tunnel> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .map(|v| Tunnel {
+                target: v["target"].as_str().unwrap_or_default().to_string(),
+                proxy_authorization: v["proxy_authorization"].as_str().map(str::to_string),
+            })
+            .collect()
+    }
+}
+
+impl Drop for ChainProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -7,6 +7,10 @@ pub async fn run(client: &Client, json: bool) -> ClientResult<()> {
         print_json(&status);
         return Ok(());
     }
+    let upstream = match status.upstream_proxy {
+        Some(via) => format!("through {via}"),
+        None => "direct".into(),
+    };
     fields(&[
         (
             "sidekeyd",
@@ -18,6 +22,7 @@ pub async fn run(client: &Client, json: bool) -> ClientResult<()> {
         ("data dir", status.data_dir),
         ("control", status.socket),
         ("proxy", format!("http://{}", status.proxy_listen)),
+        ("upstream", upstream),
         ("connections", status.conns.to_string()),
         ("credentials", status.creds.to_string()),
         ("grants", status.grants.to_string()),

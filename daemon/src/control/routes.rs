@@ -160,6 +160,7 @@ fn status(daemon: &Daemon) -> Status {
         data_dir: daemon.config.data_dir.display().to_string(),
         socket: daemon.config.socket_path.display().to_string(),
         proxy_listen: daemon.proxy_addr.to_string(),
+        upstream_proxy: daemon.config.upstream_proxy.as_ref().map(|p| p.to_string()),
         conns,
         creds,
         grants,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -14,12 +14,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::forward::{Choice, Target, forward};
+use super::forward::{Choice, Target, forward, upstream_failure};
 use super::guard::HeadGuard;
 use super::h1::{self, Front, Served};
 use super::rewind::Rewind;
 use super::target::forbidden_name;
-use super::upstream::resolve;
 use super::{auth_failure, authority_matches, refuse_smuggled};
 use crate::Daemon;
 use crate::config::{Egress, Intercept};
@@ -65,7 +64,7 @@ pub async fn handle(
 
     if !intercept {
         // Connect first, so that a closed port is a 502 rather than a dead tunnel.
-        let upstream = match connect(&host, port).await {
+        let upstream = match connect(&daemon, &host, port).await {
             Ok(stream) => stream,
             Err(e) => return boxed(e.to_response()),
         };
@@ -83,7 +82,7 @@ pub async fn handle(
 
     // Probe the upstream, so that a closed port is a 502 now rather than
     // a tunnel whose every request fails.
-    if let Err(e) = connect(&host, port).await {
+    if let Err(e) = connect(&daemon, &host, port).await {
         return boxed(e.to_response());
     }
     let upgrade = hyper::upgrade::on(&mut req);
@@ -293,33 +292,13 @@ async fn inner_request(
     forward(daemon, verified.conn, target, req, Choice::Bound).await
 }
 
-async fn connect(host: &str, port: u16) -> Result<TcpStream, ApiError> {
-    let unreachable = || {
-        ApiError::new(
-            "upstream_unreachable",
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "Could not connect to {host}:{port}; check the host name and port, and that it is up."
-            ),
-        )
-    };
-    let addrs = resolve(host, port).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            ApiError::permission_denied(format!(
-                "{host} resolves to a link-local or cloud-metadata address."
-            ))
-        } else {
-            unreachable()
-        }
-    })?;
-    let connecting = TcpStream::connect(&addrs[..]);
-    match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        _ => Err(unreachable()),
-    }
+async fn connect(daemon: &Daemon, host: &str, port: u16) -> Result<TcpStream, ApiError> {
+    daemon
+        .upstream
+        .dialer
+        .dial(host, port)
+        .await
+        .map_err(|e| upstream_failure(&e, &Target::new("https", host, Some(port), "/")))
 }
 
 fn ok_response() -> Response<ProxyBody> {

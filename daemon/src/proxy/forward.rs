@@ -353,6 +353,7 @@ pub(crate) fn upstream_failure(e: &(dyn std::error::Error + 'static), target: &T
                 target.host, target.port
             ),
         ),
+        Failure::Proxy(why) => ApiError::new("upstream_unreachable", StatusCode::BAD_GATEWAY, why),
     }
 }
 

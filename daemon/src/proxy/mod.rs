@@ -6,6 +6,7 @@ mod agentkeys;
 mod auth;
 mod body;
 mod connect;
+pub mod dial;
 mod forward;
 mod guard;
 mod h1;

@@ -1,28 +1,26 @@
-//! Connections to the real hosts: pooled, TLS always verified (system roots,
-//! webpki roots and `upstream_ca_file`), and DNS answers that land on a
-//! forbidden address are dropped.
+//! Connections to the real hosts: pooled, opened by the [`Dialer`], and TLS
+//! always verified (system roots, webpki roots and `upstream_ca_file`).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use hyper::Uri;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use tokio::net::TcpStream;
 
-use super::target::forbidden_ip;
+use super::dial::{Dialer, ProxyRefusal};
 use crate::http_util::ProxyBody;
 
-type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+type Connector = HttpsConnector<DialConnector>;
 
 pub struct Upstream {
     /// h2 or http/1.1 by ALPN.
@@ -31,10 +29,12 @@ pub struct Upstream {
     pub http1: Client<Connector, ProxyBody>,
     /// TLS for the forwarder's own http/1.1 connections.
     pub tls_http1: Arc<rustls::ClientConfig>,
+    /// Opens every upstream connection, pooled or tunnelled.
+    pub dialer: Dialer,
 }
 
 impl Upstream {
-    pub fn new(extra_ca: Option<&std::path::Path>) -> Result<Upstream> {
+    pub fn new(extra_ca: Option<&std::path::Path>, dialer: Dialer) -> Result<Upstream> {
         let roots = Arc::new(root_store(extra_ca)?);
         let tls_config = || -> Result<rustls::ClientConfig> {
             Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -47,10 +47,7 @@ impl Upstream {
         };
         let build = |http2: bool| -> Result<Client<Connector, ProxyBody>> {
             let tls = tls_config()?;
-            let mut http = HttpConnector::new_with_resolver(GuardedResolver);
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(Duration::from_secs(10)));
+            let http = DialConnector(dialer.clone());
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http();
@@ -70,6 +67,7 @@ impl Upstream {
             any: build(true)?,
             http1: build(false)?,
             tls_http1: Arc::new(tls_http1),
+            dialer,
         })
     }
 }
@@ -99,13 +97,12 @@ fn root_store(extra_ca: Option<&std::path::Path>) -> Result<RootCertStore> {
     Ok(roots)
 }
 
-/// Resolves with the system resolver, then drops forbidden addresses, so a
-/// name cannot smuggle a request to a metadata service.
+/// hyper's connector: every connection it opens comes from the [`Dialer`].
 #[derive(Clone)]
-pub struct GuardedResolver;
+pub struct DialConnector(Dialer);
 
-impl tower_service::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
+impl tower_service::Service<Uri> for DialConnector {
+    type Response = TokioIo<TcpStream>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
 
@@ -113,23 +110,21 @@ impl tower_service::Service<Name> for GuardedResolver {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, name: Name) -> Self::Future {
-        Box::pin(async move { resolve(name.as_str(), 0).await.map(Vec::into_iter) })
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dialer = self.0.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri
+                .port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                });
+            dialer.dial(host, port).await.map(TokioIo::new)
+        })
     }
-}
-
-pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await?
-        .filter(|a| !forbidden_ip(a.ip()))
-        .collect();
-    if addrs.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{host} resolves only to link-local or metadata addresses"),
-        ));
-    }
-    Ok(addrs)
 }
 
 /// What went wrong reaching upstream, for the error code.
@@ -139,6 +134,8 @@ pub enum Failure {
     Timeout,
     Forbidden,
     Unreachable,
+    /// The upstream proxy opened no tunnel; says why.
+    Proxy(String),
 }
 
 pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
@@ -146,6 +143,9 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
     while let Some(e) = current {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return Failure::Tls;
+        }
+        if let Some(refusal) = e.downcast_ref::<ProxyRefusal>() {
+            return Failure::Proxy(refusal.0.clone());
         }
         // An io::Error's source() skips the error it wraps; step into it instead.
         current = match e.downcast_ref::<std::io::Error>() {

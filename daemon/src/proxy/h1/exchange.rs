@@ -70,7 +70,7 @@ where
             Some(stream) => stream,
             // Boxed: a TLS handshake's state is kilobytes, and keep-alive
             // makes new connections rare.
-            None => match Box::pin(pool::connect(&daemon.upstream.tls_http1, &target)).await {
+            None => match Box::pin(pool::connect(&daemon.upstream, &target)).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     let error = upstream_failure(&e, &target);

@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::super::forward::Target;
-use super::super::upstream::resolve;
+use super::super::upstream::Upstream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections older than this are closed.
@@ -110,19 +109,15 @@ pub fn sweep() {
 }
 
 /// Opens a connection to `target`, with TLS for https.
-pub async fn connect(tls: &Arc<rustls::ClientConfig>, target: &Target) -> io::Result<Stream> {
+pub async fn connect(upstream: &Upstream, target: &Target) -> io::Result<Stream> {
     let timed_out = |_| io::Error::from(io::ErrorKind::TimedOut);
-    let addrs = resolve(&target.host, target.port).await?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addrs[..]))
-        .await
-        .map_err(timed_out)??;
-    tcp.set_nodelay(true)?;
+    let tcp = upstream.dialer.dial(&target.host, target.port).await?;
     if target.scheme != "https" {
         return Ok(Stream::Plain(tcp));
     }
     let name = ServerName::try_from(target.host.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let handshake = TlsConnector::from(tls.clone()).connect(name, tcp);
+    let handshake = TlsConnector::from(upstream.tls_http1.clone()).connect(name, tcp);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
         .await
         .map_err(timed_out)??;
