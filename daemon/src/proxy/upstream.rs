@@ -178,5 +178,10 @@ mod tests {
             classify(&std::io::Error::new(std::io::ErrorKind::TimedOut, "slow")),
             Failure::Timeout
         );
+        let refusal = std::io::Error::other(ProxyRefusal("the proxy said 403".into()));
+        assert_eq!(
+            classify(&std::io::Error::other(refusal)),
+            Failure::Proxy("the proxy said 403".into())
+        );
     }
 }
