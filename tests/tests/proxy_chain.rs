@@ -102,8 +102,12 @@ fn every_path_reaches_its_host_through_the_upstream_proxy() {
     for (path, bytes) in read_tree(&s.home.data_dir()) {
         assert!(!leaked(&bytes), "{}", path.display());
     }
-    let printed = s.home.ctl(&["status", "--json"]).success().stdout;
-    assert!(!leaked(printed.as_bytes()));
+    let status = s.home.ctl(&["status", "--json"]).success();
+    assert!(!leaked(status.stdout.as_bytes()));
+    assert_eq!(
+        status.json()["upstream_proxy"],
+        format!("http://127.0.0.1:{}", chain.port)
+    );
 }
 
 /// The daemon's answer to a CONNECT from the agent.
