@@ -125,6 +125,9 @@ impl UpstreamProxy {
         })?;
         match status {
             200..=299 => Ok(stream),
+            407 if self.authorization.is_some() => Err(refused(format!(
+                "The upstream proxy {via} did not accept the credentials in upstream_proxy (407); check its user and password."
+            ))),
             407 => Err(refused(format!(
                 "The upstream proxy {via} asks for credentials (407); put them in upstream_proxy as http://user:password@{via}."
             ))),
