@@ -141,15 +141,24 @@ fn an_upstream_proxy_that_opens_no_tunnel_is_a_502_that_says_why() {
         &format!("http://{}/v1/proxy", s.proxy()),
     ]);
     assert_eq!(r.status, 502, "{}", r.body);
-    refused(&r.json(), "did not accept the credentials in upstream_proxy (407)");
+    refused(
+        &r.json(),
+        "did not accept the credentials in upstream_proxy (407)",
+    );
     assert!(!r.body.contains("wrong"), "{}", r.body);
     let r = s.curl(&format!("http://corp.sidekey.test:{}/echo", tls.port), &[]);
     assert_eq!(r.status, 502, "{}", r.body);
-    refused(&r.json(), "did not accept the credentials in upstream_proxy (407)");
+    refused(
+        &r.json(),
+        "did not accept the credentials in upstream_proxy (407)",
+    );
     for host in ["corp.sidekey.test", "corp-other.sidekey.test"] {
         let r = connect(&s, &format!("{host}:{}", tls.port));
         assert_eq!(r.status, 502, "{}", r.body);
-        refused(&r.json(), "did not accept the credentials in upstream_proxy (407)");
+        refused(
+            &r.json(),
+            "did not accept the credentials in upstream_proxy (407)",
+        );
     }
     assert_eq!(tls.count(), 0);
 
@@ -157,7 +166,10 @@ fn an_upstream_proxy_that_opens_no_tunnel_is_a_502_that_says_why() {
     let s = behind(&chain, "");
     let r = connect(&s, &format!("corp-other.sidekey.test:{}", tls.port));
     assert_eq!(r.status, 502, "{}", r.body);
-    refused(&r.json(), "asks for credentials (407); put them in upstream_proxy");
+    refused(
+        &r.json(),
+        "asks for credentials (407); put them in upstream_proxy",
+    );
 
     // The proxy forbids a host.
     let s = behind(&chain, "corp-user:right@");
