@@ -46,6 +46,9 @@ pub struct Args {
     pub upstream_ca_file: Option<PathBuf>,
     #[arg(long, env = "SIDEKEY_UPSTREAM_PROXY")]
     pub upstream_proxy: Option<String>,
+    /// Hosts reached without upstream_proxy, comma-separated.
+    #[arg(long, env = "SIDEKEY_UPSTREAM_NO_PROXY", value_delimiter = ',')]
+    pub upstream_no_proxy: Option<Vec<String>>,
     #[arg(long, env = "SIDEKEY_EGRESS")]
     pub egress: Option<Egress>,
     #[arg(long, env = "SIDEKEY_INTERCEPT")]
@@ -99,6 +102,7 @@ struct FileConfig {
     socket_path: Option<PathBuf>,
     upstream_ca_file: Option<PathBuf>,
     upstream_proxy: Option<String>,
+    upstream_no_proxy: Option<Vec<String>>,
     egress: Option<Egress>,
     intercept: Option<Intercept>,
     audit_retention: Option<String>,
@@ -121,6 +125,9 @@ pub struct Config {
     pub upstream_ca_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_proxy: Option<UpstreamProxy>,
+    /// Names (each with every name under it) and IPs reached directly.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream_no_proxy: Vec<String>,
     pub egress: Egress,
     pub intercept: Intercept,
     pub audit_retention: String,
@@ -185,6 +192,15 @@ impl Config {
                 .or(file.upstream_proxy)
                 .map(|url| url.parse::<UpstreamProxy>().map_err(anyhow::Error::msg))
                 .transpose()?,
+            upstream_no_proxy: args
+                .upstream_no_proxy
+                .clone()
+                .or(file.upstream_no_proxy)
+                .unwrap_or_default()
+                .iter()
+                .filter(|entry| !entry.trim().is_empty())
+                .map(|entry| no_proxy_entry(entry))
+                .collect::<Result<_>>()?,
             egress: args.egress.or(file.egress).unwrap_or_default(),
             intercept: args.intercept.or(file.intercept).unwrap_or_default(),
             audit_retention: args
@@ -275,6 +291,7 @@ impl Config {
             socket_path,
             upstream_ca_file,
             upstream_proxy,
+            upstream_no_proxy,
             intercept,
             log_format,
             last_used_flush,
@@ -295,6 +312,21 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("Config serializes")
     }
+}
+
+/// An `upstream_no_proxy` entry as hosts are compared: `.corp.example` and
+/// `*.corp.example` mean `corp.example`, which also covers every name under it.
+fn no_proxy_entry(entry: &str) -> Result<String> {
+    let name = entry.trim();
+    let name = name
+        .strip_prefix("*.")
+        .or_else(|| name.strip_prefix('.'))
+        .unwrap_or(name);
+    crate::hosts::HostPattern::parse(name)
+        .map(|pattern| pattern.to_string())
+        .map_err(|why| {
+            anyhow::anyhow!("upstream_no_proxy entry {why}; use a name like corp.example or an IP")
+        })
 }
 
 /// `$XDG_RUNTIME_DIR/sidekey/sidekeyd.sock`, else `<data_dir>/sidekeyd.sock`.

@@ -127,7 +127,7 @@ impl Daemon {
         let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
         let upstream = proxy::upstream::Upstream::new(
             config.upstream_ca_file.as_deref(),
-            proxy::dial::Dialer::new(config.upstream_proxy.clone()),
+            proxy::dial::Dialer::new(config.upstream_proxy.clone(), &config.upstream_no_proxy),
         )?;
         let sync = sync::Engine::new(registry.store(), &config)?;
         let audit = audit::Audit::open(&config.data_dir, config.audit_retention_secs())

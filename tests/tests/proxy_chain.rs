@@ -198,6 +198,51 @@ fn an_upstream_proxy_that_opens_no_tunnel_is_a_502_that_says_why() {
 }
 
 #[test]
+fn loopback_and_upstream_no_proxy_hosts_are_reached_directly() {
+    let chain = ChainProxy::start(None, &[]);
+    let url = format!("http://127.0.0.1:{}", chain.port);
+    let s = Setup::with_args_and_env(
+        &[],
+        &[
+            ("SIDEKEY_UPSTREAM_PROXY", &url),
+            ("SIDEKEY_UPSTREAM_NO_PROXY", ".sidekey.test"),
+        ],
+    );
+    let http = Upstream::http();
+    s.cred(
+        "local",
+        "api-key",
+        &["127.0.0.1", "api.sidekey.test", "corp.sidekey.test"],
+        SECRET,
+    );
+    for host in ["127.0.0.1", "api.sidekey.test"] {
+        let r = s.curl(&format!("http://{host}:{}/echo", http.port), &[]);
+        assert_eq!(r.status, 200, "{host}: {}{}", r.body, r.stderr);
+        assert_eq!(
+            http.last().header("authorization"),
+            Some(format!("Bearer {SECRET}").as_str())
+        );
+    }
+    // corp.sidekey.test is under the listed name too, so it is dialed
+    // directly, and only the proxy could have resolved it.
+    let r = s.curl(&format!("http://corp.sidekey.test:{}/echo", http.port), &[]);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(chain.tunnels(), []);
+
+    let s = Setup::with_args_and_env(
+        &[],
+        &[
+            ("SIDEKEY_UPSTREAM_PROXY", &url),
+            ("SIDEKEY_UPSTREAM_NO_PROXY", "api.sidekey.test"),
+        ],
+    );
+    s.cred("corp", "api-key", &["corp.sidekey.test"], SECRET);
+    let r = s.curl(&format!("http://corp.sidekey.test:{}/echo", http.port), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(chain.tunnels().len(), 1);
+}
+
+#[test]
 fn a_missing_upstream_proxy_is_named_in_the_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -234,6 +279,12 @@ fn upstream_proxy_settings_that_cannot_work_stop_the_daemon_at_start() {
         };
         assert!(err.contains(expect), "{url}: {err}");
     }
+
+    let err = match home.start_with(&[], &[("SIDEKEY_UPSTREAM_NO_PROXY", "corp.example,a b")]) {
+        Ok(_) => panic!("a bad upstream_no_proxy entry was accepted"),
+        Err(e) => e,
+    };
+    assert!(err.contains("upstream_no_proxy entry 'a b'"), "{err}");
 
     // --print-config shows where the proxy is, never its password.
     let out = home

@@ -24,18 +24,22 @@ const MAX_ANSWER: usize = 16 * 1024;
 #[derive(Clone, Default)]
 pub struct Dialer {
     via: Option<Arc<UpstreamProxy>>,
+    /// Names reached directly despite `via`, each with every name under it.
+    direct: Arc<[String]>,
 }
 
 impl Dialer {
-    pub fn new(via: Option<UpstreamProxy>) -> Dialer {
+    pub fn new(via: Option<UpstreamProxy>, direct: &[String]) -> Dialer {
         Dialer {
             via: via.map(Arc::new),
+            direct: direct.into(),
         }
     }
 
     /// A TCP stream to `host:port`, or the proxy's tunnel to it.
     pub async fn dial(&self, host: &str, port: u16) -> io::Result<TcpStream> {
-        let stream = match &self.via {
+        let via = self.via.as_deref().filter(|_| !self.goes_direct(host));
+        let stream = match via {
             None => {
                 let addrs = resolve(host, port).await?;
                 within_timeout(TcpStream::connect(&addrs[..])).await?
@@ -44,6 +48,19 @@ impl Dialer {
         };
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    /// This machine's own loopback is out of any proxy's reach; `host` is
+    /// normalized, as every target's is.
+    fn goes_direct(&self, host: &str) -> bool {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return ip.is_loopback() || self.direct.iter().any(|listed| listed == host);
+        }
+        let under = |name: &str| {
+            host.strip_suffix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+        };
+        under("localhost") || self.direct.iter().any(|name| under(name))
     }
 }
 
@@ -301,6 +318,35 @@ mod tests {
             "http://proxy.corp:99999",
         ] {
             assert!(bad.parse::<UpstreamProxy>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_and_listed_names_skip_the_proxy() {
+        let via = "http://proxy.corp:3128".parse().ok();
+        let dialer = Dialer::new(via, &["corp.internal".into(), "10.1.2.3".into()]);
+        for host in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "localhost",
+            "app.localhost",
+            "corp.internal",
+            "git.corp.internal",
+            "a.b.corp.internal",
+            "10.1.2.3",
+        ] {
+            assert!(dialer.goes_direct(host), "{host}");
+        }
+        let dialer = Dialer::new(None, &["corp.internal".into(), "2.3".into()]);
+        assert!(!dialer.goes_direct("10.1.2.3"), "an IP matches only itself");
+        for host in [
+            "api.openai.com",
+            "xcorp.internal",
+            "corp.internal.evil.com",
+            "10.1.2.4",
+        ] {
+            assert!(!dialer.goes_direct(host), "{host}");
         }
     }
 
