@@ -113,12 +113,10 @@ impl Seen {
     }
 }
 
-/// A running recorder, killed on drop.
+/// A running recorder.
 pub struct Upstream {
-    child: Child,
+    script: Script,
     pub port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Upstream {
@@ -137,38 +135,26 @@ impl Upstream {
 
     fn start(certs: Option<&TestCerts>, port: u16) -> Upstream {
         ensure_test_hosts();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        std::fs::write(&log, "").unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("upstream")
-            .join("recorder.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .arg("--log")
-            .arg(&log)
-            .arg("--port")
-            .arg(port.to_string());
-        if let Some(certs) = certs {
-            cmd.arg("--cert")
-                .arg(&certs.cert)
-                .arg("--key")
-                .arg(&certs.key);
-        }
-        let (child, port) = spawn_ready(cmd);
+        let script = Script::start("recorder.py", |cmd| {
+            cmd.arg("--port").arg(port.to_string());
+            if let Some(certs) = certs {
+                cmd.arg("--cert")
+                    .arg(&certs.cert)
+                    .arg("--key")
+                    .arg(&certs.key);
+            }
+        });
         Upstream {
-            child,
-            port,
-            log,
-            _dir: dir,
+            port: script.port,
+            script,
         }
     }
 
     /// Every request so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        self.script
+            .records()
+            .into_iter()
             .map(|v| Seen {
                 method: v["method"].as_str().unwrap_or_default().to_string(),
                 path: v["path"].as_str().unwrap_or_default().to_string(),
@@ -201,32 +187,6 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts a test server script and waits for its `READY <port>` line.
-fn spawn_ready(mut cmd: Command) -> (Child, u16) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .expect("the script printed READY <port>");
-    (child, port)
-}
-
 /// One CONNECT as the upstream proxy saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tunnel {
@@ -235,51 +195,37 @@ pub struct Tunnel {
 }
 
 /// `upstream/chain_proxy.py`: a "corporate" proxy that resolves
-/// [`BEHIND_PROXY_HOSTS`] to 127.0.0.1 and records each CONNECT. Killed on drop.
+/// [`BEHIND_PROXY_HOSTS`] to 127.0.0.1 and records each CONNECT.
 pub struct ChainProxy {
-    child: Child,
+    script: Script,
     pub port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl ChainProxy {
     /// `auth` is the `user:password` it demands; `refuse` the hosts it forbids.
     pub fn start(auth: Option<&str>, refuse: &[&str]) -> ChainProxy {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("tunnels.jsonl");
-        std::fs::write(&log, "").unwrap();
-        let mut cmd = Command::new("python3");
-        cmd.arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("upstream")
-                .join("chain_proxy.py"),
-        )
-        .arg("--log")
-        .arg(&log);
-        if let Some(auth) = auth {
-            cmd.args(["--auth", auth]);
-        }
-        for host in refuse {
-            cmd.args(["--refuse", host]);
-        }
-        for host in BEHIND_PROXY_HOSTS {
-            cmd.arg("--map").arg(format!("{host}=127.0.0.1"));
-        }
-        let (child, port) = spawn_ready(cmd);
+        let script = Script::start("chain_proxy.py", |cmd| {
+            if let Some(auth) = auth {
+                cmd.args(["--auth", auth]);
+            }
+            for host in refuse {
+                cmd.args(["--refuse", host]);
+            }
+            for host in BEHIND_PROXY_HOSTS {
+                cmd.arg("--map").arg(format!("{host}=127.0.0.1"));
+            }
+        });
         ChainProxy {
-            child,
-            port,
-            log,
-            _dir: dir,
+            port: script.port,
+            script,
         }
     }
 
     /// Every CONNECT so far, oldest first.
     pub fn tunnels(&self) -> Vec<Tunnel> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        self.script
+            .records()
+            .into_iter()
             .map(|v| Tunnel {
                 target: v["target"].as_str().unwrap_or_default().to_string(),
                 proxy_authorization: v["proxy_authorization"].as_str().map(str::to_string),
@@ -288,7 +234,61 @@ impl ChainProxy {
     }
 }
 
-impl Drop for ChainProxy {
+/// A test server script under `upstream/`, killed on drop. It records a
+/// JSON line per event in its `--log`.
+struct Script {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Script {
+    /// Starts `name` and waits for its `READY <port>` line.
+    fn start(name: &str, args: impl FnOnce(&mut Command)) -> Script {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("records.jsonl");
+        std::fs::write(&log, "").unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("upstream")
+                .join(name),
+        )
+        .arg("--log")
+        .arg(&log);
+        args(&mut cmd);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .expect("the script printed READY <port>");
+        Script {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
