@@ -3,13 +3,16 @@
 //!
 //! Times are Unix seconds (UTC).
 
+mod codes;
+
+pub use codes::{ErrorCode, Outcome};
 use serde::{Deserialize, Serialize};
 
 /// The one error shape every route returns.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    pub error: String,
+    pub error: ErrorCode,
     pub message: String,
     pub status: u16,
 }
@@ -246,8 +249,7 @@ pub struct AuditRecord {
     pub latency_ms: Option<u64>,
     pub bytes_up: u64,
     pub bytes_down: u64,
-    /// `started`, `ok`, `upstream_error`, `upstream_timeout`, `client_aborted`.
-    pub outcome: String,
+    pub outcome: Outcome,
 }
 
 /// What `/v1/whoami` on the proxy port answers for a valid key.

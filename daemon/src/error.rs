@@ -5,10 +5,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use sidekey_api::ErrorBody;
+pub use sidekey_api::ErrorCode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub status: StatusCode,
     pub message: String,
     pub retry_after_secs: Option<u64>,
@@ -17,7 +18,7 @@ pub struct ApiError {
 pub const INVALID_KEY_MESSAGE: &str = "The provided access key is invalid or has been revoked.";
 
 impl ApiError {
-    pub fn new(code: &'static str, status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             status,
@@ -28,7 +29,7 @@ impl ApiError {
 
     pub fn token_missing() -> ApiError {
         ApiError::new(
-            "token_missing",
+            ErrorCode::TokenMissing,
             StatusCode::UNAUTHORIZED,
             "No access key was sent; send your sk_live_ key as 'Authorization: Bearer <key>'.",
         )
@@ -37,7 +38,7 @@ impl ApiError {
     /// The exact body DESIGN.md fixes for every unusable key.
     pub fn invalid_access_key() -> ApiError {
         ApiError::new(
-            "invalid_access_key",
+            ErrorCode::InvalidAccessKey,
             StatusCode::UNAUTHORIZED,
             INVALID_KEY_MESSAGE,
         )
@@ -45,7 +46,7 @@ impl ApiError {
 
     pub fn key_expired() -> ApiError {
         ApiError::new(
-            "key_expired",
+            ErrorCode::KeyExpired,
             StatusCode::UNAUTHORIZED,
             "This key has expired; ask the daemon's owner for a new connection (sidekeyctl conn create).",
         )
@@ -53,7 +54,7 @@ impl ApiError {
 
     pub fn connection_disabled() -> ApiError {
         ApiError::new(
-            "connection_disabled",
+            ErrorCode::ConnectionDisabled,
             StatusCode::FORBIDDEN,
             "This connection is disabled; re-enable it with: sidekeyctl conn enable <id>.",
         )
@@ -63,7 +64,7 @@ impl ApiError {
         ApiError {
             retry_after_secs: Some(retry_after_secs),
             ..ApiError::new(
-                "rate_limited",
+                ErrorCode::RateLimited,
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "This connection is over its rate limit; retry after {retry_after_secs} s."
@@ -73,36 +74,40 @@ impl ApiError {
     }
 
     pub fn permission_denied(message: impl Into<String>) -> ApiError {
-        ApiError::new("permission_denied", StatusCode::FORBIDDEN, message)
+        ApiError::new(ErrorCode::PermissionDenied, StatusCode::FORBIDDEN, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new("not_found", StatusCode::NOT_FOUND, message)
+        ApiError::new(ErrorCode::NotFound, StatusCode::NOT_FOUND, message)
     }
 
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new("conflict", StatusCode::CONFLICT, message)
+        ApiError::new(ErrorCode::Conflict, StatusCode::CONFLICT, message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new("bad_request", StatusCode::BAD_REQUEST, message)
+        ApiError::new(ErrorCode::BadRequest, StatusCode::BAD_REQUEST, message)
     }
 
     pub fn payload_too_large(limit: usize) -> ApiError {
         ApiError::new(
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("The request body is over the {limit}-byte limit; send a smaller body."),
         )
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new("internal", StatusCode::INTERNAL_SERVER_ERROR, message)
+        ApiError::new(
+            ErrorCode::Internal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            message,
+        )
     }
 
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
-            error: self.code.to_string(),
+            error: self.code,
             message: self.message.clone(),
             status: self.status.as_u16(),
         }

@@ -18,6 +18,7 @@
 //! - `guard`     keeping other processes out of the daemon's memory
 //! - `memory`    keeping glibc's heap from holding on to freed memory
 //! - `service`   life under a service manager: readiness, reload, `--daemonize`
+//! - `shutdown`  the one task tree: every task is spawned there and drained at exit
 
 mod audit;
 pub mod config;
@@ -35,6 +36,7 @@ mod proxy;
 mod ratelimit;
 mod registry;
 pub mod service;
+pub mod shutdown;
 mod store;
 mod sync;
 
@@ -45,7 +47,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::{Args, Config};
 use registry::Registry;
@@ -57,13 +58,13 @@ pub struct Daemon {
     config: Config,
     /// The config in force now; SIGHUP swaps it. Read it with [`Daemon::live_config`].
     live: RwLock<Arc<Config>>,
-    registry: Registry,
+    registry: Arc<Registry>,
     authority: proxy::tls::Authority,
     upstream: proxy::upstream::Upstream,
     audit: audit::Audit,
     sync: sync::Engine,
-    /// Cancelled at shutdown; long-lived streams watch it.
-    shutdown: CancellationToken,
+    /// Every task's tree; its token is cancelled at shutdown.
+    tasks: shutdown::Tasks,
     started: Instant,
     proxy_addr: SocketAddr,
     master_key_path: std::path::PathBuf,
@@ -122,7 +123,7 @@ impl Daemon {
         let lock = fsutil::DataDirLock::acquire(&config.data_dir)?;
         let master = store::master_key::load_or_create(&config.data_dir)?;
         let store = Store::open(&config.data_dir, &master)?;
-        let registry = Registry::load(store).map_err(|e| anyhow::anyhow!(e.message))?;
+        let registry = Arc::new(Registry::load(store).map_err(|e| anyhow::anyhow!(e.message))?);
         registry.set_default_rate(config.default_rate());
         let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
         let upstream = proxy::upstream::Upstream::new(
@@ -142,7 +143,7 @@ impl Daemon {
             upstream,
             audit,
             sync,
-            shutdown: CancellationToken::new(),
+            tasks: shutdown::Tasks::default(),
             live: RwLock::new(Arc::new(config.clone())),
             config,
             registry,
@@ -157,6 +158,11 @@ impl Daemon {
     /// default_rate, log_level).
     pub fn live_config(&self) -> Arc<Config> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The daemon's task tree, for tasks started from outside the library.
+    pub fn tasks(&self) -> &shutdown::Tasks {
+        &self.tasks
     }
 
     /// The lines printed at start: where everything lives.
@@ -193,35 +199,28 @@ pub async fn run(
 ) -> Result<()> {
     daemon.proxy_addr = listeners.proxy_addr();
     daemon.sync.set_listen(listeners.sync_addr());
-    daemon.shutdown = shutdown.clone();
+    let tasks = shutdown::Tasks::new(shutdown.clone());
+    daemon.tasks = tasks.clone();
     let daemon = Arc::new(daemon);
-    let tracker = TaskTracker::new();
-    proxy::start(listeners.proxy, daemon.clone(), shutdown.clone(), &tracker)?;
-    tracker.spawn(control::serve(
+    proxy::start(listeners.proxy, daemon.clone(), &tasks)?;
+    tasks.spawn(control::serve(
         listeners.control,
         daemon.clone(),
-        shutdown.clone(),
-        tracker.clone(),
+        tasks.clone(),
     ));
-    tracker.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
-    tracker.spawn(prune_audit(daemon.clone(), shutdown.clone()));
+    tasks.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
+    tasks.spawn(prune_audit(daemon.clone(), shutdown.clone()));
     let (held, stop) = (daemon.clone(), shutdown.clone());
-    tracker.spawn(async move { held.audit.write_held_lines(&stop).await });
+    tasks.spawn(async move { held.audit.write_held_lines(&stop).await });
     if let Some(listener) = listeners.sync {
-        tracker.spawn(sync::hub::serve(
-            listener,
-            daemon.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        tasks.spawn(sync::hub::serve(listener, daemon.clone(), tasks.clone()));
     }
     sync::Engine::start(&daemon);
     on_ready(&daemon);
 
     shutdown.cancelled().await;
-    tracker.close();
     let drain = daemon.config.duration(&daemon.config.shutdown_timeout);
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+    if !tasks.drain(drain).await {
         tracing::warn!(
             timeout_secs = drain.as_secs(),
             "shutdown drain timed out; closing the rest"

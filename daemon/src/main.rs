@@ -83,7 +83,9 @@ fn serve(args: &Args, config: Config, logs: LogHandle, reporter: Option<&Reporte
                 reporter.ready(&banner);
             }
             service::notify_ready();
-            tokio::spawn(signals.watch(daemon.clone(), args, logs, shutdown));
+            daemon
+                .tasks()
+                .spawn(signals.watch(daemon.clone(), args, logs, shutdown));
         })
         .await
     })

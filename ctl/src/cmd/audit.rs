@@ -51,7 +51,7 @@ pub async fn run(
             r.latency_ms
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "-".into()),
-            r.outcome.clone(),
+            r.outcome.to_string(),
         ]);
     }
     println!("{t}");

@@ -3,6 +3,8 @@
 //! rendered once, when the request begins; the derived serializer and the
 //! strings a record would hold cost more than the rest of a proxied request.
 
+use sidekey_api::Outcome;
+
 /// Who made a request, and to where: the part of a record that does not
 /// change between its two lines.
 pub struct Opening<'a> {
@@ -17,18 +19,18 @@ pub struct Opening<'a> {
 }
 
 /// How a request ended: the rest of its record.
-pub struct Closing<'a> {
+pub struct Closing {
     pub status: Option<u16>,
     pub latency_ms: Option<u64>,
     pub bytes: (u64, u64),
-    pub outcome: &'a str,
+    pub outcome: Outcome,
 }
 
-pub const STARTED: Closing<'static> = Closing {
+pub const STARTED: Closing = Closing {
     status: None,
     latency_ms: None,
     bytes: (0, 0),
-    outcome: "started",
+    outcome: Outcome::Started,
 };
 
 /// `{"id":…,"url":"…"`: the record up to and including its URL.
@@ -66,7 +68,7 @@ pub fn push_tail(out: &mut Vec<u8>, closing: &Closing) {
     out.extend_from_slice(b",\"bytes_down\":");
     push_u64(out, closing.bytes.1);
     out.extend_from_slice(b",\"outcome\":");
-    push_str(out, &[closing.outcome]);
+    push_str(out, &[closing.outcome.as_str()]);
     out.extend_from_slice(b"}\n");
 }
 
@@ -141,7 +143,7 @@ mod tests {
             status: Some(502),
             latency_ms: Some(u64::MAX),
             bytes: (0, 12_345),
-            outcome: "upstream_error",
+            outcome: Outcome::UpstreamError,
         };
         let record: AuditRecord = serde_json::from_slice(&line(&opening, &closing)).unwrap();
         assert_eq!(
@@ -158,7 +160,7 @@ mod tests {
                 latency_ms: Some(u64::MAX),
                 bytes_up: 0,
                 bytes_down: 12_345,
-                outcome: "upstream_error".into(),
+                outcome: Outcome::UpstreamError,
             }
         );
     }
@@ -180,7 +182,7 @@ mod tests {
         let record: AuditRecord = serde_json::from_slice(&line).unwrap();
         assert_eq!(record.url, "http://h:8080/a");
         assert_eq!((record.cred, record.status), (None, None));
-        assert_eq!(record.outcome, "started");
+        assert_eq!(record.outcome, Outcome::Started);
         assert!(!String::from_utf8(line).unwrap().contains("hunter2"));
     }
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub use sidekey_api::AuditRecord;
 use tokio::sync::{Notify, broadcast};
 
+pub use sidekey_api::Outcome;
+
 use crate::registry::now_ms;
 use line::Closing;
 pub use line::Opening;
@@ -134,7 +136,13 @@ impl Audit {
         self.append_opening(&pending.head).await
     }
 
-    pub fn finish(&self, pending: Pending, status: Option<u16>, bytes: (u64, u64), outcome: &str) {
+    pub fn finish(
+        &self,
+        pending: Pending,
+        status: Option<u16>,
+        bytes: (u64, u64),
+        outcome: Outcome,
+    ) {
         let closing = Closing {
             status,
             latency_ms: Some(pending.started.elapsed().as_millis() as u64),

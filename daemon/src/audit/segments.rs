@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use sidekey_api::AuditRecord;
+#[cfg(test)]
+use sidekey_api::Outcome;
 
 /// A segment is closed once it holds this much, whatever its age.
 const MAX_SEGMENT_BYTES: u64 = 16 << 20;
@@ -222,7 +224,7 @@ impl Current {
 mod tests {
     use super::*;
 
-    fn record(id: u64, time_ms: u64, outcome: &str) -> Vec<u8> {
+    fn record(id: u64, time_ms: u64, outcome: Outcome) -> Vec<u8> {
         let mut line = serde_json::to_vec(&AuditRecord {
             id,
             time_ms,
@@ -235,7 +237,7 @@ mod tests {
             latency_ms: None,
             bytes_up: 0,
             bytes_down: 0,
-            outcome: outcome.into(),
+            outcome,
         })
         .unwrap();
         line.push(b'\n');
@@ -246,15 +248,17 @@ mod tests {
     fn the_last_line_of_a_record_wins_across_segments_and_torn_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let log = Segments::open(dir.path(), 1_000).unwrap();
-        log.append(&record(1, 1_000, "started"), 1_000, 10).unwrap();
-        log.append(&record(2, 1_001, "started"), 1_001, 10).unwrap();
+        log.append(&record(1, 1_000, Outcome::Started), 1_000, 10)
+            .unwrap();
+        log.append(&record(2, 1_001, Outcome::Started), 1_001, 10)
+            .unwrap();
         // The next append opens a new segment; record 1 ends there.
-        log.append(&record(1, 1_000, "ok"), 1_020, 10).unwrap();
+        log.append(&record(1, 1_000, Outcome::Ok), 1_020, 10)
+            .unwrap();
         log.append(b"{\"id\":3,\"ti", 1_021, 10).unwrap();
         let records = log.tail(10, 0, |_| true).unwrap();
-        let outcomes: Vec<(u64, &str)> =
-            records.iter().map(|r| (r.id, r.outcome.as_str())).collect();
-        assert_eq!(outcomes, [(1, "ok"), (2, "started")]);
+        let outcomes: Vec<(u64, Outcome)> = records.iter().map(|r| (r.id, r.outcome)).collect();
+        assert_eq!(outcomes, [(1, Outcome::Ok), (2, Outcome::Started)]);
         assert_eq!(
             log.tail(1, 0, |_| true).unwrap()[0].id,
             1,
@@ -268,39 +272,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Segments::open(dir.path(), 1_000).unwrap();
         let on_disk = || std::fs::read(log.path(1_000)).unwrap();
-        log.append(&record(1, 1_000, "started"), 1_000, 10).unwrap();
+        log.append(&record(1, 1_000, Outcome::Started), 1_000, 10)
+            .unwrap();
         assert!(
-            log.hold(|held| held.extend(record(1, 1_000, "ok")))
+            log.hold(|held| held.extend(record(1, 1_000, Outcome::Ok)))
                 .unwrap(),
             "the first held"
         );
         assert!(
-            !log.hold(|held| held.extend(record(2, 1_000, "ok")))
+            !log.hold(|held| held.extend(record(2, 1_000, Outcome::Ok)))
                 .unwrap()
         );
-        assert_eq!(on_disk(), record(1, 1_000, "started"));
-        log.append(&record(3, 1_001, "started"), 1_001, 10).unwrap();
+        assert_eq!(on_disk(), record(1, 1_000, Outcome::Started));
+        log.append(&record(3, 1_001, Outcome::Started), 1_001, 10)
+            .unwrap();
         let written = [
-            record(1, 1_000, "started"),
-            record(1, 1_000, "ok"),
-            record(2, 1_000, "ok"),
-            record(3, 1_001, "started"),
+            record(1, 1_000, Outcome::Started),
+            record(1, 1_000, Outcome::Ok),
+            record(2, 1_000, Outcome::Ok),
+            record(3, 1_001, Outcome::Started),
         ]
         .concat();
         assert_eq!(on_disk(), written);
-        log.hold(|held| held.extend(record(3, 1_001, "ok")))
+        log.hold(|held| held.extend(record(3, 1_001, Outcome::Ok)))
             .unwrap();
         log.flush().unwrap();
-        assert!(on_disk().ends_with(&record(3, 1_001, "ok")));
+        assert!(on_disk().ends_with(&record(3, 1_001, Outcome::Ok)));
     }
 
     #[test]
     fn pruning_deletes_whole_old_segments_but_never_the_open_one() {
         let dir = tempfile::tempdir().unwrap();
         let log = Segments::open(dir.path(), 1_000).unwrap();
-        log.append(&record(1, 1_000, "ok"), 1_000, 10).unwrap();
-        log.append(&record(2, 1_050, "ok"), 1_050, 10).unwrap();
-        log.append(&record(3, 1_100, "ok"), 1_100, 10).unwrap();
+        log.append(&record(1, 1_000, Outcome::Ok), 1_000, 10)
+            .unwrap();
+        log.append(&record(2, 1_050, Outcome::Ok), 1_050, 10)
+            .unwrap();
+        log.append(&record(3, 1_100, Outcome::Ok), 1_100, 10)
+            .unwrap();
         assert_eq!(log.starts().unwrap(), [1_000, 1_050, 1_100]);
         assert_eq!(log.prune(1_060).unwrap(), 1);
         assert_eq!(log.prune(5_000).unwrap(), 1);

@@ -63,8 +63,8 @@ pub fn respond(
 
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let mut feed = daemon.audit.subscribe();
-    let shutdown = daemon.shutdown.clone();
-    tokio::spawn(async move {
+    let shutdown = daemon.tasks.clone();
+    daemon.tasks.spawn(async move {
         for record in newest {
             if tx.send(line(&record)).await.is_err() {
                 return;

@@ -16,11 +16,10 @@ use interprocess::local_socket::traits::StreamCommon;
 use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::Daemon;
 use crate::error::ApiError;
+use crate::shutdown::Tasks;
 
 /// Binds the socket, replacing a stale one left by a crash.
 pub async fn bind(path: &Path) -> Result<Listener> {
@@ -47,16 +46,11 @@ pub async fn bind(path: &Path) -> Result<Listener> {
         .with_context(|| format!("cannot listen on the control socket {}", path.display()))
 }
 
-pub async fn serve(
-    listener: Listener,
-    daemon: Arc<Daemon>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listener: Listener, daemon: Arc<Daemon>, tasks: Tasks) {
     let own_uid = rustix::process::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = tasks.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -71,8 +65,8 @@ pub async fn serve(
             tracing::warn!(peer_uid, "refused a control connection from another user");
         }
         let daemon = daemon.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+        let shutdown = tasks.clone();
+        tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let daemon = daemon.clone();
                 async move {

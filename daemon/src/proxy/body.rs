@@ -10,6 +10,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::Daemon;
+use crate::audit::Outcome;
 use crate::audit::Pending;
 use crate::http_util::{BoxError, ProxyBody};
 
@@ -74,12 +75,12 @@ impl Audited {
             finish: Some((daemon, pending, status)),
         };
         if audited.inner.is_end_stream() {
-            audited.complete("ok");
+            audited.complete(Outcome::Ok);
         }
         audited
     }
 
-    fn complete(&mut self, outcome: &str) {
+    fn complete(&mut self, outcome: Outcome) {
         if let Some((daemon, pending, status)) = self.finish.take() {
             let bytes = (self.up.load(Ordering::Relaxed), self.down);
             daemon.audit.finish(pending, Some(status), bytes, outcome);
@@ -103,11 +104,11 @@ impl Body for Audited {
                 }
                 // hyper stops polling once a body says it has ended.
                 if self.inner.is_end_stream() {
-                    self.complete("ok");
+                    self.complete(Outcome::Ok);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.complete("upstream_error"),
-            Poll::Ready(None) => self.complete("ok"),
+            Poll::Ready(Some(Err(_))) => self.complete(Outcome::UpstreamError),
+            Poll::Ready(None) => self.complete(Outcome::Ok),
             Poll::Pending => {}
         }
         polled
@@ -125,9 +126,9 @@ impl Body for Audited {
 impl Drop for Audited {
     fn drop(&mut self) {
         let outcome = if self.inner.is_end_stream() {
-            "ok"
+            Outcome::Ok
         } else {
-            "client_aborted"
+            Outcome::ClientAborted
         };
         self.complete(outcome);
     }

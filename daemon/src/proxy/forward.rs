@@ -17,8 +17,9 @@ use super::target::forbidden_name;
 use super::upstream::{Failure, classify};
 use crate::Daemon;
 use crate::audit::Opening;
+use crate::audit::Outcome;
 use crate::config::Egress;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed};
 use crate::registry::{LiveConn, LiveCred};
@@ -263,14 +264,14 @@ async fn send(
                 pending,
                 Some(error.status.as_u16()),
                 (0, 0),
-                "upstream_error",
+                Outcome::UpstreamError,
             );
             return boxed(error.to_response());
         }
         Err(_) => {
             daemon
                 .audit
-                .finish(pending, Some(504), (0, 0), "upstream_timeout");
+                .finish(pending, Some(504), (0, 0), Outcome::UpstreamTimeout);
             return boxed(response_timeout(&target).to_response());
         }
     };
@@ -304,7 +305,7 @@ async fn send(
 
 pub(crate) fn audit_unavailable() -> ApiError {
     ApiError::new(
-        "audit_unavailable",
+        ErrorCode::AuditUnavailable,
         StatusCode::SERVICE_UNAVAILABLE,
         "The request could not be audited, so it was not sent; check the data dir's free space.",
     )
@@ -312,7 +313,7 @@ pub(crate) fn audit_unavailable() -> ApiError {
 
 pub(crate) fn response_timeout(target: &Target) -> ApiError {
     ApiError::new(
-        "upstream_timeout",
+        ErrorCode::UpstreamTimeout,
         StatusCode::GATEWAY_TIMEOUT,
         format!(
             "{} did not answer within {} s; try again later.",
@@ -326,7 +327,7 @@ pub(crate) fn upstream_failure(e: &(dyn std::error::Error + 'static), target: &T
     tracing::debug!(error = ?e, host = %target.host, "upstream request failed");
     match classify(e) {
         Failure::Tls => ApiError::new(
-            "upstream_tls",
+            ErrorCode::UpstreamTls,
             StatusCode::BAD_GATEWAY,
             format!(
                 "The TLS certificate of {} did not verify, so nothing was sent; if it is a private CA, add it with upstream_ca_file.",
@@ -334,7 +335,7 @@ pub(crate) fn upstream_failure(e: &(dyn std::error::Error + 'static), target: &T
             ),
         ),
         Failure::Timeout => ApiError::new(
-            "upstream_timeout",
+            ErrorCode::UpstreamTimeout,
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "Connecting to {} timed out; check that it is up.",
@@ -346,14 +347,16 @@ pub(crate) fn upstream_failure(e: &(dyn std::error::Error + 'static), target: &T
             target.host
         )),
         Failure::Unreachable => ApiError::new(
-            "upstream_unreachable",
+            ErrorCode::UpstreamUnreachable,
             StatusCode::BAD_GATEWAY,
             format!(
                 "Could not reach {}:{}; check the host name and that it is up.",
                 target.host, target.port
             ),
         ),
-        Failure::Proxy(why) => ApiError::new("upstream_unreachable", StatusCode::BAD_GATEWAY, why),
+        Failure::Proxy(why) => {
+            ApiError::new(ErrorCode::UpstreamUnreachable, StatusCode::BAD_GATEWAY, why)
+        }
     }
 }
 

@@ -33,12 +33,12 @@ use sidekey_api::Whoami;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::Daemon;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed, json};
 use crate::keys::Secret;
+use crate::shutdown::Tasks;
 use forward::{Choice, Target};
 
 /// Request heads over this size get 431.
@@ -52,12 +52,7 @@ const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
 /// requests and the upstream connections they open then stay on one thread,
 /// which spares a cross-thread wakeup at every hop. (One thread was the
 /// bottleneck under load: it held the 64-connection p99 near 1 ms.)
-pub fn start(
-    listener: TcpListener,
-    daemon: Arc<Daemon>,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<()> {
+pub fn start(listener: TcpListener, daemon: Arc<Daemon>, tasks: &Tasks) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
@@ -65,9 +60,9 @@ pub fn start(
     for (i, accepted) in receivers.into_iter().enumerate() {
         // The first thread also accepts, for all of them.
         let acceptor = listener.take().map(|listener| (listener, senders.clone()));
-        let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
-        // Held until this thread's connections have drained.
-        let draining = tracker.token();
+        let daemon = daemon.clone();
+        // The guard is held until this thread's tasks have drained.
+        let (tasks, draining) = tasks.scoped();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -75,19 +70,19 @@ pub fn start(
             .name(format!("sidekeyd-proxy-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::spawn(sweep_idle_upstreams(shutdown.clone()));
+                    tasks.spawn(sweep_idle_upstreams(tasks.token().clone()));
                     if let Some((listener, threads)) = acceptor {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
-                                tokio::spawn(accept(listener, threads, shutdown.clone()));
+                                tasks.spawn(accept(listener, threads, tasks.token().clone()));
                             }
                             Err(e) => tracing::error!(error = %e, "the proxy cannot listen"),
                         }
                     }
-                    let connections = TaskTracker::new();
-                    serve(accepted, daemon, shutdown, connections.clone()).await;
-                    connections.close();
-                    connections.wait().await;
+                    serve(accepted, daemon, tasks.clone()).await;
+                    // Bounded by the daemon's own drain, which gives up on
+                    // this thread when its bound passes.
+                    tasks.drain(Duration::MAX).await;
                 });
                 drop(draining);
             })?;
@@ -127,15 +122,10 @@ async fn accept(
     }
 }
 
-async fn serve(
-    mut accepted: mpsc::UnboundedReceiver<Accepted>,
-    daemon: Arc<Daemon>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+async fn serve(mut accepted: mpsc::UnboundedReceiver<Accepted>, daemon: Arc<Daemon>, tasks: Tasks) {
     loop {
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = tasks.cancelled() => break,
             next = accepted.recv() => match next {
                 Some(next) => next,
                 None => break,
@@ -149,8 +139,8 @@ async fn serve(
             }
         };
         let daemon = daemon.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+        let shutdown = tasks.token().clone();
+        tasks.spawn(async move {
             let front = h1::Front::Plain {
                 own: daemon.proxy_addr,
             };
@@ -239,7 +229,7 @@ async fn route(
     if head_size(&req) > MAX_HEADER_BYTES {
         return boxed(
             ApiError::new(
-                "header_too_large",
+                ErrorCode::HeaderTooLarge,
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "The request headers are over 64 KiB; send smaller headers.",
             )
@@ -358,7 +348,7 @@ fn whoami(
 ) -> Response<crate::http_util::Body> {
     if req.method() != Method::GET {
         return ApiError::new(
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             StatusCode::METHOD_NOT_ALLOWED,
             "Use GET for /v1/whoami.",
         )

@@ -16,32 +16,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::frames::{FrameReader, FrameWriter};
 use super::model::{FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced};
 use super::share::Share;
 use super::{fsops, paths};
 use crate::Daemon;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ChannelBody, ProxyBody, boxed, json, query_pairs, read_json};
 use crate::registry::LiveConn;
+use crate::shutdown::Tasks;
 
 /// A batch applies its small files with one `syncfs` instead of an fsync each.
 const FETCH_LIMIT: usize = 20_000;
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 
-pub async fn serve(
-    listener: TcpListener,
-    daemon: Arc<Daemon>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, tasks: Tasks) {
     let acceptor = tokio_rustls::TlsAcceptor::from(daemon.sync.identity.server_config.clone());
     loop {
         let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = tasks.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -52,8 +46,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (daemon, acceptor, shutdown) = (daemon.clone(), acceptor.clone(), shutdown.clone());
-        tracker.spawn(async move {
+        let (daemon, acceptor, shutdown) = (daemon.clone(), acceptor.clone(), tasks.clone());
+        tasks.spawn(async move {
             let Ok(tls) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await
                 .map_err(|_| ())
@@ -160,7 +154,7 @@ async fn changes(
     }
     if let Some(why) = share.halted() {
         return Err(ApiError::new(
-            "share_halted",
+            ErrorCode::ShareHalted,
             StatusCode::SERVICE_UNAVAILABLE,
             why,
         ));
@@ -208,7 +202,7 @@ async fn fetch(req: Request<Incoming>, share: Arc<Share>) -> Result<Response<Pro
 async fn push(req: Request<Incoming>, share: &Share) -> Result<Response<ProxyBody>, ApiError> {
     if let Some(why) = share.halted() {
         return Err(ApiError::new(
-            "share_halted",
+            ErrorCode::ShareHalted,
             StatusCode::SERVICE_UNAVAILABLE,
             why,
         ));

@@ -35,7 +35,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Daemon;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::keys::Secret;
 use crate::registry::now_secs;
 use crate::store::Store;
@@ -195,14 +195,14 @@ impl Engine {
         let journal =
             Journal::for_share(daemon.registry.store(), &record.name).map_err(api_error)?;
         let share = Arc::new(Share::new(record.clone(), journal));
-        let stop = daemon.shutdown.child_token();
+        let stop = daemon.tasks.token().child_token();
         daemon
             .sync
             .shares
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.name.clone(), (share.clone(), stop.clone()));
-        tokio::spawn(runner::run_share(share, stop));
+        daemon.tasks.spawn(runner::run_share(share, stop));
         Ok(())
     }
 
@@ -356,7 +356,7 @@ impl Engine {
             }
             SyncError::Fingerprint(m) => ApiError::permission_denied(format!("{m}.")),
             SyncError::Transport(m) => ApiError::new(
-                "upstream_unreachable",
+                ErrorCode::UpstreamUnreachable,
                 http::StatusCode::BAD_GATEWAY,
                 format!("{m}; check the address and that the hub's sync_listen is reachable."),
             ),
@@ -404,7 +404,7 @@ impl Engine {
             daemon.sync.host.clone(),
         ));
         let wake = Arc::new(Notify::new());
-        let stop = daemon.shutdown.child_token();
+        let stop = daemon.tasks.token().child_token();
         let (user, user_rx) = watch::channel(0u64);
         daemon
             .sync
@@ -419,7 +419,7 @@ impl Engine {
                     stop: stop.clone(),
                 },
             );
-        tokio::spawn(runner::run_session(
+        daemon.tasks.spawn(runner::run_session(
             daemon.clone(),
             session,
             wake,
@@ -532,7 +532,7 @@ impl Engine {
         let session = daemon.sync.running(id, |r| r.session.clone())?;
         let key = session.client.rotate().await.map_err(|e| {
             ApiError::new(
-                "upstream_unreachable",
+                ErrorCode::UpstreamUnreachable,
                 http::StatusCode::BAD_GATEWAY,
                 format!("The hub did not rotate the key: {e}."),
             )

@@ -148,14 +148,19 @@ where
             Ok(moved) => down += moved,
             Err(Relay::Write(_)) => return aborted(daemon, pending, status, (up, down)),
             Err(Relay::Read | Relay::Malformed) => {
-                daemon
-                    .audit
-                    .finish(pending, status, (up, down), "upstream_error");
+                daemon.audit.finish(
+                    pending,
+                    status,
+                    (up, down),
+                    sidekey_api::Outcome::UpstreamError,
+                );
                 return Outcome::Close;
             }
         }
     }
-    daemon.audit.finish(pending, status, (up, down), "ok");
+    daemon
+        .audit
+        .finish(pending, status, (up, down), sidekey_api::Outcome::Ok);
     if answer.reusable && incoming.is_empty() {
         pool::checkin(&target, upstream);
     }
@@ -259,10 +264,7 @@ async fn fail<A>(
 where
     A: AsyncWrite + Unpin,
 {
-    let outcome = match error.code {
-        "upstream_timeout" | "bad_request" => error.code,
-        _ => "upstream_error",
-    };
+    let outcome = sidekey_api::Outcome::of_error(error.code);
     daemon
         .audit
         .finish(pending, Some(error.status.as_u16()), bytes, outcome);
@@ -273,7 +275,7 @@ where
 fn aborted(daemon: &Daemon, pending: Pending, status: Option<u16>, bytes: (u64, u64)) -> Outcome {
     daemon
         .audit
-        .finish(pending, status, bytes, "client_aborted");
+        .finish(pending, status, bytes, sidekey_api::Outcome::ClientAborted);
     Outcome::Close
 }
 

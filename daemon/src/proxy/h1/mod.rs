@@ -47,7 +47,7 @@ where
             // Idle: hold no buffer until the next request begins.
             io::recycle(std::mem::take(&mut buf));
             let read = tokio::select! {
-                () = daemon.shutdown.cancelled() => return Served::Ended,
+                () = daemon.tasks.cancelled() => return Served::Ended,
                 read = io::read_some(&mut agent, &mut buf) => read,
             };
             if !matches!(read, Ok(1..)) {
