@@ -30,6 +30,7 @@ mod hosts;
 mod http_util;
 mod inject;
 mod keys;
+mod live;
 pub mod logging;
 pub mod memory;
 mod proxy;
@@ -41,7 +42,7 @@ mod store;
 mod sync;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -57,11 +58,11 @@ pub struct Daemon {
     /// The config as it was at start: addresses and paths, which need a restart.
     config: Config,
     /// The config in force now; SIGHUP swaps it. Read it with [`Daemon::live_config`].
-    live: RwLock<Arc<Config>>,
+    live: Arc<live::Live>,
     registry: Arc<Registry>,
-    authority: proxy::tls::Authority,
-    upstream: proxy::upstream::Upstream,
-    audit: audit::Audit,
+    authority: Arc<proxy::tls::Authority>,
+    upstream: Arc<proxy::upstream::Upstream>,
+    audit: Arc<audit::Audit>,
     sync: sync::Engine,
     /// Every task's tree; its token is cancelled at shutdown.
     tasks: shutdown::Tasks,
@@ -125,26 +126,32 @@ impl Daemon {
         let store = Store::open(&config.data_dir, &master)?;
         let registry = Arc::new(Registry::load(store).map_err(|e| anyhow::anyhow!(e.message))?);
         registry.set_default_rate(config.default_rate());
-        let authority = proxy::tls::Authority::load_or_create(registry.store(), &config.data_dir)?;
-        let upstream = proxy::upstream::Upstream::new(
+        let authority = Arc::new(proxy::tls::Authority::load_or_create(
+            registry.store(),
+            &config.data_dir,
+        )?);
+        let upstream = Arc::new(proxy::upstream::Upstream::new(
             config.upstream_ca_file.as_deref(),
             proxy::dial::Dialer::new(config.upstream_proxy.clone(), &config.upstream_no_proxy),
-        )?;
+        )?);
         let sync = sync::Engine::new(registry.store(), &config)?;
-        let audit = audit::Audit::open(&config.data_dir, config.audit_retention_secs())
-            .with_context(|| {
-                format!(
-                    "cannot open the audit log in {}; check that the data dir is writable",
-                    config.data_dir.join("audit").display()
-                )
-            })?;
+        let audit = Arc::new(
+            audit::Audit::open(&config.data_dir, config.audit_retention_secs()).with_context(
+                || {
+                    format!(
+                        "cannot open the audit log in {}; check that the data dir is writable",
+                        config.data_dir.join("audit").display()
+                    )
+                },
+            )?,
+        );
         Ok(Daemon {
             authority,
             upstream,
             audit,
             sync,
             tasks: shutdown::Tasks::default(),
-            live: RwLock::new(Arc::new(config.clone())),
+            live: Arc::new(live::Live::new(config.clone())),
             config,
             registry,
             started: Instant::now(),
@@ -157,7 +164,7 @@ impl Daemon {
     /// The reloadable settings in force now (egress, audit_retention,
     /// default_rate, log_level).
     pub fn live_config(&self) -> Arc<Config> {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live.get()
     }
 
     /// The daemon's task tree, for tasks started from outside the library.
@@ -202,7 +209,18 @@ pub async fn run(
     let tasks = shutdown::Tasks::new(shutdown.clone());
     daemon.tasks = tasks.clone();
     let daemon = Arc::new(daemon);
-    proxy::start(listeners.proxy, daemon.clone(), &tasks)?;
+    proxy::start(
+        listeners.proxy,
+        &proxy::Proxy {
+            registry: daemon.registry.clone(),
+            audit: daemon.audit.clone(),
+            upstream: daemon.upstream.clone(),
+            authority: daemon.authority.clone(),
+            live: daemon.live.clone(),
+            proxy_addr: daemon.proxy_addr,
+            tasks: tasks.clone(),
+        },
+    )?;
     tasks.spawn(control::serve(
         listeners.control,
         daemon.clone(),

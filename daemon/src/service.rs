@@ -68,7 +68,7 @@ fn apply(daemon: &Daemon, new: Config, logs: &LogHandle) -> Result<()> {
         default_rate = next.default_rate.as_deref().unwrap_or("none"),
         "config reloaded"
     );
-    *daemon.live.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(next);
+    daemon.live.set(next);
     Ok(())
 }
 

@@ -75,6 +75,25 @@ impl Tasks {
     }
 }
 
+/// Serves a hyper connection until it ends; at shutdown, lets it finish the
+/// request in flight and close, rather than cutting it. A macro, not a
+/// function: rustc loses the `Send` proof of hyper's connection futures
+/// when they pass through a generic async fn.
+macro_rules! serve_graceful {
+    ($conn:expr, $token:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            served = conn.as_mut() => served,
+            () = $token.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+pub(crate) use serve_graceful;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
 use crate::Daemon;
 use crate::error::ApiError;
-use crate::shutdown::Tasks;
+use crate::shutdown::{Tasks, serve_graceful};
 
 /// Binds the socket, replacing a stale one left by a crash.
 pub async fn bind(path: &Path) -> Result<Listener> {
@@ -82,14 +82,7 @@ pub async fn serve(listener: Listener, daemon: Arc<Daemon>, tasks: Tasks) {
                 }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            let _ = serve_graceful!(conn, shutdown.token());
         });
     }
 }

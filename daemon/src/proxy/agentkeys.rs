@@ -10,15 +10,15 @@ use hyper::body::Incoming;
 
 use super::auth;
 use super::forward::{Choice, Target, forward};
-use crate::Daemon;
 use crate::error::ApiError;
 use crate::http_util::{ProxyBody, boxed};
+use crate::proxy::Proxy;
 
 const TARGET_URL: HeaderName = HeaderName::from_static("x-target-url");
 const CREDENTIAL_NAME: HeaderName = HeaderName::from_static("x-credential-name");
 const TARGET_METHOD: HeaderName = HeaderName::from_static("x-target-method");
 
-pub async fn handle(daemon: Arc<Daemon>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(daemon: Arc<Proxy>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     match prepare(&daemon, &mut req) {
         Ok((conn, target, cred)) => forward(daemon, conn, target, req, Choice::Exactly(cred)).await,
         Err(e) => boxed(e.to_response()),
@@ -31,7 +31,7 @@ type Prepared = (
     Arc<crate::registry::LiveCred>,
 );
 
-fn prepare(daemon: &Daemon, req: &mut Request<Incoming>) -> Result<Prepared, ApiError> {
+fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiError> {
     let key = auth::bearer(req.headers());
     let verified = daemon.registry.verify(key.as_deref(), "/v1/proxy")?;
     let headers = req.headers();

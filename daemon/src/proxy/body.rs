@@ -9,10 +9,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::Daemon;
 use crate::audit::Outcome;
 use crate::audit::Pending;
 use crate::http_util::{BoxError, ProxyBody};
+use crate::proxy::Proxy;
 
 /// Counts the bytes an agent uploads.
 pub struct Counted {
@@ -57,14 +57,14 @@ pub struct Audited {
     inner: ProxyBody,
     down: u64,
     up: Arc<AtomicU64>,
-    finish: Option<(Arc<Daemon>, Pending, u16)>,
+    finish: Option<(Arc<Proxy>, Pending, u16)>,
 }
 
 impl Audited {
     pub fn new(
         inner: ProxyBody,
         up: Arc<AtomicU64>,
-        daemon: Arc<Daemon>,
+        daemon: Arc<Proxy>,
         pending: Pending,
         status: u16,
     ) -> Audited {

@@ -20,16 +20,17 @@ use super::h1::{self, Front, Served};
 use super::rewind::Rewind;
 use super::target::forbidden_name;
 use super::{auth_failure, authority_matches, refuse_smuggled};
-use crate::Daemon;
 use crate::config::{Egress, Intercept};
 use crate::error::ApiError;
 use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed, empty_body};
 use crate::keys::Secret;
+use crate::proxy::Proxy;
 use crate::registry::LiveConn;
+use crate::shutdown::serve_graceful;
 
 pub async fn handle(
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     mut req: Request<Incoming>,
     key: Secret,
     conn: Arc<LiveConn>,
@@ -70,7 +71,7 @@ pub async fn handle(
         };
         tracing::debug!(conn = %conn.id, %host, port, "tunnelling without interception");
         let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
+        daemon.tasks.spawn(async move {
             if let Ok(client) = upgrade.await {
                 let mut client = TokioIo::new(client);
                 let mut upstream = upstream;
@@ -86,7 +87,8 @@ pub async fn handle(
         return boxed(e.to_response());
     }
     let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    let tasks = daemon.tasks.clone();
+    tasks.spawn(async move {
         if let Ok(upgraded) = upgrade.await {
             intercept_tunnel(daemon, key, host, port, upgraded).await;
         }
@@ -98,7 +100,7 @@ pub async fn handle(
 /// Each phase's future is boxed on its own, so an idle tunnel holds only the
 /// connection it serves, not the handshake it once did.
 async fn intercept_tunnel(
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     key: Secret,
     host: String,
     port: u16,
@@ -152,7 +154,7 @@ async fn intercept_tunnel(
 
 /// The agent and target of an intercepted tunnel.
 struct Tunnel {
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     key: Secret,
     host: String,
     port: u16,
@@ -204,7 +206,7 @@ enum Handoff<I> {
 /// every request, so a rotation or a disable takes effect inside tunnels
 /// already open.
 async fn serve_full<I>(
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     key: Secret,
     host: String,
     port: u16,
@@ -213,6 +215,7 @@ async fn serve_full<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let stop = daemon.tasks.token().clone();
     let smuggling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = smuggling.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -231,17 +234,17 @@ async fn serve_full<I>(
     let served = match io {
         // h2's frames are binary, and h2 has no framing to smuggle.
         Handoff::H2(io) => {
-            http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(io), service)
-                .await
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), service);
+            serve_graceful!(conn, stop)
         }
         Handoff::H1(io) => {
             let guarded = HeadGuard::with_flag(io, smuggling);
-            http1::Builder::new()
+            let conn = http1::Builder::new()
                 .max_buf_size(super::READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(guarded), service)
-                .with_upgrades()
-                .await
+                .with_upgrades();
+            serve_graceful!(conn, stop)
         }
     };
     if let Err(e) = served {
@@ -250,7 +253,7 @@ async fn serve_full<I>(
 }
 
 async fn inner_request(
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     key: &Secret,
     host: &str,
     port: u16,
@@ -292,7 +295,7 @@ async fn inner_request(
     forward(daemon, verified.conn, target, req, Choice::Bound).await
 }
 
-async fn connect(daemon: &Daemon, host: &str, port: u16) -> Result<TcpStream, ApiError> {
+async fn connect(daemon: &Proxy, host: &str, port: u16) -> Result<TcpStream, ApiError> {
     daemon
         .upstream
         .dialer

@@ -15,13 +15,13 @@ use super::body::{Audited, Counted};
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::target::forbidden_name;
 use super::upstream::{Failure, classify};
-use crate::Daemon;
 use crate::audit::Opening;
 use crate::audit::Outcome;
 use crate::config::Egress;
 use crate::error::{ApiError, ErrorCode};
 use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed};
+use crate::proxy::Proxy;
 use crate::registry::{LiveConn, LiveCred};
 
 /// How long to wait for the upstream's response head.
@@ -132,7 +132,7 @@ pub enum Choice {
 }
 
 pub async fn forward(
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     conn: Arc<LiveConn>,
     target: Target,
     mut req: Request<Incoming>,
@@ -146,7 +146,7 @@ pub async fn forward(
 
 /// Checks the target and picks the credential, before anything is sent.
 fn prepare(
-    daemon: &Daemon,
+    daemon: &Proxy,
     conn: &LiveConn,
     target: &Target,
     req: &mut Request<Incoming>,
@@ -208,7 +208,7 @@ fn prepare(
 }
 
 async fn send(
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
     conn: Arc<LiveConn>,
     target: Target,
     mut req: Request<Incoming>,
@@ -282,7 +282,7 @@ async fn send(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
+        daemon.tasks.spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);

@@ -34,12 +34,35 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::Daemon;
+use crate::audit::Audit;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed, json};
 use crate::keys::Secret;
-use crate::shutdown::Tasks;
+use crate::live::Live;
+use crate::registry::Registry;
+use crate::shutdown::{Tasks, serve_graceful};
 use forward::{Choice, Target};
+
+/// The proxy and exactly what it uses. Each proxy thread holds its own copy,
+/// whose `tasks` drain on that thread's runtime.
+#[derive(Clone)]
+pub struct Proxy {
+    pub registry: Arc<Registry>,
+    pub audit: Arc<Audit>,
+    pub upstream: Arc<upstream::Upstream>,
+    pub authority: Arc<tls::Authority>,
+    /// For `egress` and `intercept`, which SIGHUP may change.
+    pub live: Arc<Live>,
+    /// The listener's own address, whose endpoints are ours to serve.
+    pub proxy_addr: SocketAddr,
+    pub tasks: Tasks,
+}
+
+impl Proxy {
+    fn live_config(&self) -> Arc<crate::config::Config> {
+        self.live.get()
+    }
+}
 
 /// Request heads over this size get 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -52,7 +75,7 @@ const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
 /// requests and the upstream connections they open then stay on one thread,
 /// which spares a cross-thread wakeup at every hop. (One thread was the
 /// bottleneck under load: it held the 64-connection p99 near 1 ms.)
-pub fn start(listener: TcpListener, daemon: Arc<Daemon>, tasks: &Tasks) -> anyhow::Result<()> {
+pub fn start(listener: TcpListener, proxy: &Proxy) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
@@ -60,9 +83,12 @@ pub fn start(listener: TcpListener, daemon: Arc<Daemon>, tasks: &Tasks) -> anyho
     for (i, accepted) in receivers.into_iter().enumerate() {
         // The first thread also accepts, for all of them.
         let acceptor = listener.take().map(|listener| (listener, senders.clone()));
-        let daemon = daemon.clone();
         // The guard is held until this thread's tasks have drained.
-        let (tasks, draining) = tasks.scoped();
+        let (tasks, draining) = proxy.tasks.scoped();
+        let daemon = Arc::new(Proxy {
+            tasks: tasks.clone(),
+            ..proxy.clone()
+        });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -79,7 +105,7 @@ pub fn start(listener: TcpListener, daemon: Arc<Daemon>, tasks: &Tasks) -> anyho
                             Err(e) => tracing::error!(error = %e, "the proxy cannot listen"),
                         }
                     }
-                    serve(accepted, daemon, tasks.clone()).await;
+                    serve(accepted, daemon).await;
                     // Bounded by the daemon's own drain, which gives up on
                     // this thread when its bound passes.
                     tasks.drain(Duration::MAX).await;
@@ -122,7 +148,8 @@ async fn accept(
     }
 }
 
-async fn serve(mut accepted: mpsc::UnboundedReceiver<Accepted>, daemon: Arc<Daemon>, tasks: Tasks) {
+async fn serve(mut accepted: mpsc::UnboundedReceiver<Accepted>, daemon: Arc<Proxy>) {
+    let tasks = daemon.tasks.clone();
     loop {
         let (stream, peer) = tokio::select! {
             () = tasks.cancelled() => break,
@@ -156,12 +183,8 @@ async fn serve(mut accepted: mpsc::UnboundedReceiver<Accepted>, daemon: Arc<Daem
 
 /// The full proxy on one connection: CONNECT, upgrades, our own endpoints,
 /// and every error answer.
-async fn serve_full<S>(
-    stream: S,
-    peer: SocketAddr,
-    daemon: Arc<Daemon>,
-    shutdown: CancellationToken,
-) where
+async fn serve_full<S>(stream: S, peer: SocketAddr, daemon: Arc<Proxy>, shutdown: CancellationToken)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let stream = guard::HeadGuard::new(stream);
@@ -182,14 +205,7 @@ async fn serve_full<S>(
         .max_buf_size(READ_BUFFER_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    let _ = serve_graceful!(conn, shutdown);
 }
 
 /// Closes this thread's idle upstream connections that have aged or been
@@ -224,7 +240,7 @@ fn refuse_smuggled(flag: &AtomicBool) -> Option<Response<ProxyBody>> {
 async fn route(
     req: Request<Incoming>,
     peer: SocketAddr,
-    daemon: Arc<Daemon>,
+    daemon: Arc<Proxy>,
 ) -> Response<ProxyBody> {
     if head_size(&req) > MAX_HEADER_BYTES {
         return boxed(
@@ -274,7 +290,7 @@ async fn route(
 }
 
 /// An absolute-form request: `GET http://host/path` through the forward proxy.
-async fn forward_absolute(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward_absolute(daemon: Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (_, conn) = match verify_proxy_key(&daemon, &req) {
         Ok(verified) => verified,
         Err(e) => return auth_failure(e),
@@ -288,7 +304,7 @@ async fn forward_absolute(daemon: Arc<Daemon>, req: Request<Incoming>) -> Respon
 
 /// The forward proxy's key check, from `Proxy-Authorization`.
 fn verify_proxy_key(
-    daemon: &Daemon,
+    daemon: &Proxy,
     req: &Request<Incoming>,
 ) -> Result<(Secret, Arc<crate::registry::LiveConn>), ApiError> {
     let key = auth::proxy_key(req.headers()).map(Secret::new);
@@ -344,7 +360,7 @@ fn is_own_address(host: &str, port: Option<u16>, own: SocketAddr) -> bool {
 fn whoami(
     req: &Request<Incoming>,
     peer: SocketAddr,
-    daemon: &Daemon,
+    daemon: &Proxy,
 ) -> Response<crate::http_util::Body> {
     if req.method() != Method::GET {
         return ApiError::new(

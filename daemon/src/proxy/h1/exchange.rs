@@ -10,9 +10,9 @@ use super::io::{error_response, read_some, recycle, send};
 use super::plan::Plan;
 use super::pool::{self, Stream};
 use super::response::{self, ResponseHead};
-use crate::Daemon;
 use crate::audit::Pending;
 use crate::error::ApiError;
+use crate::proxy::Proxy;
 use crate::proxy::forward::{
     RESPONSE_HEAD_TIMEOUT, Target, audit_unavailable, response_timeout, upstream_failure,
 };
@@ -29,7 +29,7 @@ enum Relay {
     Malformed,
 }
 
-pub async fn run<A>(daemon: &Daemon, agent: &mut A, buf: &mut Vec<u8>, plan: Plan) -> Outcome
+pub async fn run<A>(daemon: &Proxy, agent: &mut A, buf: &mut Vec<u8>, plan: Plan) -> Outcome
 where
     A: AsyncRead + AsyncWrite + Unpin,
 {
@@ -255,7 +255,7 @@ where
 
 /// Answers with `error`, completes the record, and closes the connection.
 async fn fail<A>(
-    daemon: &Daemon,
+    daemon: &Proxy,
     agent: &mut A,
     pending: Pending,
     bytes: (u64, u64),
@@ -272,7 +272,7 @@ where
     Outcome::Close
 }
 
-fn aborted(daemon: &Daemon, pending: Pending, status: Option<u16>, bytes: (u64, u64)) -> Outcome {
+fn aborted(daemon: &Proxy, pending: Pending, status: Option<u16>, bytes: (u64, u64)) -> Outcome {
     daemon
         .audit
         .finish(pending, status, bytes, sidekey_api::Outcome::ClientAborted);

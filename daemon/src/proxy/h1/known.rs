@@ -4,8 +4,8 @@
 
 use zeroize::Zeroizing;
 
-use crate::Daemon;
 use crate::keys::Secret;
+use crate::proxy::Proxy;
 use crate::proxy::auth;
 use crate::registry::Lookup;
 
@@ -26,7 +26,7 @@ pub struct KnownKey {
 /// Which connection a request's key names; `None` leaves the request to the
 /// full proxy, which answers the refusal.
 pub fn look_up<'k>(
-    daemon: &Daemon,
+    daemon: &Proxy,
     known: &'k mut Option<KnownKey>,
     presented: Presented,
 ) -> Option<&'k Lookup> {

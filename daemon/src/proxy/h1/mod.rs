@@ -23,7 +23,7 @@ pub use pool::sweep as sweep_idle_upstreams;
 
 use super::guard::HEAD_TIMEOUT;
 use super::rewind::Rewind;
-use crate::Daemon;
+use crate::proxy::Proxy;
 use exchange::Outcome;
 use plan::Parsed;
 
@@ -36,7 +36,7 @@ pub enum Served<S> {
     Handoff(Rewind<S>),
 }
 
-pub async fn serve<S>(daemon: &Daemon, front: &Front, mut agent: S) -> Served<S>
+pub async fn serve<S>(daemon: &Proxy, front: &Front, mut agent: S) -> Served<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -13,10 +13,10 @@ use http::header::HeaderName;
 
 use super::framing::Framing;
 use super::known::{self, KnownKey, Presented};
-use crate::Daemon;
 use crate::audit::{Opening, Pending};
 use crate::config::Egress;
 use crate::keys::Secret;
+use crate::proxy::Proxy;
 use crate::proxy::forward::Target;
 use crate::proxy::target::forbidden_name;
 use crate::proxy::{MAX_HEADER_BYTES, authority_matches, is_own_address};
@@ -74,7 +74,7 @@ pub enum Parsed {
     Leave,
 }
 
-pub fn plan(daemon: &Daemon, front: &Front, known: &mut Option<KnownKey>, buf: &[u8]) -> Parsed {
+pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[u8]) -> Parsed {
     // Uninitialized: setting a hundred fields up front costs more than parsing.
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
