@@ -74,7 +74,7 @@ pub struct LiveCred {
 }
 
 impl LiveCred {
-    fn new(record: &CredRecord, secret: Secret) -> LiveCred {
+    pub(crate) fn new(record: &CredRecord, secret: Secret) -> LiveCred {
         LiveCred {
             name: record.name.clone(),
             cred_type: record.cred_type,
@@ -93,6 +93,15 @@ impl LiveCred {
     /// `host` must be normalized.
     pub fn binds_host(&self, host: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(host))
+    }
+
+    /// Whether its secret, or a common encoding of it, is in one of `texts`.
+    pub fn appears_in<'t>(&self, mut texts: impl Iterator<Item = &'t [u8]>) -> bool {
+        texts.any(|text| {
+            self.needles
+                .iter()
+                .any(|needle| contains(text, needle.as_bytes()))
+        })
     }
 
     pub fn binds(&self, host: &str, path: &str) -> bool {
@@ -392,11 +401,7 @@ impl Registry {
             .live_creds
             .values()
             .filter(|cred| !cred.binds_host(host))
-            .find(|cred| {
-                cred.needles
-                    .iter()
-                    .any(|needle| texts.clone().any(|text| contains(text, needle.as_bytes())))
-            })
+            .find(|cred| cred.appears_in(texts.clone()))
             .map(|cred| cred.name.clone())
     }
 

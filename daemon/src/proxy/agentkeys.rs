@@ -9,27 +9,33 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::auth;
-use super::forward::{Choice, Target, forward};
+use super::forward::forward;
+use super::policy::Entry;
+use super::target::Target;
 use crate::error::ApiError;
 use crate::http_util::{ProxyBody, boxed};
 use crate::proxy::Proxy;
+use crate::registry::Verified;
 
 const TARGET_URL: HeaderName = HeaderName::from_static("x-target-url");
 const CREDENTIAL_NAME: HeaderName = HeaderName::from_static("x-credential-name");
 const TARGET_METHOD: HeaderName = HeaderName::from_static("x-target-method");
 
 pub async fn handle(daemon: Arc<Proxy>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    match prepare(&daemon, &mut req) {
-        Ok((conn, target, cred)) => forward(daemon, conn, target, req, Choice::Exactly(cred)).await,
-        Err(e) => boxed(e.to_response()),
-    }
+    let (verified, target, named) = match prepare(&daemon, &mut req) {
+        Ok(prepared) => prepared,
+        Err(e) => return boxed(e.to_response()),
+    };
+    let entry = Entry::AgentKeys {
+        token_cred: verified.grant_cred.as_deref(),
+        named: named.as_deref(),
+    };
+    forward(daemon.clone(), verified.conn.clone(), target, req, entry).await
 }
 
-type Prepared = (
-    Arc<crate::registry::LiveConn>,
-    Target,
-    Arc<crate::registry::LiveCred>,
-);
+/// The key, the target and the named credential, with the headers that
+/// carried them taken out of the request.
+type Prepared = (Verified, Target, Option<String>);
 
 fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiError> {
     let key = auth::bearer(req.headers());
@@ -63,27 +69,6 @@ fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiE
         None => None,
     };
 
-    let conn = verified.conn;
-    let cred = match (&verified.grant_cred, &wanted) {
-        (Some(granted), Some(wanted)) if granted != wanted => {
-            return Err(ApiError::permission_denied(format!(
-                "This pxr_ token is for the credential '{granted}', not '{wanted}'; drop X-Credential-Name or use that credential's token."
-            )));
-        }
-        (Some(name), _) | (None, Some(name)) => daemon.registry.granted_cred(&conn.id, name).ok_or_else(|| {
-            ApiError::permission_denied(format!(
-                "The credential '{name}' is not granted to this connection; grant it with: sidekeyctl grant {} {name}",
-                conn.name
-            ))
-        })?,
-        (None, None) => daemon.registry.cred_for(&conn.id, &target.host, target.path()).ok_or_else(|| {
-            ApiError::permission_denied(format!(
-                "No credential granted to this connection is bound to {}; bind one with --host, or name it in X-Credential-Name.",
-                target.host
-            ))
-        })?,
-    };
-
     let headers = req.headers_mut();
     for name in [
         TARGET_URL,
@@ -97,5 +82,5 @@ fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiE
     if let Some(method) = method {
         *req.method_mut() = method;
     }
-    Ok((conn, target, cred))
+    Ok((verified, target, wanted))
 }

@@ -14,13 +14,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::forward::{Choice, Target, forward, upstream_failure};
+use super::forward::{forward, upstream_failure};
 use super::guard::HeadGuard;
 use super::h1::{self, Front, Served};
+use super::policy::{self, Connect, Entry, Settings};
 use super::rewind::Rewind;
-use super::target::forbidden_name;
+use super::target::Target;
 use super::{auth_failure, authority_matches, refuse_smuggled};
-use crate::config::{Egress, Intercept};
 use crate::error::ApiError;
 use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed, empty_body};
@@ -43,27 +43,18 @@ pub async fn handle(
     };
     let host = normalize_host(authority.host());
     let port = authority.port_u16().unwrap_or(443);
-    if forbidden_name(&host) {
-        return boxed(
-            ApiError::permission_denied(format!(
-                "{host} is a link-local or cloud-metadata address; sidekey never sends requests there."
-            ))
-            .to_response(),
-        );
-    }
-    let config = daemon.live_config();
-    let intercept =
-        config.intercept == Intercept::All || daemon.registry.host_is_bound(&conn.id, &host);
-    if !intercept && config.egress == Egress::Deny {
-        return boxed(
-            ApiError::permission_denied(format!(
-                "egress is \"deny\" and no credential granted to this connection is bound to {host}."
-            ))
-            .to_response(),
-        );
-    }
+    let settings = Settings::of(&daemon.live_config());
+    let tunnel = match policy::decide_connect(
+        &*daemon.registry,
+        settings,
+        &conn.id,
+        &Target::new("https", &host, Some(port), "/"),
+    ) {
+        Ok(tunnel) => tunnel,
+        Err(e) => return boxed(e.to_response()),
+    };
 
-    if !intercept {
+    if tunnel == Connect::Untouched {
         // Connect first, so that a closed port is a 502 rather than a dead tunnel.
         let upstream = match connect(&daemon, &host, port).await {
             Ok(stream) => stream,
@@ -292,7 +283,7 @@ async fn inner_request(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let target = Target::new(scheme, host, Some(port), &path);
-    forward(daemon, verified.conn, target, req, Choice::Bound).await
+    forward(daemon, verified.conn, target, req, Entry::Forward).await
 }
 
 async fn connect(daemon: &Proxy, host: &str, port: u16) -> Result<TcpStream, ApiError> {

@@ -11,6 +11,7 @@ mod forward;
 mod guard;
 mod h1;
 mod headers;
+mod policy;
 mod rewind;
 mod target;
 pub mod tls;
@@ -41,7 +42,8 @@ use crate::keys::Secret;
 use crate::live::Live;
 use crate::registry::Registry;
 use crate::shutdown::{Tasks, serve_graceful};
-use forward::{Choice, Target};
+use policy::Entry;
+use target::Target;
 
 /// The proxy and exactly what it uses. Each proxy thread holds its own copy,
 /// whose `tasks` drain on that thread's runtime.
@@ -299,7 +301,7 @@ async fn forward_absolute(daemon: Arc<Proxy>, req: Request<Incoming>) -> Respons
         Ok(target) => target,
         Err(e) => return boxed(e.to_response()),
     };
-    forward::forward(daemon, conn, target, req, Choice::Bound).await
+    forward::forward(daemon, conn, target, req, Entry::Forward).await
 }
 
 /// The forward proxy's key check, from `Proxy-Authorization`.

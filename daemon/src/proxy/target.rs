@@ -3,6 +3,93 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use http::Uri;
+
+use crate::error::ApiError;
+use crate::hosts::normalize_host;
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: &'static str,
+    /// Normalized: lowercase, no trailing dot, canonical IP literals.
+    pub host: String,
+    pub port: u16,
+    pub path_and_query: String,
+}
+
+impl Target {
+    pub fn new(
+        scheme: &'static str,
+        host: &str,
+        port: Option<u16>,
+        path_and_query: &str,
+    ) -> Target {
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        Target {
+            scheme,
+            host: normalize_host(host),
+            port: port.unwrap_or(default_port),
+            path_and_query: if path_and_query.is_empty() {
+                "/".into()
+            } else {
+                path_and_query.to_string()
+            },
+        }
+    }
+
+    pub fn from_uri(uri: &Uri) -> Result<Target, ApiError> {
+        let scheme = match uri.scheme_str() {
+            Some("http") => "http",
+            Some("https") => "https",
+            _ => {
+                return Err(ApiError::bad_request(
+                    "Only http:// and https:// targets are supported; fix the target URL.",
+                ));
+            }
+        };
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| {
+            ApiError::bad_request(
+                "The target URL has no host; send a full URL like https://api.example.com/v1.",
+            )
+        })?;
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        Ok(Target::new(scheme, host, uri.port_u16(), path))
+    }
+
+    /// `host[:port]`, the port only when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let mut authority = String::with_capacity(self.host.len() + 8);
+        let ipv6 = self.host.contains(':');
+        if ipv6 {
+            authority.push('[');
+        }
+        authority.push_str(&self.host);
+        if ipv6 {
+            authority.push(']');
+        }
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        if self.port != default_port {
+            authority.push(':');
+            authority.push_str(itoa::Buffer::new().format(self.port));
+        }
+        authority
+    }
+
+    pub fn path(&self) -> &str {
+        self.path_and_query.split('?').next().unwrap_or("/")
+    }
+
+    /// `authority` is [`Target::authority`], which the caller needs too.
+    pub fn uri(&self, authority: &str) -> Result<Uri, ApiError> {
+        format!("{}://{authority}{}", self.scheme, self.path_and_query)
+            .parse()
+            .map_err(|_| {
+                ApiError::bad_request("The target URL is not valid; check its path and query.")
+            })
+    }
+}
+
 /// Names that resolve to cloud metadata services.
 const METADATA_NAMES: &[&str] = &[
     "metadata.google.internal",
@@ -37,6 +124,17 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_name_the_port_only_when_it_is_not_the_default() {
+        let authority = |scheme, host, port| Target::new(scheme, host, port, "/").authority();
+        assert_eq!(authority("https", "API.x.test.", Some(443)), "api.x.test");
+        assert_eq!(authority("http", "h", Some(0)), "h:0");
+        assert_eq!(authority("http", "h", Some(65535)), "h:65535");
+        assert_eq!(authority("https", "h", Some(80)), "h:80");
+        assert_eq!(authority("http", "[::1]", Some(8080)), "[::1]:8080");
+        assert_eq!(authority("http", "[::1]", None), "[::1]");
+    }
 
     #[test]
     fn metadata_and_link_local_are_refused() {

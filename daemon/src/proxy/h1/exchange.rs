@@ -14,8 +14,9 @@ use crate::audit::Pending;
 use crate::error::ApiError;
 use crate::proxy::Proxy;
 use crate::proxy::forward::{
-    RESPONSE_HEAD_TIMEOUT, Target, audit_unavailable, response_timeout, upstream_failure,
+    RESPONSE_HEAD_TIMEOUT, audit_unavailable, response_timeout, upstream_failure,
 };
+use crate::proxy::target::Target;
 
 pub enum Outcome {
     KeepAlive,

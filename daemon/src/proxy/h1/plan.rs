@@ -13,12 +13,11 @@ use http::header::HeaderName;
 
 use super::framing::Framing;
 use super::known::{self, KnownKey, Presented};
-use crate::audit::{Opening, Pending};
-use crate::config::Egress;
+use crate::audit::Pending;
 use crate::keys::Secret;
 use crate::proxy::Proxy;
-use crate::proxy::forward::Target;
-use crate::proxy::target::forbidden_name;
+use crate::proxy::policy::{self, Ask, Decision, Entry, Settings};
+use crate::proxy::target::Target;
 use crate::proxy::{MAX_HEADER_BYTES, authority_matches, is_own_address};
 use crate::registry::{LiveCred, Verified};
 
@@ -95,23 +94,23 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
     let Some((target, presented)) = target_and_key(front, request_target, &scan) else {
         return Parsed::Leave;
     };
-    if forbidden_name(&target.host) {
-        return Parsed::Leave;
-    }
-    let values = req.headers.iter().map(|field| field.value);
-    let texts = std::iter::once(request_target.as_bytes()).chain(values);
-    if daemon.registry.leaked_secret(texts, &target.host).is_some() {
-        return Parsed::Leave;
-    }
     let Some(lookup) = known::look_up(daemon, known, presented) else {
         return Parsed::Leave;
     };
-    let cred = daemon
-        .registry
-        .cred_for(&lookup.conn().id, &target.host, target.path());
-    if cred.is_none() && daemon.live_config().egress == Egress::Deny {
+    let values = req.headers.iter().map(|field| field.value);
+    let ask = Ask {
+        conn_id: &lookup.conn().id,
+        conn_name: &lookup.conn().name,
+        target: &target,
+        entry: Entry::Forward,
+        texts: std::iter::once(request_target.as_bytes()).chain(values),
+    };
+    // A refusal is answered by the full proxy, which asks the same policy.
+    let Ok(Decision { cred }) =
+        policy::decide(&*daemon.registry, Settings::of(&daemon.live_config()), ask)
+    else {
         return Parsed::Leave;
-    }
+    };
     // Last, so a request left to the full proxy is admitted only there: one
     // rate token and one use for each request.
     let Ok(Verified { conn, .. }) = daemon.registry.admit(lookup, "proxy") else {
@@ -126,15 +125,13 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
         req.headers,
         &scan,
     );
-    let record = daemon.audit.record(&Opening {
-        conn_id: &conn.id,
-        conn: &conn.name,
-        cred: cred.as_ref().map(|c| c.name.as_str()),
+    let record = daemon.audit.record(&policy::opening(
+        (&conn.id, &conn.name),
+        cred.as_deref(),
         method,
-        scheme: target.scheme,
-        authority: &authority,
-        path: &target.path_and_query,
-    });
+        &target,
+        &authority,
+    ));
     Parsed::Take(Plan {
         target,
         record,

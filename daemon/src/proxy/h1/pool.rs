@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::super::forward::Target;
 use super::super::upstream::Upstream;
+use crate::proxy::target::Target;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections older than this are closed.
