@@ -15,11 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::forward::{forward, upstream_failure};
-use super::guard::HeadGuard;
 use super::h1::{self, Front, Served};
 use super::policy::{self, Connect, Entry, Settings};
-use super::rewind::Rewind;
 use super::target::Target;
+use super::wire::rewind::Rewind;
+use super::wire::smuggling::HeadGuard;
 use super::{auth_failure, authority_matches, refuse_smuggled};
 use crate::error::ApiError;
 use crate::hosts::normalize_host;
@@ -232,7 +232,7 @@ async fn serve_full<I>(
         Handoff::H1(io) => {
             let guarded = HeadGuard::with_flag(io, smuggling);
             let conn = http1::Builder::new()
-                .max_buf_size(super::READ_BUFFER_BYTES)
+                .max_buf_size(super::wire::READ_BUFFER_BYTES)
                 .serve_connection(TokioIo::new(guarded), service)
                 .with_upgrades();
             serve_graceful!(conn, stop)

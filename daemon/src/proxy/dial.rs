@@ -8,15 +8,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::target::forbidden_ip;
+use super::wire::CONNECT_TIMEOUT;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a CONNECT answer's head read before giving up on it.
 const MAX_ANSWER: usize = 16 * 1024;
 

@@ -12,10 +12,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{Audited, Counted};
-use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::policy::{self, Ask, Decision, Entry, Settings};
 use super::target::Target;
 use super::upstream::{Failure, classify};
+use super::wire::headers::{is_upgrade, strip_hop_by_hop};
 use crate::audit::Outcome;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed};

@@ -8,14 +8,12 @@ mod body;
 mod connect;
 pub mod dial;
 mod forward;
-mod guard;
 mod h1;
-mod headers;
 mod policy;
-mod rewind;
 mod target;
 pub mod tls;
 pub mod upstream;
+mod wire;
 
 pub(crate) use auth::bearer;
 
@@ -44,6 +42,8 @@ use crate::registry::Registry;
 use crate::shutdown::{Tasks, serve_graceful};
 use policy::Entry;
 use target::Target;
+use wire::smuggling::HeadGuard;
+use wire::{MAX_HEADER_BYTES, READ_BUFFER_BYTES};
 
 /// The proxy and exactly what it uses. Each proxy thread holds its own copy,
 /// whose `tasks` drain on that thread's runtime.
@@ -65,12 +65,6 @@ impl Proxy {
         self.live.get()
     }
 }
-
-/// Request heads over this size get 431.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// hyper's read buffer: a hard memory bound a little above the 431 limit,
-/// which is checked exactly in [`route`].
-const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
 
 /// Serves the proxy on one thread per CPU, each a single-threaded runtime.
 /// The first deals accepted connections out in turn; a connection, its
@@ -189,7 +183,7 @@ async fn serve_full<S>(stream: S, peer: SocketAddr, daemon: Arc<Proxy>, shutdown
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let stream = guard::HeadGuard::new(stream);
+    let stream = HeadGuard::new(stream);
     let smuggling = stream.flag.clone();
     let service = service_fn(move |req| {
         let daemon = daemon.clone();

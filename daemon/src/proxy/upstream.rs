@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use hyper::Uri;
@@ -18,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 
 use super::dial::{Dialer, ProxyRefusal};
+use super::wire::{POOL_IDLE_FOR, POOL_IDLE_PER_HOST};
 use crate::http_util::ProxyBody;
 
 type Connector = HttpsConnector<DialConnector>;
@@ -57,8 +57,8 @@ impl Upstream {
                 builder.enable_http1().wrap_connector(http)
             };
             Ok(Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(256)
+                .pool_idle_timeout(POOL_IDLE_FOR)
+                .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
                 .build(connector))
         };
         let mut tls_http1 = tls_config()?;

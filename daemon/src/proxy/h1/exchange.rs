@@ -5,7 +5,6 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::framing::{Framing, Malformed};
 use super::io::{error_response, read_some, recycle, send};
 use super::plan::Plan;
 use super::pool::{self, Stream};
@@ -17,6 +16,7 @@ use crate::proxy::forward::{
     RESPONSE_HEAD_TIMEOUT, audit_unavailable, response_timeout, upstream_failure,
 };
 use crate::proxy::target::Target;
+use crate::proxy::wire::framing::{Framing, Malformed};
 
 pub enum Outcome {
     KeepAlive,

@@ -6,7 +6,6 @@
 //! the connection, bytes read and all, to the full hyper-based proxy.
 
 mod exchange;
-mod framing;
 mod io;
 mod known;
 mod plan;
@@ -21,8 +20,8 @@ use tokio::time::Instant;
 pub use plan::Front;
 pub use pool::sweep as sweep_idle_upstreams;
 
-use super::guard::HEAD_TIMEOUT;
-use super::rewind::Rewind;
+use super::wire::rewind::Rewind;
+use super::wire::smuggling::HEAD_TIMEOUT;
 use crate::proxy::Proxy;
 use exchange::Outcome;
 use plan::Parsed;

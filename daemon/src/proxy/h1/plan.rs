@@ -11,31 +11,16 @@ use std::net::SocketAddr;
 
 use http::header::HeaderName;
 
-use super::framing::Framing;
 use super::known::{self, KnownKey, Presented};
 use crate::audit::Pending;
 use crate::keys::Secret;
 use crate::proxy::Proxy;
 use crate::proxy::policy::{self, Ask, Decision, Entry, Settings};
 use crate::proxy::target::Target;
-use crate::proxy::{MAX_HEADER_BYTES, authority_matches, is_own_address};
+use crate::proxy::wire::framing::Framing;
+use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, is_hop_by_hop, push_field};
+use crate::proxy::{authority_matches, is_own_address};
 use crate::registry::{LiveCred, Verified};
-
-/// hyper's limit too: more header fields than this is left to it to refuse.
-const MAX_FIELDS: usize = 100;
-
-/// Hop-by-hop fields, dropped from requests and responses alike. A body's
-/// framing fields stay: the body passes on in the framing it came in.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// Where requests on a connection come from.
 pub enum Front {
@@ -310,18 +295,6 @@ fn upstream_head(
     }
     head.extend_from_slice(b"\r\n");
     head
-}
-
-/// One of the fields every hop drops.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
-}
-
-pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    head.extend_from_slice(name);
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -19,11 +19,8 @@ use tokio_rustls::client::TlsStream;
 
 use super::super::upstream::Upstream;
 use crate::proxy::target::Target;
+use crate::proxy::wire::{CONNECT_TIMEOUT, POOL_IDLE_FOR, POOL_IDLE_PER_HOST};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle upstream connections older than this are closed.
-const IDLE_FOR_AT_MOST: Duration = Duration::from_secs(90);
-const IDLE_PER_HOST: usize = 256;
 /// A connection reused sooner than this is not checked for a close first:
 /// upstreams close idle connections after seconds, and a request whole in
 /// hand that meets a closed one anyway is sent again on a new one.
@@ -66,7 +63,7 @@ pub fn checkout(target: &Target, can_resend: bool) -> Option<Stream> {
         while let Some((stream, since)) = streams.pop() {
             let idle = since.elapsed();
             let trusted = can_resend && idle < CHECK_AFTER;
-            if trusted || (idle < IDLE_FOR_AT_MOST && stream.still_open()) {
+            if trusted || (idle < POOL_IDLE_FOR && stream.still_open()) {
                 return Some(stream);
             }
         }
@@ -90,7 +87,7 @@ pub fn checkin(target: &Target, stream: Stream) {
             }
         };
         let streams = &mut idle[index].1;
-        if streams.len() < IDLE_PER_HOST {
+        if streams.len() < POOL_IDLE_PER_HOST {
             streams.push((stream, Instant::now()));
         }
     });
@@ -100,9 +97,8 @@ pub fn checkin(target: &Target, stream: Stream) {
 pub fn sweep() {
     IDLE.with_borrow_mut(|idle| {
         for (_, streams) in idle.iter_mut() {
-            streams.retain(|(stream, since)| {
-                since.elapsed() < IDLE_FOR_AT_MOST && stream.still_open()
-            });
+            streams
+                .retain(|(stream, since)| since.elapsed() < POOL_IDLE_FOR && stream.still_open());
         }
         idle.retain(|(_, streams)| !streams.is_empty());
     });

@@ -4,11 +4,8 @@
 use std::io::Write;
 use std::mem::MaybeUninit;
 
-use super::framing::{Framing, Malformed};
-use super::plan::{is_hop_by_hop, push_field};
-use crate::proxy::MAX_HEADER_BYTES;
-
-const MAX_FIELDS: usize = 100;
+use crate::proxy::wire::framing::{Framing, Malformed};
+use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, is_hop_by_hop, push_field};
 
 pub struct ResponseHead {
     /// Bytes of the upstream's head.

@@ -1,18 +1,10 @@
-//! Header hygiene: hop-by-hop headers and `Proxy-Authorization` never cross
-//! the proxy.
+//! Header hygiene on hyper's header maps: hop-by-hop headers and
+//! `Proxy-Authorization` never cross the proxy.
 
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+use super::HOP_BY_HOP;
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. With
 /// `upgrade`, keeps `Connection: upgrade` and `Upgrade` so a WebSocket
@@ -26,11 +18,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    // hyper frames each body itself, so the framing it came in goes too.
+    headers.remove(header::TRANSFER_ENCODING);
     if upgrade && let Some(value) = upgrade_value {
         headers.insert(
             header::CONNECTION,

@@ -23,6 +23,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::framing::Framing;
+
 /// A client that has begun a request head and not finished it by then is
 /// dropped.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,15 +36,8 @@ const LINE: usize = 40;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Head,
-    /// This many body bytes are left.
-    Body(u64),
-    /// Reading a chunk-size line: its digits, then the rest of the line.
-    ChunkSize(u64),
-    ChunkRest(u64),
-    /// This many chunk bytes are left, then the line that ends the chunk.
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
+    /// A body, followed in the framing the forwarder uses too.
+    Body(Framing),
     /// After a `CONNECT`, or framing too broken for hyper to go on with.
     Done,
 }
@@ -109,41 +104,20 @@ impl<T> HeadGuard<T> {
 
     fn scan(&mut self, mut bytes: &[u8]) {
         while let Some((&b, rest)) = bytes.split_first() {
-            match self.phase {
+            match &mut self.phase {
                 Phase::Done => return,
-                Phase::Body(left) | Phase::ChunkData(left) => {
-                    let skip = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
-                    bytes = &bytes[skip..];
-                    let left = left - skip as u64;
-                    self.phase = match self.phase {
-                        Phase::Body(_) if left == 0 => Phase::Head,
-                        Phase::Body(_) => Phase::Body(left),
-                        _ if left == 0 => Phase::ChunkEnd,
-                        _ => Phase::ChunkData(left),
+                Phase::Body(framing) => {
+                    let Ok((taken, whole)) = framing.advance(bytes) else {
+                        self.phase = Phase::Done;
+                        return;
                     };
+                    if whole {
+                        self.phase = Phase::Head;
+                    }
+                    bytes = &bytes[taken..];
                     continue;
                 }
-                Phase::ChunkSize(size) => {
-                    self.phase = match (b, (b as char).to_digit(16)) {
-                        (b'\n', _) => chunk(size),
-                        (_, Some(digit)) => size
-                            .checked_mul(16)
-                            .map_or(Phase::Done, |s| Phase::ChunkSize(s + u64::from(digit))),
-                        // An extension, or the CR.
-                        _ => Phase::ChunkRest(size),
-                    };
-                }
-                Phase::ChunkRest(size) => {
-                    if b == b'\n' {
-                        self.phase = chunk(size);
-                    }
-                }
-                Phase::ChunkEnd => {
-                    if b == b'\n' {
-                        self.phase = Phase::ChunkSize(0);
-                    }
-                }
-                Phase::Head | Phase::Trailers => self.scan_line_byte(b),
+                Phase::Head => self.scan_line_byte(b),
             }
             bytes = rest;
         }
@@ -160,12 +134,6 @@ impl<T> HeadGuard<T> {
         let line = &self.line[..self.line_len.min(LINE)];
         let blank = self.line_len == 0 || line == b"\r";
         self.line_len = 0;
-        if self.phase == Phase::Trailers {
-            if blank {
-                self.phase = Phase::Head;
-            }
-            return;
-        }
         if blank {
             // Blank lines before a request line are allowed and ignored.
             if !self.request_line {
@@ -188,28 +156,19 @@ impl<T> HeadGuard<T> {
         self.phase = if self.connect {
             Phase::Done
         } else if self.saw_encoding {
-            Phase::ChunkSize(0)
+            Phase::Body(Framing::chunked())
         } else {
             match self.length {
                 None | Some(0) => Phase::Head,
                 // Too long to have been read whole: hyper refuses it.
                 Some(u64::MAX) => Phase::Done,
-                Some(n) => Phase::Body(n),
+                Some(n) => Phase::Body(Framing::Length(n)),
             }
         };
         self.request_line = true;
         self.connect = false;
         self.length = None;
         self.saw_encoding = false;
-    }
-}
-
-/// After a chunk-size line: the chunk, or the trailers after the last one.
-fn chunk(size: u64) -> Phase {
-    if size == 0 {
-        Phase::Trailers
-    } else {
-        Phase::ChunkData(size)
     }
 }
 

@@ -1,0 +1,51 @@
+//! The HTTP/1.1 wire, shared by the forwarder and the hyper path: limits,
+//! the one hop-by-hop list, body framing, the smuggling guard. Each rule of
+//! the wire is written here once.
+
+pub mod framing;
+pub mod headers;
+pub mod rewind;
+pub mod smuggling;
+
+use std::time::Duration;
+
+/// Request heads over this size get 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's read buffer: a hard memory bound a little above the 431 limit,
+/// which the proxy checks exactly.
+pub const READ_BUFFER_BYTES: usize = 2 * MAX_HEADER_BYTES;
+/// hyper's limit too: a head with more fields than this is left to hyper to
+/// refuse.
+pub const MAX_FIELDS: usize = 100;
+/// Opening an upstream connection, TLS included, takes at most this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle upstream connections older than this are closed, in either pool.
+pub const POOL_IDLE_FOR: Duration = Duration::from_secs(90);
+/// Idle upstream connections kept per origin, in either pool.
+pub const POOL_IDLE_PER_HOST: usize = 256;
+
+/// Hop-by-hop fields, dropped from requests and responses alike. A body's
+/// framing fields are not here: the forwarder passes a body on in the
+/// framing it came in, and hyper frames its own.
+pub(super) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// One of the fields every hop drops.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
