@@ -1,0 +1,137 @@
+//! The hot-path views of connections and credentials that the index holds.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sidekey_api::ConnKind;
+
+use crate::hosts::HostPattern;
+use crate::keys::Secret;
+use crate::ratelimit::TokenBucket;
+use crate::store::CredRecord;
+
+use super::*;
+
+/// What a valid key resolves to.
+#[derive(Clone)]
+pub struct Verified {
+    pub conn: Arc<LiveConn>,
+    /// Set when the key was a `pxr_` grant token: the one credential it unlocks.
+    pub grant_cred: Option<String>,
+}
+
+/// The hot-path view of a connection.
+pub struct LiveConn {
+    pub id: String,
+    pub name: String,
+    pub kind: ConnKind,
+    pub expires_at: Option<u64>,
+    /// A sync key's share, and whether it may only pull.
+    pub share: Option<Box<str>>,
+    pub read_only: bool,
+    pub(super) disabled: AtomicBool,
+    /// Boxed: most connections have no rate of their own.
+    pub(super) limiter: Option<Box<TokenBucket>>,
+    pub(super) last_used_at: AtomicU64,
+    pub(super) last_used_by: Mutex<String>,
+    pub(super) dirty: AtomicBool,
+}
+
+pub(super) enum Holder {
+    /// A connection's key. `until_ms` is set for a rotated-out key in its grace period.
+    Conn {
+        conn: Arc<LiveConn>,
+        until_ms: Option<u64>,
+    },
+    Grant {
+        conn: Arc<LiveConn>,
+        cred: String,
+    },
+}
+
+/// A credential ready for injection: parsed host patterns and the secret.
+pub struct LiveCred {
+    pub name: String,
+    pub cred_type: sidekey_api::CredType,
+    pub(super) patterns: Vec<HostPattern>,
+    pub(super) path_prefix: Option<String>,
+    pub secret: Secret,
+    /// The header fields it sets, rendered once rather than per request.
+    pub fields: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub(super) needles: Vec<String>,
+}
+
+impl LiveCred {
+    pub(crate) fn new(record: &CredRecord, secret: Secret) -> LiveCred {
+        LiveCred {
+            name: record.name.clone(),
+            cred_type: record.cred_type,
+            patterns: record
+                .hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect(),
+            path_prefix: record.path_prefix.clone(),
+            needles: crate::inject::needles(record.cred_type, &secret),
+            fields: crate::inject::header_fields(record.cred_type, &secret),
+            secret,
+        }
+    }
+
+    /// `host` must be normalized.
+    pub fn binds_host(&self, host: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(host))
+    }
+
+    /// Whether its secret, or a common encoding of it, is in one of `texts`.
+    pub fn appears_in<'t>(&self, mut texts: impl Iterator<Item = &'t [u8]>) -> bool {
+        texts.any(|text| {
+            self.needles
+                .iter()
+                .any(|needle| contains(text, needle.as_bytes()))
+        })
+    }
+
+    pub fn binds(&self, host: &str, path: &str) -> bool {
+        self.binds_host(host)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|prefix| path_under(path, prefix))
+    }
+}
+
+/// `/v1/x` is under `/v1`; `/v10` is not.
+pub(super) fn path_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
+impl LiveConn {
+    /// Stores only what changed: every proxy thread marks the same busy
+    /// connection, and a store to a shared line costs each of them.
+    pub(super) fn mark_used(&self, used_by: &str) {
+        let now = now_secs();
+        let mut changed = self.last_used_at.load(Ordering::Relaxed) != now;
+        if changed {
+            self.last_used_at.store(now, Ordering::Relaxed);
+        }
+        // Busy: another use is being recorded this instant, and of two uses
+        // at once either may count as the last.
+        if let Ok(mut by) = self.last_used_by.try_lock()
+            && by.as_str() != used_by
+        {
+            by.clear();
+            by.push_str(used_by);
+            changed = true;
+        }
+        if changed && !self.dirty.load(Ordering::Acquire) {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+}
+
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

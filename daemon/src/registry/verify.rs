@@ -1,0 +1,132 @@
+//! Verification and the proxy's credential lookups: the hot path, a read
+//! lock and hash lookups only; never a store write.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use sidekey_api::ConnKind;
+
+use crate::error::ApiError;
+use crate::keys::{self, KeyHash};
+
+use super::*;
+
+impl Registry {
+    /// Checks a presented key. `used_by` says what used it, for `last_used`.
+    pub fn verify(&self, presented: Option<&str>, used_by: &str) -> Result<Verified, ApiError> {
+        let presented = presented.ok_or_else(ApiError::token_missing)?;
+        self.admit(&self.look_up(presented)?, used_by)
+    }
+
+    /// Finds the connection a key names, without admitting a request yet.
+    pub fn look_up(&self, presented: &str) -> Result<Lookup, ApiError> {
+        if keys::parse(presented).is_none() {
+            return Err(ApiError::invalid_access_key());
+        }
+        let hash = KeyHash::of(presented);
+        let generation = self.generation.load(Ordering::Acquire);
+        let index = self.read();
+        match index.by_hash.get_key_value(&hash) {
+            Some((stored, holder)) if stored.ct_eq(&hash) => Ok(match holder {
+                Holder::Conn { conn, until_ms } => Lookup {
+                    verified: Verified {
+                        conn: conn.clone(),
+                        grant_cred: None,
+                    },
+                    until_ms: *until_ms,
+                    generation,
+                },
+                Holder::Grant { conn, cred } => Lookup {
+                    verified: Verified {
+                        conn: conn.clone(),
+                        grant_cred: Some(cred.clone()),
+                    },
+                    until_ms: None,
+                    generation,
+                },
+            }),
+            _ => Err(ApiError::invalid_access_key()),
+        }
+    }
+
+    /// Whether nothing has changed since `lookup`, so that the key it was
+    /// made for still names the same connection.
+    pub fn still_holds(&self, lookup: &Lookup) -> bool {
+        lookup.generation == self.generation.load(Ordering::Acquire)
+    }
+
+    /// Admits one request on a looked-up key: its grace, the connection's
+    /// state, expiry and rate, then marks it used.
+    pub fn admit(&self, lookup: &Lookup, used_by: &str) -> Result<Verified, ApiError> {
+        if lookup.until_ms.is_some_and(|until| now_ms() >= until) {
+            return Err(ApiError::invalid_access_key());
+        }
+        let conn = &lookup.verified.conn;
+        if conn.disabled.load(Ordering::Acquire) {
+            return Err(ApiError::connection_disabled());
+        }
+        if conn.expires_at.is_some_and(|at| now_secs() >= at) {
+            return Err(ApiError::key_expired());
+        }
+        if let Some(limiter) = &conn.limiter {
+            limiter
+                .check(Instant::now())
+                .map_err(ApiError::rate_limited)?;
+        } else if conn.kind == ConnKind::Agent {
+            self.default_rates
+                .check(&conn.id, Instant::now())
+                .map_err(ApiError::rate_limited)?;
+        }
+        conn.mark_used(used_by);
+        Ok(lookup.verified.clone())
+    }
+
+    // --- credential lookups for the proxy (hot path: read lock only)
+
+    /// The credential `name`, if it is granted to the connection.
+    pub fn granted_cred(&self, conn_id: &str, name: &str) -> Option<Arc<LiveCred>> {
+        let index = self.read();
+        index
+            .grants
+            .contains_key(&(conn_id.to_string(), name.to_string()))
+            .then(|| index.live_creds.get(name).cloned())
+            .flatten()
+    }
+
+    /// The first credential granted to the connection that is bound to this
+    /// host and path. `host` must be normalized.
+    pub fn cred_for(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>> {
+        let index = self.read();
+        index
+            .granted_names(conn_id)
+            .filter_map(|name| index.live_creds.get(name))
+            .find(|cred| cred.binds(host, path))
+            .cloned()
+    }
+
+    /// Whether any credential granted to the connection is bound to `host`.
+    pub fn host_is_bound(&self, conn_id: &str, host: &str) -> bool {
+        let index = self.read();
+        index
+            .granted_names(conn_id)
+            .filter_map(|name| index.live_creds.get(name))
+            .any(|cred| cred.binds_host(host))
+    }
+
+    /// The name of a credential whose secret appears in `texts` while the
+    /// request goes to a host that credential is not bound to.
+    pub fn leaked_secret<'t>(
+        &self,
+        texts: impl Iterator<Item = &'t [u8]> + Clone,
+        host: &str,
+    ) -> Option<String> {
+        let index = self.read();
+        index
+            .live_creds
+            .values()
+            .filter(|cred| !cred.binds_host(host))
+            .find(|cred| cred.appears_in(texts.clone()))
+            .map(|cred| cred.name.clone())
+    }
+}
