@@ -3,6 +3,7 @@
 //! whose log is printed when the test fails), and a plain HTTP client.
 
 pub mod agent;
+pub mod deps;
 pub mod disk;
 pub mod http;
 pub mod sync;
