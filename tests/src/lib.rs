@@ -6,6 +6,7 @@ pub mod agent;
 pub mod deps;
 pub mod disk;
 pub mod http;
+pub mod netns;
 pub mod sync;
 pub mod upstream;
 
@@ -353,6 +354,12 @@ impl Daemon {
 
     pub fn envs(&self) -> &[(&'static str, PathBuf)] {
         &self.home_envs
+    }
+
+    /// The command prefix that runs a program in this daemon's network
+    /// namespace (see [`agent::Setup::in_own_netns`]).
+    pub fn netns_enter(&self) -> Vec<String> {
+        netns::enter(self.pid())
     }
 }
 
