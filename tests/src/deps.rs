@@ -105,9 +105,7 @@ pub fn node_dir() -> &'static Path {
                 .arg(tmp);
             cmd
         });
-        for script in ["proxy_fetch.mjs"] {
-            replace_if_changed(&src.join(script), &dir.join(script));
-        }
+        replace_if_changed(&src.join("proxy_fetch.mjs"), &dir.join("proxy_fetch.mjs"));
         dir
     })
 }
