@@ -348,6 +348,23 @@ impl Daemon {
         self.stop_with("TERM")
     }
 
+    /// Waits up to `limit` for the daemon to exit by itself (after a signal
+    /// sent with [`Daemon::signal`], say); `None` if it is still running,
+    /// in which case it is killed on drop as usual.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
