@@ -55,8 +55,8 @@ pub fn python() -> &'static Path {
 /// The directory holding the pinned requests and httpx: put it on the
 /// `PYTHONPATH` of every Python client a test runs.
 pub fn python_path() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    installed(&DIR, || {
         let dir = deps_dir().join("python");
         let requirements = source_dir("python").join("requirements.txt");
         let pin = std::fs::read_to_string(&requirements).expect("tests/python/requirements.txt");
@@ -76,8 +76,8 @@ pub fn python_path() -> &'static Path {
                 .arg(&requirements)
                 .env("PIP_ROOT_USER_ACTION", "ignore");
             cmd
-        });
-        dir
+        })?;
+        Ok(dir)
     })
 }
 
@@ -86,11 +86,12 @@ pub fn python_path() -> &'static Path {
 /// directory (`NODE_PATH` applies only to `require`), so the script is run
 /// from here, not from `tests/node`.
 pub fn node_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    installed(&DIR, || {
         let dir = deps_dir().join("node");
         let src = source_dir("node");
-        let pin = std::fs::read_to_string(src.join("package.json")).expect("tests/node/package.json");
+        let pin =
+            std::fs::read_to_string(src.join("package.json")).expect("tests/node/package.json");
         let by_hand = format!(
             "mkdir -p {dir} && cp {src}/package.json {dir}/ && npm install --prefix {dir} --no-package-lock && cp {src}/package.json {dir}/{STAMP}",
             dir = dir.display(),
@@ -100,26 +101,52 @@ pub fn node_dir() -> &'static Path {
             std::fs::write(tmp.join("package.json"), &pin).expect("write package.json");
             let mut cmd = Command::new("npm");
             cmd.args(["install", "--no-package-lock", "--no-audit", "--no-fund"])
-                .args(["--silent", "--fetch-timeout=20000", "--fetch-retries=2"])
+                .args([
+                    "--loglevel=error",
+                    "--fetch-timeout=20000",
+                    "--fetch-retries=2",
+                ])
+                .args([
+                    "--fetch-retry-mintimeout=2000",
+                    "--fetch-retry-maxtimeout=10000",
+                ])
                 .arg("--prefix")
                 .arg(tmp);
             cmd
-        });
+        })?;
         replace_if_changed(&src.join("proxy_fetch.mjs"), &dir.join("proxy_fetch.mjs"));
-        dir
+        Ok(dir)
     })
+}
+
+/// The directory `install` made once per test binary; a failure is kept
+/// too, so every later test fails at once with the same message instead of
+/// trying again.
+fn installed(
+    once: &'static OnceLock<Result<PathBuf, String>>,
+    install: impl FnOnce() -> Result<PathBuf, String>,
+) -> &'static Path {
+    match once.get_or_init(install) {
+        Ok(dir) => dir,
+        Err(message) => panic!("{message}"),
+    }
 }
 
 /// Installs into `dir` unless it already holds `pin`. `install` gets a
 /// fresh sibling directory to fill; it becomes `dir` only once complete, so
 /// a killed install never looks done.
-fn install_once(dir: &Path, pin: &str, by_hand: &str, install: impl FnOnce(&Path) -> Command) {
+fn install_once(
+    dir: &Path,
+    pin: &str,
+    by_hand: &str,
+    install: impl FnOnce(&Path) -> Command,
+) -> Result<(), String> {
     let parent = dir.parent().expect("test-deps/<kind>");
     std::fs::create_dir_all(parent)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
     let _lock = lock(&parent.join(".lock"));
     if std::fs::read_to_string(dir.join(STAMP)).is_ok_and(|have| have == pin) {
-        return;
+        return Ok(());
     }
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -129,20 +156,24 @@ fn install_once(dir: &Path, pin: &str, by_hand: &str, install: impl FnOnce(&Path
     let what = format!("{cmd:?}");
     match run_bounded(cmd, INSTALL_LIMIT) {
         Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "installing the tests' clients failed ({}): {what}\n{}{}\ninstall them by hand with:\n  {by_hand}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        ),
-        Err(e) => panic!(
-            "installing the tests' clients failed: {what}: {e}\ninstall them by hand with:\n  {by_hand}"
-        ),
+        Ok(out) => {
+            return Err(format!(
+                "installing the tests' clients failed ({}): {what}\n{}{}\ninstall them by hand with:\n  {by_hand}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "installing the tests' clients failed: {what}: {e}\ninstall them by hand with:\n  {by_hand}"
+            ));
+        }
     }
     std::fs::write(tmp.join(STAMP), pin).expect("write the install stamp");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir)
-        .unwrap_or_else(|e| panic!("cannot move {} to {}: {e}", tmp.display(), dir.display()));
+        .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), dir.display()))
 }
 
 /// Holds an exclusive lock on `path` until dropped, waiting at most
