@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::upstream::TestCerts;
-use crate::{Daemon, Home};
+use crate::{Daemon, Home, netns};
 
 /// A daemon that trusts the test CA upstream, and one agent connection.
 pub struct Setup {
@@ -31,13 +31,26 @@ impl Setup {
     }
 
     pub fn with_args_and_env(args: &[&str], envs: &[(&str, &str)]) -> Setup {
+        Setup::wrapped(&[], args, envs)
+    }
+
+    /// A daemon in a network namespace of its own, with only a loopback:
+    /// fixed ports there (80, say) are free whatever the host listens on.
+    /// Run its upstreams and clients there with [`Daemon::netns_enter`].
+    pub fn in_own_netns(args: &[&str]) -> Setup {
+        let wrap = netns::new_netns_wrapper();
+        let wrap: Vec<&str> = wrap.iter().map(String::as_str).collect();
+        Setup::wrapped(&wrap, args, &[])
+    }
+
+    fn wrapped(wrap: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Setup {
         let home = Home::new();
         let certs = TestCerts::new();
         let ca_arg = format!("--upstream-ca-file={}", certs.ca.display());
         let mut all = vec![ca_arg.as_str()];
         all.extend_from_slice(args);
         let daemon = home
-            .start_with(&all, envs)
+            .start_wrapped(wrap, &all, envs)
             .unwrap_or_else(|e| panic!("sidekeyd did not start: {e}"));
         let (conn, key) = home.create_conn("agent-1", "agent", &[]);
         let bundle = PathBuf::from(home.ctl(&["ca", "--bundle"]).success().stdout.trim());
@@ -77,11 +90,16 @@ impl Setup {
 
     /// curl through the proxy, trusting the bundle.
     pub fn curl(&self, url: &str, extra: &[&str]) -> Curl {
+        self.curl_in(&[], url, extra)
+    }
+
+    /// [`Setup::curl`], run under `wrap` (such as [`Daemon::netns_enter`]).
+    pub fn curl_in(&self, wrap: &[String], url: &str, extra: &[&str]) -> Curl {
         let proxy = self.proxy_url();
         let mut all = vec!["--proxy", &proxy, "--cacert", self.bundle.to_str().unwrap()];
         all.extend_from_slice(extra);
         all.push(url);
-        curl(&all)
+        curl_in(wrap, &all)
     }
 }
 
@@ -118,9 +136,23 @@ impl Curl {
 
 /// Runs curl with a clean environment (no inherited proxy or CA variables).
 pub fn curl(args: &[&str]) -> Curl {
+    curl_in(&[], args)
+}
+
+/// [`curl`] under `wrap`: a command that ends by exec'ing the rest of its
+/// argv (empty: none).
+pub fn curl_in(wrap: &[String], args: &[&str]) -> Curl {
     let dir = tempfile::tempdir().unwrap();
     let headers = dir.path().join("headers");
-    let out = Command::new("curl")
+    let mut cmd = match wrap.split_first() {
+        Some((program, wrap_args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(wrap_args).arg("curl");
+            cmd
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .args(["-sS", "--max-time", "30", "-D"])

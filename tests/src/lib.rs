@@ -3,8 +3,10 @@
 //! whose log is printed when the test fails), and a plain HTTP client.
 
 pub mod agent;
+pub mod deps;
 pub mod disk;
 pub mod http;
+pub mod netns;
 pub mod sync;
 pub mod upstream;
 
@@ -346,12 +348,35 @@ impl Daemon {
         self.stop_with("TERM")
     }
 
+    /// Waits up to `limit` for the daemon to exit by itself (after a signal
+    /// sent with [`Daemon::signal`], say); `None` if it is still running,
+    /// in which case it is killed on drop as usual.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     pub fn envs(&self) -> &[(&'static str, PathBuf)] {
         &self.home_envs
+    }
+
+    /// The command prefix that runs a program in this daemon's network
+    /// namespace (see [`agent::Setup::in_own_netns`]).
+    pub fn netns_enter(&self) -> Vec<String> {
+        netns::enter(self.pid())
     }
 }
 

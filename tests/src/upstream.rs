@@ -124,9 +124,11 @@ impl Upstream {
         Upstream::start(None, 0)
     }
 
-    /// A plain upstream on a fixed port (for CONNECT to port 80).
-    pub fn http_on(port: u16) -> Upstream {
-        Upstream::start(None, port)
+    /// A plain upstream on a fixed port (for CONNECT to port 80), run under
+    /// `wrap` (such as [`crate::Daemon::netns_enter`], so that the port is
+    /// free whatever the host listens on).
+    pub fn http_on_in(wrap: &[String], port: u16) -> Upstream {
+        Upstream::start_in(wrap, None, port)
     }
 
     pub fn https(certs: &TestCerts) -> Upstream {
@@ -134,8 +136,12 @@ impl Upstream {
     }
 
     fn start(certs: Option<&TestCerts>, port: u16) -> Upstream {
+        Upstream::start_in(&[], certs, port)
+    }
+
+    fn start_in(wrap: &[String], certs: Option<&TestCerts>, port: u16) -> Upstream {
         ensure_test_hosts();
-        let script = Script::start("recorder.py", |cmd| {
+        let script = Script::start_in(wrap, "recorder.py", |cmd| {
             cmd.arg("--port").arg(port.to_string());
             if let Some(certs) = certs {
                 cmd.arg("--cert")
@@ -246,10 +252,23 @@ struct Script {
 impl Script {
     /// Starts `name` and waits for its `READY <port>` line.
     fn start(name: &str, args: impl FnOnce(&mut Command)) -> Script {
+        Script::start_in(&[], name, args)
+    }
+
+    /// [`Script::start`] under `wrap`, a command that ends by exec'ing the
+    /// rest of its argv (empty: none).
+    fn start_in(wrap: &[String], name: &str, args: impl FnOnce(&mut Command)) -> Script {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("records.jsonl");
         std::fs::write(&log, "").unwrap();
-        let mut cmd = Command::new("python3");
+        let mut cmd = match wrap.split_first() {
+            Some((program, wrap_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrap_args).arg("python3");
+                cmd
+            }
+            None => Command::new("python3"),
+        };
         cmd.arg(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("upstream")

@@ -203,16 +203,20 @@ fn every_credential_type_injects_over_every_path() {
 
 #[test]
 fn connect_to_port_80_is_handled_like_plain_http() {
-    // Only this test binds port 80, so parallel tests do not collide.
-    let s = Setup::new();
+    // Port 80 is fixed, so the daemon, its upstream and curl all run in a
+    // network namespace of their own: the test passes whatever the host
+    // already serves on port 80.
+    let s = Setup::in_own_netns(&[]);
     s.cred(
         "key",
         "api-key",
         &["api.sidekey.test"],
         "sk-port80-INJECTED0001",
     );
-    let upstream = Upstream::http_on(80);
-    let r = s.curl(
+    let netns = s.daemon.netns_enter();
+    let upstream = Upstream::http_on_in(&netns, 80);
+    let r = s.curl_in(
+        &netns,
         "http://api.sidekey.test/echo",
         &["--proxytunnel", "-H", "Authorization: Bearer placeholder"],
     );

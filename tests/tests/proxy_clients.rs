@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use sidekey_tests::agent::{Setup, curl};
+use sidekey_tests::deps::{node_dir, python, python_path};
 use sidekey_tests::http::Conn;
 use sidekey_tests::upstream::{Seen, Upstream};
 use sidekey_tests::{sidekeyctl_bin, text};
@@ -40,29 +40,16 @@ fn setup() -> (Setup, String) {
     (setup, token)
 }
 
-/// The real interpreter: pyenv shims depend on `HOME`, which tests replace.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        assert!(out.status.success(), "python3 does not run");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-/// Fails the test with an install hint when a Python module is missing.
-fn require_python_module(module: &str) {
-    let out = Command::new(python())
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "the Python module {module} is missing; install it with: python3 -m pip install {module} (.ci/run does)"
-    );
+/// `python3 <script>`, finding the pinned requests and httpx that the tests
+/// install themselves (see `sidekey_tests::deps`) before any other copy.
+fn python_command(script: &Path) -> Vec<String> {
+    vec![
+        "env".into(),
+        format!("PYTHONPATH={}", python_path().display()),
+        "PYTHONNOUSERSITE=1".into(),
+        python().display().to_string(),
+        script.display().to_string(),
+    ]
 }
 
 /// Runs `cmd` with no stdin, failing the test if it outlives `limit`.
@@ -185,29 +172,19 @@ print(json.dumps({"status": r.status_code, "body": r.text}))
 "#;
 
 fn requests_client() -> (tempfile::TempDir, Vec<String>) {
-    require_python_module("requests");
     let (dir, path) = script("client.py", REQUESTS_CLIENT);
-    let command = vec![python().display().to_string(), path.display().to_string()];
-    (dir, command)
+    (dir, python_command(&path))
 }
 
 fn httpx_client() -> (tempfile::TempDir, Vec<String>) {
-    require_python_module("httpx");
     let (dir, path) = script("client.py", HTTPX_CLIENT);
-    let command = vec![python().display().to_string(), path.display().to_string()];
-    (dir, command)
+    (dir, python_command(&path))
 }
 
 fn node_client() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("node");
-    assert!(
-        dir.join("node_modules").join("undici").exists(),
-        "undici is not installed; run: npm install --no-package-lock --prefix {} (.ci/run does)",
-        dir.display()
-    );
     vec![
         "node".into(),
-        dir.join("proxy_fetch.mjs").display().to_string(),
+        node_dir().join("proxy_fetch.mjs").display().to_string(),
     ]
 }
 
@@ -280,8 +257,6 @@ print(json.dumps(out))
 
 #[test]
 fn v1_proxy_sent_through_the_forward_proxy_in_absolute_form_is_served_not_forwarded() {
-    require_python_module("requests");
-    require_python_module("httpx");
     let (setup, token) = setup();
     let upstream = Upstream::https(&setup.certs);
     let target = format!("https://{HOST}:{}/v1/models", upstream.port);
@@ -302,6 +277,8 @@ fn v1_proxy_sent_through_the_forward_proxy_in_absolute_form_is_served_not_forwar
     let mut cmd = Command::new(python());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PYTHONPATH", python_path())
+        .env("PYTHONNOUSERSITE", "1")
         .env("HTTP_PROXY", setup.proxy_url())
         .env("http_proxy", setup.proxy_url())
         .arg(&path)
