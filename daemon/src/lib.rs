@@ -1,8 +1,11 @@
 //! sidekeyd: keeps secrets away from AI agents and keeps their workspaces in sync.
 //!
 //! # Layout
+//! Components are plain structs holding exactly the parts they use, composed
+//! here; none takes the whole daemon (see docs/architecture.md).
 //! - `config`    the effective configuration: file, `SIDEKEY_*` env, flags
-//! - `error`     the `{error, message, status}` shape and its codes
+//! - `live`      the config in force now, which SIGHUP swaps
+//! - `error`     the `{error, message, status}` shape; codes are `api::ErrorCode`
 //! - `keys`      key minting, parsing, hashing, display; the `Secret` type
 //! - `store`     the only code that knows sled; seals every secret at rest
 //! - `registry`  connections, credentials and grants; the key-verification index
@@ -10,15 +13,17 @@
 //! - `hosts`     host patterns that bind credentials to hosts
 //! - `inject`    the credential types and the shape of their secrets
 //! - `control`   the Unix-socket API and its routes
-//! - `proxy`     the injecting proxy: forwarding, CONNECT interception, /v1/proxy, /v1/whoami
+//! - `proxy`     the injecting proxy: one pure policy, the forwarder, the hyper
+//!               path, CONNECT interception, /v1/proxy; `proxy::wire` holds the
+//!               HTTP/1.1 wire rules once
 //! - `audit`     one record per proxied request, and its retention
 //! - `sync`      two-way folder sync: shares on a hub, sessions on peers
+//! - `shutdown`  the one task tree: every task is spawned there and drained at exit
 //! - `fsutil`    private directories and the data-dir lock
 //! - `logging`   tracing setup
 //! - `guard`     keeping other processes out of the daemon's memory
 //! - `memory`    keeping glibc's heap from holding on to freed memory
 //! - `service`   life under a service manager: readiness, reload, `--daemonize`
-//! - `shutdown`  the one task tree: every task is spawned there and drained at exit
 
 mod audit;
 pub mod config;
