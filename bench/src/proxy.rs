@@ -365,6 +365,13 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     }
 
     let wants = |part: Part| args.parts.contains(&part);
+    let mut negotiated = Vec::new();
+    if wants(Part::Https) {
+        for target in &https {
+            let agreed = proxy_load::negotiated(target.spec.addr, &target.spec.dial).await;
+            negotiated.push(format!("{}: {}", rival_name(target), agreed?));
+        }
+    }
     if wants(Part::Plain) {
         eprintln!("plain HTTP, {} connections ...", args.connections);
         side_by_side(&args, &mut plain, upstream_pid).await?;
@@ -436,6 +443,8 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         println!("## HTTPS interception side by side");
         println!();
         print_side(&https);
+        println!();
+        println!("TLS the load client agreed on: {}", negotiated.join("; "));
         println!();
     }
     if let Some(handshakes) = &handshakes {

@@ -200,6 +200,10 @@ fn config(
             " ssl",
             format!(
                 r#"
+        # nginx 1.22 (Debian 12) leaves TLS 1.3 out by default; rustls,
+        # on both ends of sidekey, offers 1.2 and 1.3 and agrees on 1.3.
+        ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_ssl_protocols TLSv1.2 TLSv1.3;
         ssl_certificate {dir}/chain.pem;
         ssl_certificate_key {key};
         ssl_session_cache off;
