@@ -193,8 +193,8 @@ fn config(
         // The client leg: sessions are neither cached nor ticketed, and
         // the load client resumes none, so every handshake is a full one,
         // as against sidekey. The upstream leg is verified against the
-        // test CA by name, and pooled connections resume their sessions,
-        // as sidekey's pooled client does.
+        // test CA by name, and a new pooled connection may resume a
+        // session, as one of sidekey's pooled client may.
         Some(tls) => (
             "https",
             " ssl",
