@@ -12,10 +12,10 @@
 //! - `verify_model` a model of key verification, timed in isolation
 //! - `sysinfo`      `/proc` readers: RSS, CPU time, machine description
 //! - `report`       tables and formatting
-//! - `proxy`        the proxy side by side with direct, nginx and mitmproxy
+//! - `proxy`        the proxy side by side with direct, nginx, nginx-tls, mitmproxy
 //! - `proxy_load`   plain, TLS and CONNECT+TLS clients: load, handshakes, idle
 //! - `proxy_upstream` the upstream API (plain and TLS) and its test CA
-//! - `proxy_nginx`  nginx injecting the header, from a generated config
+//! - `proxy_nginx`  nginx injecting the header, plain or TLS on both legs
 //! - `proxy_mitm`   mitmdump with a header addon, in a venv under `bench/out/`
 //! - `sync`         sync side by side with rsync, unison and Syncthing
 //! - `sync_sidekey` a hub and a peer sidekeyd, set up through sidekeyctl

@@ -1,9 +1,9 @@
 //! The proxy benchmark: sidekey side by side with going direct and with the
 //! tools people would otherwise use. Plain HTTP against nginx injecting the
-//! same header, HTTPS interception against mitmproxy with a header addon,
-//! the cost of a first CONNECT to a new host (leaf minting) and of a repeat
-//! one, and the daemon's RSS while it holds 10,000 idle proxied
-//! connections. Everything runs on loopback; every loop is bounded.
+//! same header, HTTPS interception against mitmproxy with a header addon and
+//! against nginx terminating and re-encrypting TLS (the fair anchor), the
+//! cost of a first CONNECT to a new host (leaf minting) and of a repeat one,
+//! and the daemon's RSS while it holds 10,000 idle proxied connections. Everything runs on loopback; every loop is bounded.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use crate::control::Control;
 use crate::daemon::{self, Daemon};
 use crate::proxy_load::{self, Dial, IdleConns, Spec, Tls};
 use crate::proxy_mitm::{self, Mitm};
-use crate::proxy_nginx::{self, Nginx};
+use crate::proxy_nginx::{self, Nginx, TlsFront};
 use crate::proxy_upstream::{Certs, Upstream};
 use crate::report::{
     self, command_line, duration, megabytes, micros, micros_figure, rate, ratio, today, verdict,
@@ -94,7 +94,7 @@ pub struct ProxyArgs {
         default_value = "plain,https,handshakes,idle"
     )]
     pub parts: Vec<Part>,
-    /// Skip nginx (the plain-HTTP comparison).
+    /// Skip nginx (the plain-HTTP comparison and the TLS-terminating one).
     #[arg(long)]
     pub no_nginx: bool,
     /// Skip mitmproxy (the HTTPS comparison).
@@ -190,18 +190,50 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         .load_threads
         .unwrap_or_else(|| Machine::describe().cpus);
 
-    let nginx: Tool<Nginx> = if args.no_nginx {
+    let nginx_binary: Tool<PathBuf> = if args.no_nginx {
         Err("skipped with --no-nginx".into())
     } else {
-        match proxy_nginx::ensure_installed().await {
-            Ok(binary) => Nginx::start(&binary, &scratch, upstream.plain, HOST, &authorization)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Err(e) => Err(format!("{e:#}")),
-        }
+        proxy_nginx::ensure_installed()
+            .await
+            .map_err(|e| format!("{e:#}"))
+    };
+    let nginx: Tool<Nginx> = match &nginx_binary {
+        Ok(binary) => Nginx::start(binary, &scratch, upstream.plain, HOST, &authorization, None)
+            .await
+            .map_err(|e| format!("{e:#}")),
+        Err(why) => Err(why.clone()),
     };
     if let Err(why) = &nginx {
         eprintln!("nginx will be left out: {why}");
+    }
+    // nginx's own test CA and leaf for the host, as sidekey mints its own.
+    let front_dir = work.path().join("nginx-front");
+    std::fs::create_dir_all(&front_dir).context("creating nginx's certificate dir")?;
+    let front = Certs::generate(&front_dir, &[HOST.to_string()]);
+    let nginx_tls: Tool<Nginx> = match (&nginx_binary, &front) {
+        (Ok(binary), Ok(front)) => {
+            let tls = TlsFront {
+                cert: &front.cert,
+                ca: &front.ca,
+                key: &front.key,
+                upstream_ca: &certs.ca,
+            };
+            Nginx::start(
+                binary,
+                &scratch,
+                upstream.tls,
+                HOST,
+                &authorization,
+                Some(tls),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))
+        }
+        (Err(why), _) => Err(why.clone()),
+        (_, Err(e)) => Err(format!("{e:#}")),
+    };
+    if let Err(why) = &nginx_tls {
+        eprintln!("nginx-tls will be left out: {why}");
     }
     let mitm: Tool<Mitm> = if args.no_mitmproxy {
         Err("skipped with --no-mitmproxy".into())
@@ -217,6 +249,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         eprintln!("mitmproxy will be left out: {why}");
     }
     let nginx_skipped = nginx.as_ref().err().cloned();
+    let nginx_tls_skipped = nginx_tls.as_ref().err().cloned();
     let mitm_skipped = mitm.as_ref().err().cloned();
 
     let sidekey = Sidekey::start(&binary, &scratch, &certs.ca).await?;
@@ -315,8 +348,30 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             vec![mitm.pid()?],
         ));
     }
+    if let (Ok(nginx), Ok(front)) = (&nginx_tls, &front) {
+        // TLS straight to nginx, with the same client config as against
+        // sidekey: TLS 1.3 as rustls offers it, no resumption, and each of
+        // the keep-alive connections kept for the whole run.
+        https.push(Target::new(
+            "nginx-tls (terminates TLS, injects)",
+            Spec {
+                addr: nginx.addr,
+                dial: Dial::Tls(Tls::new(&front.ca, HOST)?),
+                host: tls_authority.clone(),
+                ..base.clone()
+            },
+            nginx.pids(),
+        ));
+    }
 
     let wants = |part: Part| args.parts.contains(&part);
+    let mut negotiated = Vec::new();
+    if wants(Part::Https) {
+        for target in &https {
+            let agreed = proxy_load::negotiated(target.spec.addr, &target.spec.dial).await;
+            negotiated.push(format!("{}: {}", rival_name(target), agreed?));
+        }
+    }
     if wants(Part::Plain) {
         eprintln!("plain HTTP, {} connections ...", args.connections);
         side_by_side(&args, &mut plain, upstream_pid).await?;
@@ -349,7 +404,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     };
     let rss_after_load = sysinfo::rss_bytes(sidekey.daemon.pid())?;
     sidekey.daemon.stop().await?;
-    if let Ok(nginx) = nginx {
+    for nginx in [nginx, nginx_tls].into_iter().flatten() {
         nginx.stop().await;
     }
     drop(mitm);
@@ -381,13 +436,15 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
     if ran(&plain) {
         println!("## Plain HTTP side by side");
         println!();
-        print_side(&plain, "nginx");
+        print_side(&plain);
         println!();
     }
     if ran(&https) {
         println!("## HTTPS interception side by side");
         println!();
-        print_side(&https, "mitmproxy");
+        print_side(&https);
+        println!();
+        println!("TLS the load client agreed on: {}", negotiated.join("; "));
         println!();
     }
     if let Some(handshakes) = &handshakes {
@@ -410,7 +467,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         handshakes.as_ref(),
         &idle,
     );
-    for (tool, skipped) in [("nginx", &nginx_skipped), ("mitmproxy", &mitm_skipped)] {
+    for (tool, skipped) in [
+        ("nginx", &nginx_skipped),
+        ("nginx-tls", &nginx_tls_skipped),
+        ("mitmproxy", &mitm_skipped),
+    ] {
         if let Some(why) = skipped {
             println!();
             println!("{tool} left out: {why}");
@@ -710,7 +771,7 @@ async fn idle_rss(
     })
 }
 
-fn print_side(targets: &[Target], rival: &str) {
+fn print_side(targets: &[Target]) {
     let direct = &targets[0];
     let direct_rps = direct.median(|s| s.rps);
     let direct_p99 = direct.median(|s| s.p99);
@@ -758,8 +819,9 @@ fn print_side(targets: &[Target], rival: &str) {
         ]);
     }
     println!("{table}");
-    if let Some(other) = targets.get(2) {
-        let sidekey = &targets[1];
+    let sidekey = &targets[1];
+    for other in &targets[2..] {
+        let rival = rival_name(other);
         println!();
         println!(
             "sidekey vs {rival}: {} the requests/s, {} the proxy CPU per request",
@@ -854,7 +916,7 @@ fn print_targets(
     let mut table = report::table(&["measure", "figure", "target", "result"]);
     let rps = |t: &Target| t.median(|s| s.rps);
     if let Some(plain) = plain {
-        if let Some(nginx) = plain.get(2) {
+        if let Some(nginx) = find_rival(plain, "nginx") {
             let r = rps(&plain[1]) / rps(nginx);
             table.add_row(vec![
                 "plain HTTP req/s, sidekey ÷ nginx".to_string(),
@@ -881,7 +943,9 @@ fn print_targets(
             ]);
         }
     }
-    if let Some(mitm) = https.and_then(|https| https.get(2).map(|m| (&https[1], m))) {
+    if let Some(mitm) =
+        https.and_then(|https| find_rival(https, "mitmproxy").map(|m| (&https[1], m)))
+    {
         let r = rps(mitm.0) / rps(mitm.1);
         table.add_row(vec![
             "HTTPS req/s, sidekey ÷ mitmproxy".to_string(),
@@ -914,6 +978,15 @@ fn print_targets(
         ]);
     }
     println!("{table}");
+}
+
+/// A rival's name is its label's first word: `nginx`, `nginx-tls`, `mitmproxy`.
+fn rival_name(target: &Target) -> &str {
+    target.label.split(' ').next().unwrap_or_default()
+}
+
+fn find_rival<'a>(targets: &'a [Target], name: &str) -> Option<&'a Target> {
+    targets.get(2..)?.iter().find(|t| rival_name(t) == name)
 }
 
 fn p90(values: &[Duration]) -> Duration {

@@ -184,6 +184,35 @@ pub async fn time_dial(addr: SocketAddr, how: &Dial) -> Result<Duration> {
     Ok(took)
 }
 
+/// The TLS version, cipher suite and key exchange group a dial agrees on,
+/// so that the report shows every HTTPS target doing the same crypto.
+pub async fn negotiated(addr: SocketAddr, how: &Dial) -> Result<String> {
+    let stream = TcpStream::connect(addr).await?;
+    let tls = match how {
+        Dial::Plain => return Ok("plain TCP".to_string()),
+        Dial::Tls(tls) => handshake(stream, tls).await?,
+        Dial::ConnectTls {
+            authority,
+            proxy_authorization,
+            tls,
+        } => {
+            let stream = connect_tunnel(stream, authority, proxy_authorization.as_deref()).await?;
+            handshake(stream, tls).await?
+        }
+    };
+    let conn = tls.get_ref().1;
+    Ok(format!(
+        "{:?} {:?} {:?}",
+        conn.protocol_version().context("no TLS version")?,
+        conn.negotiated_cipher_suite()
+            .context("no cipher suite")?
+            .suite(),
+        conn.negotiated_key_exchange_group()
+            .context("no key exchange")?
+            .name(),
+    ))
+}
+
 /// What a run measured, and the CPU time each group of processes used
 /// inside the measured window only.
 pub struct Report {
