@@ -64,7 +64,7 @@ fn apply(daemon: &Daemon, new: Config, logs: &LogHandle) -> Result<()> {
     tracing::info!(
         log_level = %next.log_level,
         egress = ?next.egress,
-        audit_retention = %next.audit_retention,
+        audit_retention = %crate::config::render_duration(next.audit_retention),
         default_rate = next.default_rate.as_deref().unwrap_or("none"),
         "config reloaded"
     );
