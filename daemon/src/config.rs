@@ -27,6 +27,14 @@ pub struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Create a new master key (32 random bytes, mode 0600) where sidekeyd
+    /// will read it, then exit. An existing key is never replaced.
+    #[arg(long, conflicts_with_all = ["print_config", "daemonize"])]
+    pub init_master_key: bool,
+    /// With --init-master-key: the file to create (default: where sidekeyd
+    /// would look for the key).
+    #[arg(long, value_name = "PATH", requires = "init_master_key")]
+    pub master_key_file: Option<PathBuf>,
     /// Detach from the terminal and run in the background.
     #[arg(long)]
     pub daemonize: bool,

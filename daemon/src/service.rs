@@ -15,6 +15,7 @@ use sd_notify::NotifyState;
 
 use crate::config::{Args, Config};
 use crate::logging::LogHandle;
+use crate::store::master_key;
 use crate::{Daemon, fsutil};
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) that every listener is bound
@@ -70,6 +71,27 @@ fn apply(daemon: &Daemon, new: Config, logs: &LogHandle) -> Result<()> {
     );
     *daemon.live.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(next);
     Ok(())
+}
+
+/// `sidekeyd --init-master-key`: creates the key at `--master-key-file`, else
+/// where [`Daemon::open`] would look for it, and returns where.
+pub fn init_master_key(args: &Args) -> Result<PathBuf> {
+    // An explicit path needs no config: `sidekeyctl service install` runs
+    // this before the service's environment exists.
+    let path = match &args.master_key_file {
+        Some(path) => path.clone(),
+        None => {
+            let config = Config::load(args)?;
+            let (path, in_data_dir) = master_key::locate(&config.data_dir);
+            if in_data_dir {
+                // As the daemon's first start would: the data dir is its own.
+                fsutil::create_private_dir(&config.data_dir)?;
+            }
+            path
+        }
+    };
+    master_key::init(&path)?;
+    Ok(path)
 }
 
 /// Which side of the fork this process is on.
