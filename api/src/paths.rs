@@ -32,7 +32,7 @@ pub struct PlatformDirs {
 pub struct Sources {
     /// `--data-dir` or `SIDEKEY_DATA_DIR`.
     pub data_dir: Option<PathBuf>,
-    /// `--socket-path` or `SIDEKEY_SOCKET_PATH`.
+    /// `--socket-path` (sidekeyctl's `--socket`) or `SIDEKEY_SOCKET_PATH`.
     pub socket_path: Option<PathBuf>,
     /// The config file's `data_dir`.
     pub file_data_dir: Option<PathBuf>,

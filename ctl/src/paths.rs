@@ -5,7 +5,6 @@
 //! from starting, and then the "not running" error (with its socket path)
 //! says more than a parse error here would.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 
 use sidekey_api::paths::{self, NoDataDir, PlatformDirs, Sources};
@@ -36,5 +35,5 @@ pub fn socket_path(explicit: Option<PathBuf>) -> Result<PathBuf, NoDataDir> {
 }
 
 fn env(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).map(|v: OsString| PathBuf::from(v))
+    std::env::var_os(name).map(PathBuf::from)
 }

@@ -339,7 +339,7 @@ fn duration(key: &str, value: Option<String>, default: &str) -> Result<Duration>
 
 /// The form [`sidekey_api::parse_duration_secs`] reads back, in the largest
 /// unit that divides it exactly: `30d`, `90m`, `10s`.
-pub fn render_duration(duration: Duration) -> String {
+pub(crate) fn render_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
     match [(86_400, 'd'), (3600, 'h'), (60, 'm')]
         .into_iter()
@@ -357,6 +357,7 @@ fn serialize_duration<S: Serializer>(
     serializer.serialize_str(&render_duration(*duration))
 }
 
+/// sidekey's dirs for this user, as `directories` finds them.
 fn platform_dirs() -> Option<PlatformDirs> {
     let (qualifier, organization, application) = paths::PROJECT;
     directories::ProjectDirs::from(qualifier, organization, application).map(|d| PlatformDirs {
@@ -487,16 +488,17 @@ mod tests {
             assert!(err.starts_with(&format!("{key}: ")), "{err}");
             assert!(err.contains("'forever'"), "{err}");
         }
-        let mut args = Args {
-            shutdown_timeout: Some("soon".into()),
-            ..Args::default()
-        };
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
         std::fs::write(&file, "").unwrap();
-        args.config = Some(file);
-        args.data_dir = Some(dir.path().join("data"));
-        let err = Config::load(&args).unwrap_err().to_string();
+        let err = Config::load(&Args {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            shutdown_timeout: Some("soon".into()),
+            ..Args::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("shutdown_timeout: "), "{err}");
     }
 

@@ -2,7 +2,8 @@
 //! `STOPPING=1`), config reload on SIGHUP, and `--daemonize`, whose parent
 //! waits for the detached daemon to report ready or its startup error.
 //!
-//! [`daemonize`] forks, so it must run before any thread or runtime exists.
+//! [`daemonize()`] forks, so it must run before any thread or runtime exists.
+//! [`init_master_key`] prepares a service's key before it first starts.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -140,7 +140,8 @@ impl Host {
 }
 
 /// sidekeyd beside this binary, where an install puts both, else the first
-/// executable one on PATH.
+/// executable one on PATH. Relative PATH entries are skipped: the unit must
+/// name the same file whatever directory it is started from.
 fn find_sidekeyd(exe: &Path) -> Option<PathBuf> {
     let is_executable = |path: &Path| {
         fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

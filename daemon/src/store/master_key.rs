@@ -68,7 +68,7 @@ pub fn init(path: &Path) -> anyhow::Result<()> {
         Some(dir) if dir != Path::new("") => dir,
         _ => Path::new("."),
     };
-    let Err(StoreError::MasterKeyWrite { source, .. }) = create(path) else {
+    let Err(source) = write_new(path) else {
         return Ok(());
     };
     let (path, dir) = (path.display(), dir.display());
@@ -90,31 +90,33 @@ pub fn init(path: &Path) -> anyhow::Result<()> {
 }
 
 fn create(path: &Path) -> Result<(), StoreError> {
-    let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
-    getrandom::fill(bytes.as_mut()).expect("the OS random number generator failed");
-    let text = Zeroizing::new(format!("{}\n", hex::encode(bytes.as_ref())));
-    let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        let filled = (|| {
-            // The mode above is filtered by the umask; set it exactly.
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        })();
-        // A half-written key would be refused at start and block a retry.
-        if filled.is_err() {
-            let _ = fs::remove_file(path);
-        }
-        filled
-    };
-    write().map_err(|source| StoreError::MasterKeyWrite {
+    write_new(path).map_err(|source| StoreError::MasterKeyWrite {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A fresh key in hex at `path`, which must not exist yet.
+fn write_new(path: &Path) -> std::io::Result<()> {
+    let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+    getrandom::fill(bytes.as_mut()).expect("the OS random number generator failed");
+    let text = Zeroizing::new(format!("{}\n", hex::encode(bytes.as_ref())));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let filled = (|| {
+        // The mode above is filtered by the umask; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    })();
+    // A half-written key would be refused at start and block a retry.
+    if filled.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    filled
 }
 
 #[cfg(test)]
