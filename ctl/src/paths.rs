@@ -11,13 +11,13 @@ use sidekey_api::paths::{self, NoDataDir, PlatformDirs, Sources};
 
 /// `explicit` is `--socket` or `SIDEKEY_SOCKET_PATH`.
 pub fn socket_path(explicit: Option<PathBuf>) -> Result<PathBuf, NoDataDir> {
-    let platform =
-        directories::ProjectDirs::from(paths::PROJECT.0, paths::PROJECT.1, paths::PROJECT.2).map(
-            |d| PlatformDirs {
-                config_dir: d.config_dir().to_path_buf(),
-                data_dir: d.data_dir().to_path_buf(),
-            },
-        );
+    let (qualifier, organization, application) = paths::PROJECT;
+    let platform = directories::ProjectDirs::from(qualifier, organization, application).map(|d| {
+        PlatformDirs {
+            config_dir: d.config_dir().to_path_buf(),
+            data_dir: d.data_dir().to_path_buf(),
+        }
+    });
     let table: toml::Table = paths::config_file(env(paths::CONFIG_ENV), platform.as_ref())
         .and_then(|path| std::fs::read_to_string(path).ok())
         .and_then(|text| text.parse().ok())

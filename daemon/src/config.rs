@@ -245,7 +245,7 @@ impl Config {
     fn validate(&self) -> Result<()> {
         if self.last_used_flush.is_zero() {
             bail!(
-                "last_used_flush: must be at least 1s, or last_used would be written on every tick of a busy loop"
+                "last_used_flush: must be at least 1s; it is how often last_used is written, and 0s is no interval at all"
             );
         }
         if let Some(rate) = &self.default_rate {
