@@ -4,6 +4,7 @@
 //! Times are Unix seconds (UTC).
 
 mod codes;
+pub mod paths;
 
 pub use codes::{ErrorCode, Outcome};
 use serde::{Deserialize, Serialize};

@@ -30,7 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = Client::new(paths::socket_path(cli.socket.clone()));
+    let socket = match paths::socket_path(cli.socket.clone()) {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("sidekeyctl: cannot find sidekeyd's socket: {e}; or name it with --socket");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = Client::new(socket);
     match runtime.block_on(dispatch(&client, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ClientError::NotRunning(message)) => {

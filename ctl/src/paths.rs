@@ -1,36 +1,39 @@
-//! Finds the daemon's socket the way sidekeyd does: `--socket` or
-//! `SIDEKEY_SOCKET_PATH`, else the config file's `socket_path` or `data_dir`,
-//! else `$XDG_RUNTIME_DIR/sidekey/sidekeyd.sock`, else `<data_dir>/sidekeyd.sock`.
+//! Reads what [`sidekey_api::paths`] needs to find the daemon's socket: the
+//! environment and the two path keys of sidekeyd's config file.
+//!
+//! The file is read leniently: a file sidekeyd would refuse keeps sidekeyd
+//! from starting, and then the "not running" error (with its socket path)
+//! says more than a parse error here would.
 
 use std::path::PathBuf;
 
-pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
-    if let Some(path) = explicit {
-        return path;
-    }
-    let dirs = directories::ProjectDirs::from("io", "sidekey", "sidekey");
-    let config_file = std::env::var_os("SIDEKEY_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| dirs.as_ref().map(|d| d.config_dir().join("config.toml")));
-    let table: toml::Table = config_file
+use sidekey_api::paths::{self, NoDataDir, PlatformDirs, Sources};
+
+/// `explicit` is `--socket` or `SIDEKEY_SOCKET_PATH`.
+pub fn socket_path(explicit: Option<PathBuf>) -> Result<PathBuf, NoDataDir> {
+    let (qualifier, organization, application) = paths::PROJECT;
+    let platform = directories::ProjectDirs::from(qualifier, organization, application).map(|d| {
+        PlatformDirs {
+            config_dir: d.config_dir().to_path_buf(),
+            data_dir: d.data_dir().to_path_buf(),
+        }
+    });
+    let table: toml::Table = paths::config_file(env(paths::CONFIG_ENV), platform.as_ref())
         .and_then(|path| std::fs::read_to_string(path).ok())
         .and_then(|text| text.parse().ok())
         .unwrap_or_default();
-    if let Some(path) = table.get("socket_path").and_then(|v| v.as_str()) {
-        return PathBuf::from(path);
+    let key = |name: &str| table.get(name).and_then(|v| v.as_str()).map(PathBuf::from);
+    Sources {
+        data_dir: env(paths::DATA_DIR_ENV),
+        socket_path: explicit,
+        file_data_dir: key("data_dir"),
+        file_socket_path: key("socket_path"),
+        runtime_dir: env(paths::RUNTIME_DIR_ENV),
+        platform,
     }
-    let data_dir = std::env::var_os("SIDEKEY_DATA_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            table
-                .get("data_dir")
-                .and_then(|v| v.as_str())
-                .map(PathBuf::from)
-        })
-        .or_else(|| dirs.as_ref().map(|d| d.data_dir().to_path_buf()))
-        .unwrap_or_else(|| PathBuf::from("."));
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(runtime) => PathBuf::from(runtime).join("sidekey").join("sidekeyd.sock"),
-        None => data_dir.join("sidekeyd.sock"),
-    }
+    .socket_path()
+}
+
+fn env(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).map(PathBuf::from)
 }

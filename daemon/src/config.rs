@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+use sidekey_api::paths::{self, PlatformDirs, Sources};
 
 use crate::proxy::dial::UpstreamProxy;
 
@@ -25,6 +27,14 @@ pub struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Create a new master key (32 random bytes, mode 0600) where sidekeyd
+    /// will read it, then exit. An existing key is never replaced.
+    #[arg(long, conflicts_with_all = ["print_config", "daemonize"])]
+    pub init_master_key: bool,
+    /// With --init-master-key: the file to create (default: where sidekeyd
+    /// would look for the key).
+    #[arg(long, value_name = "PATH", requires = "init_master_key")]
+    pub master_key_file: Option<PathBuf>,
     /// Detach from the terminal and run in the background.
     #[arg(long)]
     pub daemonize: bool,
@@ -130,14 +140,17 @@ pub struct Config {
     pub upstream_no_proxy: Vec<String>,
     pub egress: Egress,
     pub intercept: Intercept,
-    pub audit_retention: String,
+    #[serde(serialize_with = "serialize_duration")]
+    pub audit_retention: Duration,
     /// Applies to agent connections without a rate of their own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_rate: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
-    pub last_used_flush: String,
-    pub shutdown_timeout: String,
+    #[serde(serialize_with = "serialize_duration")]
+    pub last_used_flush: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub shutdown_timeout: Duration,
     /// Where the file came from, if there was one.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -145,8 +158,8 @@ pub struct Config {
 
 impl Config {
     pub fn load(args: &Args) -> Result<Config> {
-        let (file, config_file) = read_file(args.config.as_deref())?;
-        let dirs = directories::ProjectDirs::from("io", "sidekey", "sidekey");
+        let platform = platform_dirs();
+        let (file, config_file) = read_file(args.config.clone(), platform.as_ref())?;
 
         let proxy_listen = args
             .proxy_listen
@@ -167,18 +180,16 @@ impl Config {
             })
             .transpose()?;
 
-        let data_dir = match args.data_dir.clone().or(file.data_dir) {
-            Some(dir) => dir,
-            None => dirs
-                .as_ref()
-                .map(|d| d.data_dir().to_path_buf())
-                .context("no home directory to put the data dir in; set data_dir in the config or SIDEKEY_DATA_DIR")?,
+        let sources = Sources {
+            data_dir: args.data_dir.clone(),
+            socket_path: args.socket_path.clone(),
+            file_data_dir: file.data_dir,
+            file_socket_path: file.socket_path,
+            runtime_dir: std::env::var_os(paths::RUNTIME_DIR_ENV).map(PathBuf::from),
+            platform,
         };
-        let data_dir = absolute(&data_dir)?;
-        let socket_path = match args.socket_path.clone().or(file.socket_path) {
-            Some(path) => absolute(&path)?,
-            None => default_socket_path(&data_dir),
-        };
+        let data_dir = absolute(&sources.data_dir()?)?;
+        let socket_path = absolute(&sources.socket_path()?)?;
 
         let config = Config {
             proxy_listen,
@@ -203,11 +214,11 @@ impl Config {
                 .collect::<Result<_>>()?,
             egress: args.egress.or(file.egress).unwrap_or_default(),
             intercept: args.intercept.or(file.intercept).unwrap_or_default(),
-            audit_retention: args
-                .audit_retention
-                .clone()
-                .or(file.audit_retention)
-                .unwrap_or_else(|| "30d".into()),
+            audit_retention: duration(
+                "audit_retention",
+                args.audit_retention.clone().or(file.audit_retention),
+                "30d",
+            )?,
             default_rate: args.default_rate.clone().or(file.default_rate),
             log_level: args
                 .log_level
@@ -215,16 +226,16 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            last_used_flush: args
-                .last_used_flush
-                .clone()
-                .or(file.last_used_flush)
-                .unwrap_or_else(|| "10s".into()),
-            shutdown_timeout: args
-                .shutdown_timeout
-                .clone()
-                .or(file.shutdown_timeout)
-                .unwrap_or_else(|| "10s".into()),
+            last_used_flush: duration(
+                "last_used_flush",
+                args.last_used_flush.clone().or(file.last_used_flush),
+                "10s",
+            )?,
+            shutdown_timeout: duration(
+                "shutdown_timeout",
+                args.shutdown_timeout.clone().or(file.shutdown_timeout),
+                "10s",
+            )?,
             config_file,
         };
         config.validate()?;
@@ -232,12 +243,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        for (key, value) in [
-            ("audit_retention", &self.audit_retention),
-            ("last_used_flush", &self.last_used_flush),
-            ("shutdown_timeout", &self.shutdown_timeout),
-        ] {
-            sidekey_api::parse_duration_secs(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        if self.last_used_flush.is_zero() {
+            bail!(
+                "last_used_flush: must be at least 1s; it is how often last_used is written, and 0s is no interval at all"
+            );
         }
         if let Some(rate) = &self.default_rate {
             rate.parse::<sidekey_api::RateLimit>()
@@ -300,15 +309,6 @@ impl Config {
         (new, restart)
     }
 
-    pub fn duration(&self, value: &str) -> std::time::Duration {
-        std::time::Duration::from_secs(sidekey_api::parse_duration_secs(value).unwrap_or(10))
-    }
-
-    /// Validated at load, so the fallback never applies.
-    pub fn audit_retention_secs(&self) -> u64 {
-        sidekey_api::parse_duration_secs(&self.audit_retention).unwrap_or(30 * 86_400)
-    }
-
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("Config serializes")
     }
@@ -329,26 +329,52 @@ fn no_proxy_entry(entry: &str) -> Result<String> {
         })
 }
 
-/// `$XDG_RUNTIME_DIR/sidekey/sidekeyd.sock`, else `<data_dir>/sidekeyd.sock`.
-pub fn default_socket_path(data_dir: &Path) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(runtime) => PathBuf::from(runtime).join("sidekey").join("sidekeyd.sock"),
-        None => data_dir.join("sidekeyd.sock"),
+/// A duration key's value, parsed once here so that a bad one is refused by
+/// name at load and every later use is a plain [`Duration`].
+fn duration(key: &str, value: Option<String>, default: &str) -> Result<Duration> {
+    let text = value.as_deref().unwrap_or(default);
+    let secs = sidekey_api::parse_duration_secs(text).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// The form [`sidekey_api::parse_duration_secs`] reads back, in the largest
+/// unit that divides it exactly: `30d`, `90m`, `10s`.
+pub(crate) fn render_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match [(86_400, 'd'), (3600, 'h'), (60, 'm')]
+        .into_iter()
+        .find(|(unit, _)| secs != 0 && secs.is_multiple_of(*unit))
+    {
+        Some((unit, suffix)) => format!("{}{suffix}", secs / unit),
+        None => format!("{secs}s"),
     }
 }
 
-pub fn default_config_file() -> Option<PathBuf> {
-    directories::ProjectDirs::from("io", "sidekey", "sidekey")
-        .map(|d| d.config_dir().join("config.toml"))
+fn serialize_duration<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&render_duration(*duration))
 }
 
-fn read_file(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
-    let path = match explicit {
-        Some(path) => path.to_path_buf(),
-        None => match default_config_file() {
-            Some(path) if path.exists() => path,
-            _ => return Ok((FileConfig::default(), None)),
-        },
+/// sidekey's dirs for this user, as `directories` finds them.
+fn platform_dirs() -> Option<PlatformDirs> {
+    let (qualifier, organization, application) = paths::PROJECT;
+    directories::ProjectDirs::from(qualifier, organization, application).map(|d| PlatformDirs {
+        config_dir: d.config_dir().to_path_buf(),
+        data_dir: d.data_dir().to_path_buf(),
+    })
+}
+
+/// An explicit file must exist; the platform one is optional.
+fn read_file(
+    explicit: Option<PathBuf>,
+    platform: Option<&PlatformDirs>,
+) -> Result<(FileConfig, Option<PathBuf>)> {
+    let must_exist = explicit.is_some();
+    let path = match paths::config_file(explicit, platform) {
+        Some(path) if must_exist || path.exists() => path,
+        _ => return Ok((FileConfig::default(), None)),
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -402,14 +428,14 @@ mod tests {
         let mut new = old.clone();
         new.log_level = "debug".into();
         new.egress = Egress::Deny;
-        new.audit_retention = "7d".into();
+        new.audit_retention = Duration::from_secs(7 * 86_400);
         new.default_rate = Some("600/min".into());
         new.proxy_listen = "127.0.0.1:9999".parse().unwrap();
         new.data_dir = "/elsewhere".into();
         let (next, restart) = old.reloaded(new);
         assert_eq!(next.log_level, "debug");
         assert_eq!(next.egress, Egress::Deny);
-        assert_eq!(next.audit_retention, "7d");
+        assert_eq!(next.audit_retention, Duration::from_secs(7 * 86_400));
         assert_eq!(
             next.default_rate(),
             Some(sidekey_api::RateLimit {
@@ -428,5 +454,74 @@ mod tests {
         config.default_rate = Some("lots".into());
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("default_rate:"), "{err}");
+    }
+
+    #[test]
+    fn durations_render_in_a_form_that_parses_back() {
+        for (text, secs, rendered) in [
+            ("10s", 10, "10s"),
+            ("30d", 30 * 86_400, "30d"),
+            ("2w", 14 * 86_400, "14d"),
+            ("90m", 5400, "90m"),
+            ("120m", 7200, "2h"),
+            ("61", 61, "61s"),
+            ("0s", 0, "0s"),
+        ] {
+            let parsed = duration("audit_retention", Some(text.into()), "30d").unwrap();
+            assert_eq!(parsed, Duration::from_secs(secs), "{text}");
+            assert_eq!(render_duration(parsed), rendered, "{text}");
+            let again = duration("audit_retention", Some(rendered.into()), "30d").unwrap();
+            assert_eq!(again, parsed, "{rendered} reads back");
+        }
+        assert_eq!(
+            duration("shutdown_timeout", None, "10s").unwrap(),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_is_refused_by_its_key() {
+        for key in ["audit_retention", "last_used_flush", "shutdown_timeout"] {
+            let err = duration(key, Some("forever".into()), "10s")
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{err}");
+            assert!(err.contains("'forever'"), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "").unwrap();
+        let err = Config::load(&Args {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            shutdown_timeout: Some("soon".into()),
+            ..Args::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("shutdown_timeout: "), "{err}");
+    }
+
+    #[test]
+    fn print_config_shows_durations_as_written() {
+        let text = sample().to_toml();
+        for line in [
+            "audit_retention = \"30d\"",
+            "last_used_flush = \"10s\"",
+            "shutdown_timeout = \"10s\"",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_last_used_flush_is_refused() {
+        let mut config = sample();
+        config.last_used_flush = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("last_used_flush:"), "{err}");
     }
 }

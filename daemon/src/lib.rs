@@ -141,7 +141,7 @@ impl Daemon {
         )?);
         let sync = sync::Engine::new(registry.store(), &config)?;
         let audit = Arc::new(
-            audit::Audit::open(&config.data_dir, config.audit_retention_secs()).with_context(
+            audit::Audit::open(&config.data_dir, config.audit_retention.as_secs()).with_context(
                 || {
                     format!(
                         "cannot open the audit log in {}; check that the data dir is writable",
@@ -242,7 +242,7 @@ pub async fn run(
     on_ready(&daemon);
 
     shutdown.cancelled().await;
-    let drain = daemon.config.duration(&daemon.config.shutdown_timeout);
+    let drain = daemon.config.shutdown_timeout;
     if !tasks.drain(drain).await {
         tracing::warn!(
             timeout_secs = drain.as_secs(),
@@ -263,7 +263,7 @@ pub async fn run(
 
 /// Writes `last_used` in batches, never once per request.
 async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
-    let every = daemon.config.duration(&daemon.config.last_used_flush);
+    let every = daemon.config.last_used_flush;
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
@@ -286,7 +286,7 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
 /// retention period (at least every second, at most every minute).
 async fn prune_audit(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     loop {
-        let retention = daemon.live_config().audit_retention_secs();
+        let retention = daemon.live_config().audit_retention.as_secs();
         let every = std::time::Duration::from_secs((retention / 2).clamp(1, 60));
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -27,6 +27,14 @@ fn main() -> ExitCode {
 }
 
 fn start(mut args: Args) -> Result<()> {
+    if args.init_master_key {
+        let path = service::init_master_key(&args)?;
+        println!(
+            "created the master key {} (32 random bytes, mode 0600); back it up: without it the store cannot be read",
+            path.display()
+        );
+        return Ok(());
+    }
     // A reload re-reads this path after --daemonize has moved to /.
     if let Some(path) = &args.config {
         args.config = Some(std::path::absolute(path)?);

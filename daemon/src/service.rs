@@ -2,7 +2,8 @@
 //! `STOPPING=1`), config reload on SIGHUP, and `--daemonize`, whose parent
 //! waits for the detached daemon to report ready or its startup error.
 //!
-//! [`daemonize`] forks, so it must run before any thread or runtime exists.
+//! [`daemonize()`] forks, so it must run before any thread or runtime exists.
+//! [`init_master_key`] prepares a service's key before it first starts.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ use sd_notify::NotifyState;
 
 use crate::config::{Args, Config};
 use crate::logging::LogHandle;
+use crate::store::master_key;
 use crate::{Daemon, fsutil};
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) that every listener is bound
@@ -64,12 +66,33 @@ fn apply(daemon: &Daemon, new: Config, logs: &LogHandle) -> Result<()> {
     tracing::info!(
         log_level = %next.log_level,
         egress = ?next.egress,
-        audit_retention = %next.audit_retention,
+        audit_retention = %crate::config::render_duration(next.audit_retention),
         default_rate = next.default_rate.as_deref().unwrap_or("none"),
         "config reloaded"
     );
     daemon.live.set(next);
     Ok(())
+}
+
+/// `sidekeyd --init-master-key`: creates the key at `--master-key-file`, else
+/// where [`Daemon::open`] would look for it, and returns where.
+pub fn init_master_key(args: &Args) -> Result<PathBuf> {
+    // An explicit path needs no config: `sidekeyctl service install` runs
+    // this before the service's environment exists.
+    let path = match &args.master_key_file {
+        Some(path) => path.clone(),
+        None => {
+            let config = Config::load(args)?;
+            let (path, in_data_dir) = master_key::locate(&config.data_dir);
+            if in_data_dir {
+                // As the daemon's first start would: the data dir is its own.
+                fsutil::create_private_dir(&config.data_dir)?;
+            }
+            path
+        }
+    };
+    master_key::init(&path)?;
+    Ok(path)
 }
 
 /// Which side of the fork this process is on.

@@ -28,7 +28,11 @@ fn src(part: &str) -> PathBuf {
 /// Every file under `part` that names one of `names`, with the first name.
 fn naming(part: &str, names: &[&str]) -> Vec<String> {
     let root = src(part);
-    let files = if root.is_dir() { sources(&root) } else { vec![root] };
+    let files = if root.is_dir() {
+        sources(&root)
+    } else {
+        vec![root]
+    };
     files
         .into_iter()
         .filter_map(|file| {
@@ -48,8 +52,14 @@ fn naming(part: &str, names: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_proxy_and_sync_never_import_each_other() {
-    assert_eq!(naming("proxy", &["crate::sync", "super::sync"]), Vec::<String>::new());
-    assert_eq!(naming("sync", &["crate::proxy", "super::proxy"]), Vec::<String>::new());
+    assert_eq!(
+        naming("proxy", &["crate::sync", "super::sync"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        naming("sync", &["crate::proxy", "super::proxy"]),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -59,8 +69,16 @@ fn sled_and_aes_gcm_stay_inside_the_store() {
     for file in all {
         let text = std::fs::read_to_string(&file).unwrap();
         let in_store = file.starts_with(src("store"));
-        assert!(in_store || !text.contains("sled::"), "{} uses sled", file.display());
+        assert!(
+            in_store || !text.contains("sled::"),
+            "{} uses sled",
+            file.display()
+        );
         let in_crypto = file == src("store/crypto.rs");
-        assert!(in_crypto || !text.contains("aes_gcm"), "{} uses aes_gcm", file.display());
+        assert!(
+            in_crypto || !text.contains("aes_gcm"),
+            "{} uses aes_gcm",
+            file.display()
+        );
     }
 }

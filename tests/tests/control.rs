@@ -106,6 +106,73 @@ fn a_caller_with_another_uid_is_refused() {
     home.ctl(&["conn", "ls"]).success();
 }
 
+/// `sidekeyctl status` with the home's environment plus `envs`, and no `--socket`.
+fn ctl_status(home: &Home, envs: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = home.command(&sidekeyctl_bin());
+    cmd.args(["status", "--json"]);
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("sidekeyctl runs")
+}
+
+#[test]
+fn sidekeyctl_finds_the_socket_wherever_sidekeyd_put_it() {
+    // The config file's socket_path.
+    let home = Home::new();
+    let socket = home.path().join("sockets/s.sock");
+    home.write_config(&format!("socket_path = \"{}\"\n", socket.display()));
+    let d = home.start();
+    assert_eq!(d.socket, socket);
+    let out = ctl_status(&home, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(d);
+
+    // No runtime dir: <data_dir>/sidekeyd.sock, the data dir from SIDEKEY_DATA_DIR
+    // over the file's (an empty XDG_RUNTIME_DIR is no runtime dir).
+    let home = Home::new();
+    let data_dir = home.path().join("elsewhere");
+    home.write_config(&format!(
+        "data_dir = \"{}\"\n",
+        home.path().join("unused").display()
+    ));
+    let d = home
+        .start_with(
+            &[],
+            &[
+                ("XDG_RUNTIME_DIR", ""),
+                ("SIDEKEY_DATA_DIR", data_dir.to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(d.socket, data_dir.join("sidekeyd.sock"));
+    let empty = Path::new("");
+    let out = ctl_status(
+        &home,
+        &[("XDG_RUNTIME_DIR", empty), ("SIDEKEY_DATA_DIR", &data_dir)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without SIDEKEY_DATA_DIR it looks in the file's data dir, and says so.
+    let out = ctl_status(&home, &[("XDG_RUNTIME_DIR", empty)]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "no socket at {}",
+            home.path().join("unused/sidekeyd.sock").display()
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_input_on_every_route_gets_the_error_shape() {
     let home = Home::new();

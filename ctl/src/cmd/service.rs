@@ -1,14 +1,15 @@
 //! `sidekeyctl service install|uninstall|status`: writes the systemd unit or
 //! launchd plist for this machine, naming the real `sidekeyd` beside this
-//! binary, and has the service manager load it.
+//! binary (else on PATH), and has the service manager load it. The system
+//! service's master key is made by `sidekeyd --init-master-key`, never here:
+//! only the daemon writes its key format.
 //!
 //! Every action is first planned as a list of [`Step`]s, which is pure and
 //! tested; `--dry-run` prints the plan, and otherwise it is carried out.
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,7 +65,7 @@ impl Host {
             );
         }
         let exe = std::env::current_exe().context("cannot tell where sidekeyctl is installed")?;
-        let sidekeyd = exe.with_file_name("sidekeyd");
+        let sidekeyd = find_sidekeyd(&exe).unwrap_or_else(|| exe.with_file_name("sidekeyd"));
         let home = directories::BaseDirs::new()
             .map(|d| d.home_dir().to_path_buf())
             .context("no home directory; set HOME")?;
@@ -138,11 +139,26 @@ impl Host {
     }
 }
 
+/// sidekeyd beside this binary, where an install puts both, else the first
+/// executable one on PATH. Relative PATH entries are skipped: the unit must
+/// name the same file whatever directory it is started from.
+fn find_sidekeyd(exe: &Path) -> Option<PathBuf> {
+    let is_executable = |path: &Path| {
+        fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let beside = exe.with_file_name("sidekeyd");
+    if is_executable(&beside) {
+        return Some(beside);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("sidekeyd"))
+        .find(|candidate| candidate.is_absolute() && is_executable(candidate))
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     CreateDir(PathBuf),
-    /// A new 32-byte key in hex, mode 0600; never replaces an existing one.
-    CreateMasterKey(PathBuf),
     Write {
         path: PathBuf,
         contents: String,
@@ -181,7 +197,16 @@ fn plan_install(host: &Host, already: bool, key_exists: bool) -> Vec<Step> {
     match host.init {
         InitSystem::Systemd => {
             if host.system && !key_exists {
-                steps.push(Step::CreateMasterKey(PathBuf::from(SYSTEM_MASTER_KEY)));
+                let key = Path::new(SYSTEM_MASTER_KEY);
+                if let Some(dir) = key.parent() {
+                    steps.push(Step::CreateDir(dir.to_path_buf()));
+                }
+                steps.push(run_step(vec![
+                    host.sidekeyd.display().to_string(),
+                    "--init-master-key".into(),
+                    "--master-key-file".into(),
+                    key.display().to_string(),
+                ]));
             }
             steps.push(Step::Write {
                 path: file,
@@ -247,7 +272,7 @@ fn install(args: &ServiceArgs) -> Result<()> {
     let host = Host::detect(&args.target)?;
     if !host.sidekeyd.is_file() {
         bail!(
-            "sidekeyd is not beside sidekeyctl (no {}); install both binaries in the same directory, then run this again",
+            "cannot find sidekeyd: it is not beside sidekeyctl (no {}) nor on PATH; install both binaries in the same directory, then run this again",
             host.sidekeyd.display()
         );
     }
@@ -354,11 +379,6 @@ fn describe(steps: &[Step]) -> String {
     for step in steps {
         let _ = match step {
             Step::CreateDir(dir) => writeln!(out, "# would create directory {}", dir.display()),
-            Step::CreateMasterKey(path) => writeln!(
-                out,
-                "# would create the master key {} (32 random bytes, mode 0600)",
-                path.display()
-            ),
             Step::Write { path, contents } => writeln!(
                 out,
                 "# would write {}:\n{contents}# end of {}",
@@ -380,7 +400,6 @@ fn execute(steps: &[Step]) -> Result<()> {
                 .mode(0o755)
                 .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?,
-            Step::CreateMasterKey(path) => create_master_key(path)?,
             Step::Write { path, contents } => {
                 fs::write(path, contents)
                     .with_context(|| format!("cannot write {}", path.display()))?;
@@ -415,34 +434,6 @@ fn execute(steps: &[Step]) -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-fn create_master_key(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("cannot read random bytes from /dev/urandom")?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create the master key {}", path.display()))?;
-    std::io::Write::write_all(&mut file, format!("{hex}\n").as_bytes())?;
-    file.sync_all()?;
-    println!(
-        "created the master key {}; back it up; without it the store cannot be read",
-        path.display()
-    );
     Ok(())
 }
 
@@ -589,10 +580,33 @@ mod tests {
     }
 
     #[test]
-    fn system_install_creates_a_missing_master_key_only() {
+    fn system_install_has_sidekeyd_create_a_missing_master_key_only() {
         let h = host(InitSystem::Systemd, true);
         let steps = plan_install(&h, false, false);
-        assert!(steps.contains(&Step::CreateMasterKey(PathBuf::from(SYSTEM_MASTER_KEY))));
+        let init = "/opt/side key/bin/sidekeyd --init-master-key --master-key-file /etc/sidekey/master.key";
+        assert_eq!(
+            argvs(&steps),
+            [
+                init,
+                "systemctl daemon-reload",
+                "systemctl enable --now sidekeyd.service"
+            ]
+        );
+        // Its directory first; the unit goes in only once the key is there.
+        let at = |wanted: &dyn Fn(&Step) -> bool| steps.iter().position(wanted).unwrap();
+        let key_dir = at(&|s| *s == Step::CreateDir(PathBuf::from("/etc/sidekey")));
+        let key = at(&|s| matches!(s, Step::Run { argv, .. } if argv.join(" ") == init));
+        let unit = at(&|s| matches!(s, Step::Write { .. }));
+        assert!(key_dir < key && key < unit, "{steps:?}");
+        assert!(matches!(
+            &steps[key],
+            Step::Run {
+                must_succeed: true,
+                ..
+            }
+        ));
+
+        let steps = plan_install(&h, false, true);
         assert_eq!(
             argvs(&steps),
             [
@@ -600,8 +614,7 @@ mod tests {
                 "systemctl enable --now sidekeyd.service"
             ]
         );
-        let steps = plan_install(&h, false, true);
-        assert!(!steps.iter().any(|s| matches!(s, Step::CreateMasterKey(_))));
+        assert!(!steps.contains(&Step::CreateDir(PathBuf::from("/etc/sidekey"))));
     }
 
     #[test]

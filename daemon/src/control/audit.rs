@@ -52,7 +52,7 @@ pub fn respond(
         None => None,
     };
     let matches = move |r: &AuditRecord| conn_id.as_ref().is_none_or(|id| &r.conn_id == id);
-    let retention = daemon.live_config().audit_retention_secs();
+    let retention = daemon.live_config().audit_retention.as_secs();
     let newest = daemon
         .audit
         .tail(limit, retention, &matches)

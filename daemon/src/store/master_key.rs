@@ -1,9 +1,10 @@
 //! Finds the 32-byte master key, in DESIGN.md's order: systemd's
 //! `LoadCredential`, then `SIDEKEY_MASTER_KEY_FILE`, then `<data_dir>/master.key`,
-//! which is created with mode 0600 on first start. Never logs the key.
+//! which is created with mode 0600 on first start. The only code that writes
+//! a key file (`sidekeyd --init-master-key` included). Never logs the key.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -59,25 +60,63 @@ fn decode(raw: &[u8]) -> Option<Zeroizing<[u8; MASTER_KEY_LEN]>> {
     None
 }
 
+/// `sidekeyd --init-master-key`: a new key at `path`, whose directory must
+/// already exist. An existing key is never replaced, since whatever it sealed
+/// could not be opened again.
+pub fn init(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if dir != Path::new("") => dir,
+        _ => Path::new("."),
+    };
+    let Err(source) = write_new(path) else {
+        return Ok(());
+    };
+    let (path, dir) = (path.display(), dir.display());
+    Err(match source.kind() {
+        ErrorKind::AlreadyExists => anyhow::anyhow!(
+            "a master key already exists at {path} and is left as it is; \
+             sidekeyd never replaces one, since the store it sealed could not be opened again"
+        ),
+        ErrorKind::NotFound => anyhow::anyhow!(
+            "cannot create the master key {path}: the directory {dir} does not exist; \
+             create it first (mkdir -m 0700 {dir}), or choose another --master-key-file"
+        ),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => anyhow::anyhow!(
+            "cannot create the master key {path}: {dir} is not writable ({source}); \
+             run this as a user who may write there, or choose another --master-key-file"
+        ),
+        _ => anyhow::anyhow!("cannot create the master key {path}: {source}"),
+    })
+}
+
 fn create(path: &Path) -> Result<(), StoreError> {
+    write_new(path).map_err(|source| StoreError::MasterKeyWrite {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A fresh key in hex at `path`, which must not exist yet.
+fn write_new(path: &Path) -> std::io::Result<()> {
     let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
     getrandom::fill(bytes.as_mut()).expect("the OS random number generator failed");
     let text = Zeroizing::new(format!("{}\n", hex::encode(bytes.as_ref())));
-    let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let filled = (|| {
         // The mode above is filtered by the umask; set it exactly.
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()
-    };
-    write().map_err(|source| StoreError::MasterKeyWrite {
-        path: path.to_path_buf(),
-        source,
-    })
+    })();
+    // A half-written key would be refused at start and block a retry.
+    if filled.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    filled
 }
 
 #[cfg(test)]
