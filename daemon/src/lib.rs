@@ -213,7 +213,11 @@ pub async fn run(
     let (held, stop) = (daemon.clone(), shutdown.clone());
     tasks.spawn(async move { held.audit.write_held_lines(&stop).await });
     if let Some(listener) = listeners.sync {
-        tasks.spawn(sync::hub::serve(listener, daemon.clone(), tasks.clone()));
+        tasks.spawn(sync::hub::server::serve(
+            listener,
+            daemon.clone(),
+            tasks.clone(),
+        ));
     }
     sync::Engine::start(&daemon);
     on_ready(&daemon);

@@ -3,28 +3,16 @@
 //! compares stat data with the last-synced state and hashes only what changed.
 //!
 //! - this module: the engine that adds, lists and removes shares and sessions
-//! - `hub`, `share`: the hub's listener and its shared folders
-//! - `session`, `client`: a peer's rounds, and its pinned connection to the hub
-//! - `runner`, `watcher`: the loops that drive them, and folder watching
-//! - `journal`: per-path state with versions (the hub's journal, a peer's index)
-//! - `model`, `frames`: what goes on the wire, and batch framing
-//! - `scan`, `fsops`, `paths`, `ignore`: reading folders, writing safely, checking wire paths, ignores
-//! - `identity`: the hub's certificate and the peer's pin on it
+//! - `hub`: the hub's listener (`server`) and its shared folders (`share`)
+//! - `peer`: a peer's rounds (`session`), its pinned connection (`client`), its loops (`runner`)
+//! - `replica`: one folder: `scan`, `watcher`, `fsops`, `paths`, `ignore`, and `journal`
+//!   (per-path state with versions: the hub's journal, a peer's index)
+//! - `wire`: what goes between replicas (`model`), batch framing (`frames`), the hub's TLS `identity`
 
-mod client;
-mod frames;
-mod fsops;
 pub mod hub;
-mod identity;
-mod ignore;
-mod journal;
-mod model;
-mod paths;
-mod runner;
-mod scan;
-mod session;
-mod share;
-mod watcher;
+mod peer;
+mod replica;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,11 +27,13 @@ use crate::error::{ApiError, ErrorCode};
 use crate::keys::Secret;
 use crate::registry::now_secs;
 use crate::store::Store;
-use client::{HubClient, SyncError, parse_invite};
-pub use identity::Identity;
-use journal::Journal;
-use session::{Session, SessionRecord};
-use share::{Share, ShareRecord};
+use hub::share::{self, Share, ShareRecord};
+use peer::client::{HubClient, SyncError, parse_invite};
+use peer::runner;
+use peer::session::{Session, SessionRecord};
+use replica::ignore;
+use replica::journal::Journal;
+pub use wire::identity::Identity;
 
 struct Running {
     session: Arc<Session>,
@@ -150,7 +140,7 @@ impl Engine {
                 "The share name '{name}' is not valid; use letters, digits, '-', '_' or '.'."
             )));
         }
-        let root = hub::share_path(path)?;
+        let root = hub::server::share_path(path)?;
         engine.check_folder(&root)?;
         if !root.is_dir() {
             return Err(ApiError::bad_request(format!(
@@ -202,7 +192,7 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.name.clone(), (share.clone(), stop.clone()));
-        daemon.tasks.spawn(runner::run_share(share, stop));
+        daemon.tasks.spawn(share::run_share(share, stop));
         Ok(())
     }
 
@@ -325,7 +315,7 @@ impl Engine {
     ) -> Result<sidekey_api::Session, ApiError> {
         let parts = parse_invite(invite)
             .map_err(|why| ApiError::bad_request(format!("The invite is not valid: {why}.")))?;
-        let root = hub::share_path(folder)?;
+        let root = hub::server::share_path(folder)?;
         daemon.sync.check_folder(&root)?;
         std::fs::create_dir_all(&root).map_err(|e| {
             ApiError::bad_request(format!("Cannot create {}: {e}.", root.display()))

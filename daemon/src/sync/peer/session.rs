@@ -18,16 +18,16 @@ use serde::{Deserialize, Serialize};
 use sidekey_api::SessionState;
 use tokio::sync::mpsc;
 
-use super::client::{HubClient, SyncError};
-use super::frames::FrameWriter;
-use super::ignore::{Ignorer, MARKER};
-use super::journal::Journal;
-use super::model::{Entry, Kind, PushHead, PushResult, Synced};
-use super::scan::{self, Found, Scope, Stat};
-use super::share::same_stat;
-use super::{fsops, paths};
 use crate::http_util::ChannelBody;
 use crate::registry::{now_ms, now_secs};
+use crate::sync::hub::share::same_stat;
+use crate::sync::peer::client::{HubClient, SyncError};
+use crate::sync::replica::ignore::{Ignorer, MARKER};
+use crate::sync::replica::journal::Journal;
+use crate::sync::replica::scan::{self, Found, Scope, Stat};
+use crate::sync::replica::{fsops, paths};
+use crate::sync::wire::frames::FrameWriter;
+use crate::sync::wire::model::{Entry, Kind, PushHead, PushResult, Synced};
 
 /// Files at most this big travel together in one request.
 const SMALL_FILE: u64 = 1024 * 1024;

@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use super::model::{Changes, Entry, Kind, Synced};
 use crate::store::{Store, StoreError, Table};
+use crate::sync::wire::model::{Changes, Entry, Kind, Synced};
 
 /// After a restart the hub's versions jump by this much, so a version it
 /// served but had not flushed before a crash is never handed out again.

@@ -17,15 +17,17 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::frames::{FrameReader, FrameWriter};
-use super::model::{FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced};
-use super::share::Share;
-use super::{fsops, paths};
 use crate::Daemon;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ChannelBody, ProxyBody, boxed, json, query_pairs, read_json};
 use crate::registry::LiveConn;
 use crate::shutdown::Tasks;
+use crate::sync::hub::share::Share;
+use crate::sync::replica::{fsops, paths};
+use crate::sync::wire::frames::{FrameReader, FrameWriter};
+use crate::sync::wire::model::{
+    FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced,
+};
 
 /// A batch applies its small files with one `syncfs` instead of an fsync each.
 const FETCH_LIMIT: usize = 20_000;
@@ -342,7 +344,7 @@ fn land(share: &Share, head: PushHead, file: fsops::Staged) -> Result<PushResult
             message: e.to_string(),
         });
     }
-    let stat = std::fs::symlink_metadata(&target).map(|m| super::scan::stat_of(&m));
+    let stat = std::fs::symlink_metadata(&target).map(|m| crate::sync::replica::scan::stat_of(&m));
     let (mtime_ns, inode) = stat.map(|s| (s.mtime_ns, s.inode)).unwrap_or((0, 0));
     let version = share.journal.record(
         &head.path,
@@ -374,7 +376,7 @@ fn apply_dir(
         });
     }
     let inode = std::fs::symlink_metadata(share.root.join(relative))
-        .map(|m| super::scan::stat_of(&m).inode)
+        .map(|m| crate::sync::replica::scan::stat_of(&m).inode)
         .unwrap_or(0);
     let version = share.journal.record(
         &head.path,

@@ -9,35 +9,14 @@ use sidekey_api::SessionState;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::client::SyncError;
-use super::save;
-use super::session::{RoundError, Session};
-use super::share::Share;
-use super::watcher::{Watch, next_wake};
 use crate::Daemon;
+use crate::sync::peer::client::SyncError;
+use crate::sync::peer::session::{RoundError, Session};
+use crate::sync::replica::watcher::{Watch, next_wake};
+use crate::sync::save;
 
 /// Failed rounds in a row before a session stops retrying on its own.
 const MAX_FAILURES: u32 = 8;
-
-pub async fn run_share(share: Arc<Share>, stop: CancellationToken) {
-    let (tx, mut hints) = mpsc::channel(1);
-    let watch = Watch::start(&share.root, tx);
-    loop {
-        {
-            let _guard = share.lock.lock().await;
-            let scope = watch.take();
-            if let Err(e) = tokio::task::block_in_place(|| share.scan(scope)) {
-                tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
-                watch.look_again();
-            }
-            let _ = share.journal.flush().await;
-        }
-        crate::memory::release_freed_soon();
-        if !next_wake(&watch, &mut hints, None, &stop).await {
-            return;
-        }
-    }
-}
 
 pub async fn run_session(
     daemon: Arc<Daemon>,

@@ -14,11 +14,11 @@ use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use sidekey_api::ErrorBody;
 
-use super::frames::FrameReader;
-use super::identity::pinned_client_config;
-use super::model::{Changes, FetchRequest, Hello, PushResult, RotatedKey};
 use crate::http_util::ProxyBody;
 use crate::keys::Secret;
+use crate::sync::wire::frames::FrameReader;
+use crate::sync::wire::identity::pinned_client_config;
+use crate::sync::wire::model::{Changes, FetchRequest, Hello, PushResult, RotatedKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
