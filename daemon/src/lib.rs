@@ -62,7 +62,7 @@ pub struct Daemon {
     authority: proxy::tls::Authority,
     upstream: proxy::upstream::Upstream,
     audit: audit::Audit,
-    sync: sync::Engine,
+    sync: Arc<sync::SyncEngine>,
     /// Every task's tree; its token is cancelled at shutdown.
     tasks: shutdown::Tasks,
     started: Instant,
@@ -130,7 +130,11 @@ impl Daemon {
             config.upstream_ca_file.as_deref(),
             proxy::dial::Dialer::new(config.upstream_proxy.clone(), &config.upstream_no_proxy),
         )?;
-        let sync = sync::Engine::new(registry.store(), &config)?;
+        let sync = sync::SyncEngine::new(
+            registry.clone(),
+            config.sync_listen,
+            config.data_dir.clone(),
+        )?;
         let audit = audit::Audit::open(&config.data_dir, config.audit_retention_secs())
             .with_context(|| {
                 format!(
@@ -142,7 +146,7 @@ impl Daemon {
             authority,
             upstream,
             audit,
-            sync,
+            sync: Arc::new(sync),
             tasks: shutdown::Tasks::default(),
             live: RwLock::new(Arc::new(config.clone())),
             config,
@@ -182,7 +186,7 @@ impl Daemon {
         } + &match self.sync.listen() {
             Some(addr) => format!(
                 "  sync:       {addr} ({})\n",
-                self.sync.identity.fingerprint
+                self.sync.identity().fingerprint
             ),
             None => String::new(),
         }
@@ -198,8 +202,10 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<Daemon>),
 ) -> Result<()> {
     daemon.proxy_addr = listeners.proxy_addr();
-    daemon.sync.set_listen(listeners.sync_addr());
     let tasks = shutdown::Tasks::new(shutdown.clone());
+    Arc::get_mut(&mut daemon.sync)
+        .expect("nothing holds the sync engine before run")
+        .attach(listeners.sync_addr(), tasks.clone());
     daemon.tasks = tasks.clone();
     let daemon = Arc::new(daemon);
     proxy::start(listeners.proxy, daemon.clone(), &tasks)?;
@@ -215,11 +221,11 @@ pub async fn run(
     if let Some(listener) = listeners.sync {
         tasks.spawn(sync::hub::server::serve(
             listener,
-            daemon.clone(),
+            daemon.sync.clone(),
             tasks.clone(),
         ));
     }
-    sync::Engine::start(&daemon);
+    daemon.sync.start();
     on_ready(&daemon);
 
     shutdown.cancelled().await;

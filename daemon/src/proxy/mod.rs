@@ -16,8 +16,6 @@ mod target;
 pub mod tls;
 pub mod upstream;
 
-pub(crate) use auth::bearer;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

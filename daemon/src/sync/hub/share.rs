@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use crate::store::StoreError;
+use crate::store::{ShareRecord, StoreError};
 use crate::sync::replica::fsops;
 use crate::sync::replica::ignore::{Ignorer, MARKER};
 use crate::sync::replica::journal::Journal;
@@ -16,14 +14,6 @@ use crate::sync::replica::watcher::{Watch, next_wake};
 use crate::sync::wire::model::{Entry, Kind, PushHead, Synced};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShareRecord {
-    pub name: String,
-    pub path: String,
-    pub replica: String,
-    pub created_at: u64,
-}
 
 #[derive(Default)]
 pub struct ScanReport {
