@@ -1,5 +1,5 @@
-//! Small helpers shared by the control API and the proxy's own endpoints:
-//! JSON responses and bounded body reading.
+//! Small helpers shared by the control API, the proxy's own endpoints and
+//! the sync listener: JSON responses, bounded body reading, bearer keys.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -25,6 +25,19 @@ pub fn empty_body() -> ProxyBody {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// The key from `Authorization: Bearer <key>`: the proxy's own endpoints
+/// and the sync listener both take keys this way.
+pub fn bearer(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    strip_scheme(value, "bearer").map(str::to_string)
+}
+
+/// The credentials of an auth header value, if it uses `scheme` (any case).
+pub fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.trim().split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {

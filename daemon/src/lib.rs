@@ -68,7 +68,7 @@ pub struct Daemon {
     authority: Arc<proxy::tls::Authority>,
     upstream: Arc<proxy::upstream::Upstream>,
     audit: Arc<audit::Audit>,
-    sync: sync::Engine,
+    sync: Arc<sync::SyncEngine>,
     /// Every task's tree; its token is cancelled at shutdown.
     tasks: shutdown::Tasks,
     started: Instant,
@@ -139,7 +139,11 @@ impl Daemon {
             config.upstream_ca_file.as_deref(),
             proxy::dial::Dialer::new(config.upstream_proxy.clone(), &config.upstream_no_proxy),
         )?);
-        let sync = sync::Engine::new(registry.store(), &config)?;
+        let sync = sync::SyncEngine::new(
+            registry.clone(),
+            config.sync_listen,
+            config.data_dir.clone(),
+        )?;
         let audit = Arc::new(
             audit::Audit::open(&config.data_dir, config.audit_retention.as_secs()).with_context(
                 || {
@@ -154,7 +158,7 @@ impl Daemon {
             authority,
             upstream,
             audit,
-            sync,
+            sync: Arc::new(sync),
             tasks: shutdown::Tasks::default(),
             live: Arc::new(live::Live::new(config.clone())),
             config,
@@ -194,7 +198,7 @@ impl Daemon {
         } + &match self.sync.listen() {
             Some(addr) => format!(
                 "  sync:       {addr} ({})\n",
-                self.sync.identity.fingerprint
+                self.sync.identity().fingerprint
             ),
             None => String::new(),
         }
@@ -210,8 +214,10 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<Daemon>),
 ) -> Result<()> {
     daemon.proxy_addr = listeners.proxy_addr();
-    daemon.sync.set_listen(listeners.sync_addr());
     let tasks = shutdown::Tasks::new(shutdown.clone());
+    Arc::get_mut(&mut daemon.sync)
+        .expect("nothing holds the sync engine before run")
+        .attach(listeners.sync_addr(), tasks.clone());
     daemon.tasks = tasks.clone();
     let daemon = Arc::new(daemon);
     proxy::start(
@@ -236,9 +242,13 @@ pub async fn run(
     let (held, stop) = (daemon.clone(), shutdown.clone());
     tasks.spawn(async move { held.audit.write_held_lines(&stop).await });
     if let Some(listener) = listeners.sync {
-        tasks.spawn(sync::hub::serve(listener, daemon.clone(), tasks.clone()));
+        tasks.spawn(sync::hub::server::serve(
+            listener,
+            daemon.sync.clone(),
+            tasks.clone(),
+        ));
     }
-    sync::Engine::start(&daemon);
+    daemon.sync.start();
     on_ready(&daemon);
 
     shutdown.cancelled().await;

@@ -14,7 +14,6 @@ use crate::Daemon;
 use crate::error::ApiError;
 use crate::http_util::{Body, ProxyBody, boxed, json, read_json};
 use crate::keys::Secret;
-use crate::sync::Engine;
 
 /// Bodies are small JSON documents; a credential secret is capped at 16 KiB.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -94,17 +93,17 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
         }
 
-        (&Method::GET, ["v1", "shares"]) => ok(&daemon.sync.shares(daemon)),
+        (&Method::GET, ["v1", "shares"]) => ok(&daemon.sync.shares()),
         (&Method::POST, ["v1", "shares"]) => {
             let body: ShareCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &Engine::add_share(daemon, &body.name, &body.path)?,
+                &daemon.sync.add_share(&body.name, &body.path)?,
             ))
         }
-        (&Method::GET, ["v1", "shares", name]) => ok(&daemon.sync.share_view(daemon, name)?),
+        (&Method::GET, ["v1", "shares", name]) => ok(&daemon.sync.share_view(name)?),
         (&Method::DELETE, ["v1", "shares", name]) => {
-            Engine::remove_share(daemon, name).await?;
+            daemon.sync.remove_share(name).await?;
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["v1", "shares", name, "invite"]) => {
@@ -112,7 +111,7 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
             let body: InviteCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &Engine::invite(daemon, &name, body).await?,
+                &daemon.sync.invite(&name, body).await?,
             ))
         }
 
@@ -121,27 +120,30 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
             let body: SessionCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &Engine::add_session(daemon, &body.folder, &body.invite).await?,
+                &daemon.sync.add_session(&body.folder, &body.invite).await?,
             ))
         }
         (&Method::GET, ["v1", "sessions", id]) => ok(&daemon.sync.session_view(id)?),
         (&Method::DELETE, ["v1", "sessions", id]) => {
-            Engine::remove_session(daemon, id).await?;
+            daemon.sync.remove_session(id).await?;
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["v1", "sessions", id, "pause"]) => {
-            ok(&Engine::set_paused(daemon, id, true).await?)
+            ok(&daemon.sync.set_paused(id, true).await?)
         }
         (&Method::POST, ["v1", "sessions", id, "resume"]) => {
-            ok(&Engine::set_paused(daemon, id, false).await?)
+            ok(&daemon.sync.set_paused(id, false).await?)
         }
         (&Method::POST, ["v1", "sessions", id, "rotate-key"]) => {
-            ok(&Engine::rotate_session_key(daemon, id).await?)
+            ok(&daemon.sync.rotate_session_key(id).await?)
         }
         (&Method::PUT, ["v1", "sessions", id, "key"]) => {
             let id = id.to_string();
             let body: SessionKey = read_json(req.into_body(), BODY_LIMIT).await?;
-            ok(&Engine::set_session_key(daemon, &id, Secret::new(body.key)).await?)
+            ok(&daemon
+                .sync
+                .set_session_key(&id, Secret::new(body.key))
+                .await?)
         }
 
         _ => Err(ApiError::not_found(format!(

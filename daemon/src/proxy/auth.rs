@@ -4,11 +4,8 @@
 use base64::Engine;
 use http::{HeaderMap, header};
 
-/// The key from `Authorization: Bearer <key>`.
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    strip_scheme(value, "bearer").map(str::to_string)
-}
+pub use crate::http_util::bearer;
+use crate::http_util::strip_scheme;
 
 /// The key from `Proxy-Authorization`, which every client sends for
 /// `HTTP_PROXY=http://agent:<key>@host:port`.
@@ -29,11 +26,6 @@ pub fn proxy_key_from(value: &[u8]) -> Option<String> {
     let text = String::from_utf8(decoded).ok()?;
     let (_, password) = text.split_once(':')?;
     Some(password.to_string())
-}
-
-fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
-    let (given, rest) = value.trim().split_once(' ')?;
-    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@ pub mod tls;
 pub mod upstream;
 mod wire;
 
-pub(crate) use auth::bearer;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ mod check;
 mod crypto;
 mod integrity;
 pub mod master_key;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use sidekey_api::{ConnKind, CredType, RateLimit};
 use crate::keys::{self, KeyHash, Secret};
 use crypto::Cipher;
 pub use master_key::MasterKey;
+pub use sync::{HubIdentity, PathTable, SessionRecord, ShareRecord, SyncTables};
 
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -480,32 +482,6 @@ impl Store {
             .map_err(|e| self.write_error(e))?;
         self.db.flush().map_err(|e| self.write_error(e))?;
         Ok(())
-    }
-
-    // --- tables for sync: shares, sessions, journals and indexes
-
-    /// A named table of JSON records; created on first use.
-    pub fn table(&self, name: &str) -> Result<Table, StoreError> {
-        let tree = self.db.open_tree(name).map_err(|e| self.write_error(e))?;
-        Ok(Table {
-            tree,
-            path: self.path.clone(),
-        })
-    }
-
-    pub fn drop_table(&self, name: &str) -> Result<(), StoreError> {
-        self.db.drop_tree(name).map_err(|e| self.write_error(e))?;
-        Ok(())
-    }
-
-    /// Seals a secret that is not a connection key or credential (sync keys,
-    /// identity keys) under `aad`.
-    pub fn seal(&self, aad: &str, secret: &Secret) -> String {
-        hex::encode(self.cipher.seal(aad.as_bytes(), secret.expose().as_bytes()))
-    }
-
-    pub fn unseal(&self, aad: &str, sealed_hex: &str) -> Result<Secret, StoreError> {
-        self.open_secret(aad, sealed_hex)
     }
 
     // --- helpers

@@ -3,62 +3,58 @@
 //! compares stat data with the last-synced state and hashes only what changed.
 //!
 //! - this module: the engine that adds, lists and removes shares and sessions
-//! - `hub`, `share`: the hub's listener and its shared folders
-//! - `session`, `client`: a peer's rounds, and its pinned connection to the hub
-//! - `runner`, `watcher`: the loops that drive them, and folder watching
-//! - `journal`: per-path state with versions (the hub's journal, a peer's index)
-//! - `model`, `frames`: what goes on the wire, and batch framing
-//! - `scan`, `fsops`, `paths`, `ignore`: reading folders, writing safely, checking wire paths, ignores
-//! - `identity`: the hub's certificate and the peer's pin on it
+//! - `hub`: the hub's listener (`server`) and its shared folders (`share`)
+//! - `peer`: a peer's rounds (`session`), its pinned connection (`client`), its loops (`runner`)
+//! - `replica`: one folder: `scan`, `watcher`, `fsops`, `paths`, `ignore`, and `journal`
+//!   (per-path state with versions: the hub's journal, a peer's index)
+//! - `wire`: what goes between replicas (`model`), batch framing (`frames`), the hub's TLS `identity`
 
-mod client;
-mod frames;
-mod fsops;
 pub mod hub;
-mod identity;
-mod ignore;
-mod journal;
-mod model;
-mod paths;
-mod runner;
-mod scan;
-mod session;
-mod share;
-mod watcher;
+mod peer;
+mod replica;
+mod wire;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use sidekey_api::{ConnCreate, ConnKind, Invite, InviteCreate, SessionState};
 use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
 
-use crate::Daemon;
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::Secret;
-use crate::registry::now_secs;
-use crate::store::Store;
-use client::{HubClient, SyncError, parse_invite};
-pub use identity::Identity;
-use journal::Journal;
-use session::{Session, SessionRecord};
-use share::{Share, ShareRecord};
+use crate::registry::{Registry, now_secs};
+use crate::shutdown::Tasks;
+use crate::store::{SessionRecord, ShareRecord, StoreError, SyncTables};
+use hub::share::{self, Share};
+use peer::client::{HubClient, SyncError, parse_invite};
+use peer::runner;
+use peer::session::Session;
+use replica::ignore;
+use replica::journal::Journal;
+pub use wire::identity::Identity;
 
 struct Running {
     session: Arc<Session>,
     /// Bumped by user actions (resume, set-key, pause), which restart a
     /// session that stopped itself.
     user: watch::Sender<u64>,
-    stop: CancellationToken,
+    /// The session's own branch of the task tree: removing it ends them.
+    tasks: Tasks,
 }
 
-pub struct Engine {
-    pub identity: Identity,
-    shares: RwLock<BTreeMap<String, (Arc<Share>, CancellationToken)>>,
+/// Every share and session of this daemon, with exactly what they need:
+/// the registry (sync keys are connections), the hub's identity and the
+/// task tree. It never sees the proxy or the control API.
+pub struct SyncEngine {
+    registry: Arc<Registry>,
+    identity: Identity,
+    tasks: Tasks,
+    shares: RwLock<BTreeMap<String, (Arc<Share>, Tasks)>>,
     sessions: RwLock<BTreeMap<String, Running>>,
     host: String,
-    sync_listen: Option<std::net::SocketAddr>,
+    listen: Option<SocketAddr>,
     data_dir: PathBuf,
 }
 
@@ -69,54 +65,65 @@ fn hostname() -> String {
         .into_owned()
 }
 
-fn api_error(e: crate::store::StoreError) -> ApiError {
+fn api_error(e: StoreError) -> ApiError {
     ApiError::from(e)
 }
 
-impl Engine {
-    pub fn new(store: &Store, config: &crate::Config) -> anyhow::Result<Engine> {
-        Ok(Engine {
-            identity: Identity::load_or_create(store)?,
+impl SyncEngine {
+    /// Loads (or creates) the hub's identity. Nothing runs until [`SyncEngine::start`].
+    pub fn new(
+        registry: Arc<Registry>,
+        listen: Option<SocketAddr>,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<SyncEngine> {
+        let identity = Identity::load_or_create(&registry.store().sync_tables())?;
+        Ok(SyncEngine {
+            registry,
+            identity,
+            tasks: Tasks::default(),
             shares: RwLock::new(BTreeMap::new()),
             sessions: RwLock::new(BTreeMap::new()),
             host: hostname(),
-            sync_listen: config.sync_listen,
-            data_dir: config.data_dir.clone(),
+            listen,
+            data_dir,
         })
     }
 
+    /// Where the sync listener actually bound (port 0 becomes real), and
+    /// the task tree every share and session runs in.
+    pub fn attach(&mut self, listen: Option<SocketAddr>, tasks: Tasks) {
+        self.listen = listen;
+        self.tasks = tasks;
+    }
+
+    fn tables(&self) -> SyncTables<'_> {
+        self.registry.store().sync_tables()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Starts every stored share and session.
-    pub fn start(daemon: &Arc<Daemon>) {
-        let store = daemon.registry.store();
-        let shares: Vec<ShareRecord> = store
-            .table("shares")
-            .and_then(|t| t.all())
-            .map(|v| v.into_iter().map(|(_, r)| r).collect())
-            .unwrap_or_default();
-        for record in shares {
-            if let Err(e) = Engine::start_share(daemon, record) {
+    pub fn start(self: &Arc<Self>) {
+        for record in self.tables().shares().unwrap_or_default() {
+            if let Err(e) = self.start_share(record) {
                 tracing::error!(error = %e.message, "cannot start a share");
             }
         }
-        let sessions: Vec<SessionRecord> = store
-            .table("sessions")
-            .and_then(|t| t.all())
-            .map(|v| v.into_iter().map(|(_, r)| r).collect())
-            .unwrap_or_default();
-        for record in sessions {
-            if let Err(e) = Engine::start_session(daemon, record) {
+        for record in self.tables().sessions().unwrap_or_default() {
+            if let Err(e) = self.start_session(record) {
                 tracing::error!(error = %e.message, "cannot start a sync session");
             }
         }
     }
 
-    /// The address the sync listener actually bound (port 0 becomes real).
-    pub fn set_listen(&mut self, addr: Option<std::net::SocketAddr>) {
-        self.sync_listen = addr;
-    }
-
-    pub fn listen(&self) -> Option<std::net::SocketAddr> {
-        self.sync_listen
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.listen
     }
 
     pub fn share(&self, name: &str) -> Result<Arc<Share>, ApiError> {
@@ -134,12 +141,7 @@ impl Engine {
 
     // --- hub side
 
-    pub fn add_share(
-        daemon: &Arc<Daemon>,
-        name: &str,
-        path: &str,
-    ) -> Result<sidekey_api::Share, ApiError> {
-        let engine = &daemon.sync;
+    pub fn add_share(&self, name: &str, path: &str) -> Result<sidekey_api::Share, ApiError> {
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -150,15 +152,15 @@ impl Engine {
                 "The share name '{name}' is not valid; use letters, digits, '-', '_' or '.'."
             )));
         }
-        let root = hub::share_path(path)?;
-        engine.check_folder(&root)?;
+        let root = hub::server::share_path(path)?;
+        self.check_folder(&root)?;
         if !root.is_dir() {
             return Err(ApiError::bad_request(format!(
                 "{} is not a directory; create it first.",
                 root.display()
             )));
         }
-        if engine
+        if self
             .shares
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -181,54 +183,44 @@ impl Engine {
             replica,
             created_at: now_secs(),
         };
-        daemon
-            .registry
-            .store()
-            .table("shares")
-            .and_then(|t| t.put(name.as_bytes(), &record))
-            .map_err(api_error)?;
-        Engine::start_share(daemon, record)?;
-        engine.share_view(daemon, name)
+        self.tables().put_share(&record).map_err(api_error)?;
+        self.start_share(record)?;
+        self.share_view(name)
     }
 
-    fn start_share(daemon: &Arc<Daemon>, record: ShareRecord) -> Result<(), ApiError> {
-        let journal =
-            Journal::for_share(daemon.registry.store(), &record.name).map_err(api_error)?;
+    fn start_share(&self, record: ShareRecord) -> Result<(), ApiError> {
+        let table = self
+            .tables()
+            .share_journal(&record.name)
+            .map_err(api_error)?;
+        let journal = Journal::for_share(table).map_err(api_error)?;
         let share = Arc::new(Share::new(record.clone(), journal));
-        let stop = daemon.tasks.token().child_token();
-        daemon
-            .sync
-            .shares
+        let tasks = self.tasks.child();
+        self.shares
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(record.name.clone(), (share.clone(), stop.clone()));
-        daemon.tasks.spawn(runner::run_share(share, stop));
+            .insert(record.name.clone(), (share.clone(), tasks.clone()));
+        tasks.spawn(share::run_share(share, tasks.token().clone()));
         Ok(())
     }
 
-    pub async fn remove_share(daemon: &Arc<Daemon>, name: &str) -> Result<(), ApiError> {
-        let (_, stop) = daemon
-            .sync
+    pub async fn remove_share(&self, name: &str) -> Result<(), ApiError> {
+        let (_, tasks) = self
             .shares
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .ok_or_else(|| ApiError::not_found(format!("No share is named '{name}'.")))?;
-        stop.cancel();
-        for conn in daemon.registry.share_conns(name) {
-            daemon.registry.remove_conn(&conn.id).await?;
+        tasks.token().cancel();
+        for conn in self.registry.share_conns(name) {
+            self.registry.remove_conn(&conn.id).await?;
         }
-        let store = daemon.registry.store();
-        store
-            .table("shares")
-            .and_then(|t| t.remove(name.as_bytes()))
-            .map_err(api_error)?;
-        Journal::drop_tables_for_share(store, name).map_err(api_error)?;
-        store.flush().await?;
+        self.tables().remove_share(name).map_err(api_error)?;
+        self.registry.store().flush().await?;
         Ok(())
     }
 
-    pub fn shares(&self, daemon: &Daemon) -> Vec<sidekey_api::Share> {
+    pub fn shares(&self) -> Vec<sidekey_api::Share> {
         let names: Vec<String> = self
             .shares
             .read()
@@ -238,11 +230,11 @@ impl Engine {
             .collect();
         names
             .iter()
-            .filter_map(|n| self.share_view(daemon, n).ok())
+            .filter_map(|n| self.share_view(n).ok())
             .collect()
     }
 
-    pub fn share_view(&self, daemon: &Daemon, name: &str) -> Result<sidekey_api::Share, ApiError> {
+    pub fn share_view(&self, name: &str) -> Result<sidekey_api::Share, ApiError> {
         let share = self.share(name)?;
         let report = share.report.lock().unwrap_or_else(|p| p.into_inner());
         Ok(sidekey_api::Share {
@@ -250,7 +242,7 @@ impl Engine {
             path: share.record.path.clone(),
             files: share.journal.live_count() as u64,
             version: share.journal.last_version(),
-            peers: daemon
+            peers: self
                 .registry
                 .share_conns(name)
                 .iter()
@@ -262,14 +254,9 @@ impl Engine {
         })
     }
 
-    pub async fn invite(
-        daemon: &Arc<Daemon>,
-        share: &str,
-        req: InviteCreate,
-    ) -> Result<Invite, ApiError> {
-        let engine = &daemon.sync;
-        engine.share(share)?;
-        let Some(listen) = engine.sync_listen else {
+    pub async fn invite(&self, share: &str, req: InviteCreate) -> Result<Invite, ApiError> {
+        self.share(share)?;
+        let Some(listen) = self.listen else {
             return Err(ApiError::bad_request(
                 "This daemon serves no shares over the network yet: set sync_listen (like \"0.0.0.0:7443\") in the config and restart it.",
             ));
@@ -278,10 +265,10 @@ impl Engine {
             Some(name) => name,
             None => (1..)
                 .map(|n| format!("{share}-peer-{n}"))
-                .find(|n| !daemon.registry.conn_name_taken(n))
+                .find(|n| !self.registry.conn_name_taken(n))
                 .expect("a free name"),
         };
-        let created = daemon
+        let created = self
             .registry
             .create_conn(ConnCreate {
                 name,
@@ -294,7 +281,7 @@ impl Engine {
             .await?;
         let host = req.host.unwrap_or_else(|| {
             if listen.ip().is_unspecified() {
-                engine.host.clone()
+                self.host.clone()
             } else {
                 listen.ip().to_string()
             }
@@ -309,7 +296,7 @@ impl Engine {
                 "sidekey://{host}:{}/{share}#key={}&fp={}",
                 listen.port(),
                 created.key,
-                engine.identity.fingerprint
+                self.identity.fingerprint
             ),
             conn_id: created.conn.id,
             conn_name: created.conn.name,
@@ -319,19 +306,18 @@ impl Engine {
     // --- peer side
 
     pub async fn add_session(
-        daemon: &Arc<Daemon>,
+        self: &Arc<Self>,
         folder: &str,
         invite: &str,
     ) -> Result<sidekey_api::Session, ApiError> {
         let parts = parse_invite(invite)
             .map_err(|why| ApiError::bad_request(format!("The invite is not valid: {why}.")))?;
-        let root = hub::share_path(folder)?;
-        daemon.sync.check_folder(&root)?;
+        let root = hub::server::share_path(folder)?;
+        self.check_folder(&root)?;
         std::fs::create_dir_all(&root).map_err(|e| {
             ApiError::bad_request(format!("Cannot create {}: {e}.", root.display()))
         })?;
-        if daemon
-            .sync
+        if self
             .sessions
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -349,6 +335,7 @@ impl Engine {
             parts.share.clone(),
             parts.fingerprint.clone(),
             parts.key.clone(),
+            self.tasks.child(),
         );
         client.hello().await.map_err(|e| match e {
             SyncError::Auth(m) | SyncError::Refused(m) | SyncError::Forbidden(m) => {
@@ -362,9 +349,8 @@ impl Engine {
             ),
         })?;
         let id = random_id("s");
-        let store = daemon.registry.store();
         let record = SessionRecord {
-            key_sealed: store.seal(&format!("session:{id}:key"), &parts.key),
+            key_sealed: self.tables().seal_session_key(&id, &parts.key),
             id: id.clone(),
             folder: root.display().to_string(),
             addr: parts.addr,
@@ -376,39 +362,35 @@ impl Engine {
             created_at: now_secs(),
             initial_sync_done: false,
         };
-        store
-            .table("sessions")
-            .and_then(|t| t.put(id.as_bytes(), &record))
-            .map_err(api_error)?;
-        store.flush().await?;
-        Engine::start_session(daemon, record)?;
-        daemon.sync.session_view(&id)
+        self.tables().put_session(&record).map_err(api_error)?;
+        self.registry.store().flush().await?;
+        self.start_session(record)?;
+        self.session_view(&id)
     }
 
-    fn start_session(daemon: &Arc<Daemon>, record: SessionRecord) -> Result<(), ApiError> {
-        let store = daemon.registry.store();
-        let key = store
-            .unseal(&format!("session:{}:key", record.id), &record.key_sealed)
-            .map_err(api_error)?;
-        let index = Journal::for_session(store, &record.id).map_err(api_error)?;
+    fn start_session(self: &Arc<Self>, record: SessionRecord) -> Result<(), ApiError> {
+        let tables = self.tables();
+        let key = tables.open_session_key(&record).map_err(api_error)?;
+        let index = tables.session_index(&record.id).map_err(api_error)?;
+        let index = Journal::for_session(index).map_err(api_error)?;
+        let tasks = self.tasks.child();
         let client = HubClient::new(
             record.addr.clone(),
             record.share.clone(),
             record.fingerprint.clone(),
             key,
+            tasks.clone(),
         );
         let session = Arc::new(Session::new(
             record.clone(),
             index,
             client,
-            daemon.sync.host.clone(),
+            self.host.clone(),
+            tasks.clone(),
         ));
         let wake = Arc::new(Notify::new());
-        let stop = daemon.tasks.token().child_token();
         let (user, user_rx) = watch::channel(0u64);
-        daemon
-            .sync
-            .sessions
+        self.sessions
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
@@ -416,15 +398,15 @@ impl Engine {
                 Running {
                     session: session.clone(),
                     user,
-                    stop: stop.clone(),
+                    tasks: tasks.clone(),
                 },
             );
-        daemon.tasks.spawn(runner::run_session(
-            daemon.clone(),
+        tasks.spawn(runner::run_session(
+            self.clone(),
             session,
             wake,
             user_rx,
-            stop,
+            tasks.clone(),
         ));
         Ok(())
     }
@@ -479,19 +461,17 @@ impl Engine {
     }
 
     pub async fn set_paused(
-        daemon: &Arc<Daemon>,
+        &self,
         id: &str,
         paused: bool,
     ) -> Result<sidekey_api::Session, ApiError> {
-        let (session, user) = daemon
-            .sync
-            .running(id, |r| (r.session.clone(), r.user.clone()))?;
+        let (session, user) = self.running(id, |r| (r.session.clone(), r.user.clone()))?;
         session
             .record
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .paused = paused;
-        save(daemon.registry.store(), &session).await?;
+        self.save(&session).await?;
         if paused {
             session.set_state(
                 SessionState::Paused,
@@ -501,35 +481,26 @@ impl Engine {
             session.set_state(SessionState::Scanning, None);
         }
         user.send_modify(|v| *v += 1);
-        daemon.sync.session_view(id)
+        self.session_view(id)
     }
 
-    pub async fn remove_session(daemon: &Arc<Daemon>, id: &str) -> Result<(), ApiError> {
-        let running = daemon
-            .sync
+    pub async fn remove_session(&self, id: &str) -> Result<(), ApiError> {
+        let running = self
             .sessions
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)
             .ok_or_else(|| ApiError::not_found(format!("No sync session has the id '{id}'.")))?;
-        running.stop.cancel();
-        let store = daemon.registry.store();
-        store
-            .table("sessions")
-            .and_then(|t| t.remove(id.as_bytes()))
-            .map_err(api_error)?;
-        Journal::drop_tables_for_session(store, id).map_err(api_error)?;
+        running.tasks.token().cancel();
+        self.tables().remove_session(id).map_err(api_error)?;
         let _ = std::fs::remove_file(running.session.root.join(ignore::MARKER));
-        store.flush().await?;
+        self.registry.store().flush().await?;
         Ok(())
     }
 
     /// The peer rotates its own key over its session.
-    pub async fn rotate_session_key(
-        daemon: &Arc<Daemon>,
-        id: &str,
-    ) -> Result<sidekey_api::Session, ApiError> {
-        let session = daemon.sync.running(id, |r| r.session.clone())?;
+    pub async fn rotate_session_key(&self, id: &str) -> Result<sidekey_api::Session, ApiError> {
+        let session = self.running(id, |r| r.session.clone())?;
         let key = session.client.rotate().await.map_err(|e| {
             ApiError::new(
                 ErrorCode::UpstreamUnreachable,
@@ -537,13 +508,13 @@ impl Engine {
                 format!("The hub did not rotate the key: {e}."),
             )
         })?;
-        Engine::store_key(daemon, &session, key).await?;
-        daemon.sync.session_view(id)
+        self.store_key(&session, key).await?;
+        self.session_view(id)
     }
 
     /// A new key pasted by the user, after the hub's owner rotated or revoked the old one.
     pub async fn set_session_key(
-        daemon: &Arc<Daemon>,
+        &self,
         id: &str,
         key: Secret,
     ) -> Result<sidekey_api::Session, ApiError> {
@@ -552,23 +523,30 @@ impl Engine {
                 "A sync key is cli_ followed by 64 hex characters; paste it again.",
             ));
         }
-        let (session, user) = daemon
-            .sync
-            .running(id, |r| (r.session.clone(), r.user.clone()))?;
-        Engine::store_key(daemon, &session, key).await?;
+        let (session, user) = self.running(id, |r| (r.session.clone(), r.user.clone()))?;
+        self.store_key(&session, key).await?;
         session.set_state(SessionState::Scanning, None);
         user.send_modify(|v| *v += 1);
-        daemon.sync.session_view(id)
+        self.session_view(id)
     }
 
-    async fn store_key(daemon: &Daemon, session: &Session, key: Secret) -> Result<(), ApiError> {
-        let store = daemon.registry.store();
+    async fn store_key(&self, session: &Session, key: Secret) -> Result<(), ApiError> {
         {
             let mut record = session.record.lock().unwrap_or_else(|p| p.into_inner());
-            record.key_sealed = store.seal(&format!("session:{}:key", record.id), &key);
+            record.key_sealed = self.tables().seal_session_key(&record.id, &key);
         }
-        save(store, session).await?;
+        self.save(session).await?;
         session.client.set_key(key);
+        Ok(())
+    }
+
+    /// Makes a session's record and index durable.
+    pub(crate) async fn save(&self, session: &Session) -> Result<(), ApiError> {
+        self.tables()
+            .put_session(&session.record())
+            .map_err(api_error)?;
+        session.index.flush().await.map_err(api_error)?;
+        self.registry.store().flush().await?;
         Ok(())
     }
 
@@ -583,17 +561,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-pub(super) async fn save(store: &Store, session: &Session) -> Result<(), ApiError> {
-    let record = session.record();
-    store
-        .table("sessions")
-        .and_then(|t| t.put(record.id.as_bytes(), &record))
-        .map_err(api_error)?;
-    session.index.flush().await.map_err(api_error)?;
-    store.flush().await?;
-    Ok(())
 }
 
 fn random_id(prefix: &str) -> String {

@@ -14,11 +14,12 @@ use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use sidekey_api::ErrorBody;
 
-use super::frames::FrameReader;
-use super::identity::pinned_client_config;
-use super::model::{Changes, FetchRequest, Hello, PushResult, RotatedKey};
 use crate::http_util::ProxyBody;
 use crate::keys::Secret;
+use crate::shutdown::Tasks;
+use crate::sync::wire::frames::FrameReader;
+use crate::sync::wire::identity::pinned_client_config;
+use crate::sync::wire::model::{Changes, FetchRequest, Hello, PushResult, RotatedKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -95,16 +96,25 @@ pub struct HubClient {
     fingerprint: String,
     key: std::sync::Mutex<Secret>,
     sender: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// The connection's driver runs here, so shutdown ends it.
+    tasks: Tasks,
 }
 
 impl HubClient {
-    pub fn new(addr: String, share: String, fingerprint: String, key: Secret) -> HubClient {
+    pub fn new(
+        addr: String,
+        share: String,
+        fingerprint: String,
+        key: Secret,
+        tasks: Tasks,
+    ) -> HubClient {
         HubClient {
             addr,
             share,
             fingerprint,
             key: std::sync::Mutex::new(key),
             sender: tokio::sync::Mutex::new(None),
+            tasks,
         }
     }
 
@@ -155,8 +165,12 @@ impl HubClient {
             .map_err(|e| {
                 SyncError::Transport(format!("the hub at {} did not speak h2: {e}", self.addr))
             })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
+        let stop = self.tasks.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                () = stop.cancelled() => {}
+            }
         });
         *slot = Some(sender.clone());
         Ok(sender)

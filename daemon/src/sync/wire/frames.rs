@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::fsops::blocking;
+use crate::sync::replica::fsops::blocking;
 
 /// Heads are small JSON; anything larger is a broken or hostile stream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -90,7 +90,7 @@ impl FrameReader {
     pub async fn receive(
         &mut self,
         mut size: u64,
-        file: &mut super::fsops::Incoming,
+        file: &mut crate::sync::replica::fsops::Incoming,
     ) -> std::io::Result<std::io::Result<()>> {
         let mut failed = Ok(());
         while size > 0 {
@@ -143,7 +143,7 @@ impl FrameWriter {
     pub async fn file(&self, path: &Path, size: u64) -> std::io::Result<()> {
         use std::io::Read;
         let mut left = size;
-        if let Ok(mut file) = blocking(|| super::scan::open_no_follow(path)) {
+        if let Ok(mut file) = blocking(|| crate::sync::replica::scan::open_no_follow(path)) {
             while left > 0 {
                 let mut buf = vec![0u8; (left as usize).min(CHUNK)];
                 let n = blocking(|| file.read(&mut buf)).unwrap_or(0);

@@ -14,41 +14,26 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use serde::{Deserialize, Serialize};
 use sidekey_api::SessionState;
 use tokio::sync::mpsc;
 
-use super::client::{HubClient, SyncError};
-use super::frames::FrameWriter;
-use super::ignore::{Ignorer, MARKER};
-use super::journal::Journal;
-use super::model::{Entry, Kind, PushHead, PushResult, Synced};
-use super::scan::{self, Found, Scope, Stat};
-use super::share::same_stat;
-use super::{fsops, paths};
 use crate::http_util::ChannelBody;
 use crate::registry::{now_ms, now_secs};
+use crate::shutdown::Tasks;
+use crate::store::SessionRecord;
+use crate::sync::hub::share::same_stat;
+use crate::sync::peer::client::{HubClient, SyncError};
+use crate::sync::replica::ignore::{Ignorer, MARKER};
+use crate::sync::replica::journal::Journal;
+use crate::sync::replica::scan::{self, Found, Scope, Stat};
+use crate::sync::replica::{fsops, paths};
+use crate::sync::wire::frames::FrameWriter;
+use crate::sync::wire::model::{Entry, Kind, PushHead, PushResult, Synced};
 
 /// Files at most this big travel together in one request.
 const SMALL_FILE: u64 = 1024 * 1024;
 const BATCH_BYTES: u64 = 16 * 1024 * 1024;
 const BATCH_FILES: usize = 2000;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub id: String,
-    pub folder: String,
-    pub addr: String,
-    pub share: String,
-    pub fingerprint: String,
-    pub key_sealed: String,
-    pub cursor: u64,
-    pub paused: bool,
-    pub replica: String,
-    pub created_at: u64,
-    #[serde(default)]
-    pub initial_sync_done: bool,
-}
 
 /// What `sync status` shows.
 #[derive(Debug, Clone)]
@@ -74,6 +59,8 @@ pub struct Session {
     pub host: String,
     /// Set when the hub refuses our pushes (a read-only key): pull only.
     read_only: std::sync::atomic::AtomicBool,
+    /// The session's branch of the task tree, for its push writers.
+    tasks: Tasks,
 }
 
 /// A local change to push.
@@ -88,6 +75,7 @@ impl Session {
         index: Arc<Journal>,
         client: HubClient,
         host: String,
+        tasks: Tasks,
     ) -> Session {
         Session {
             root: PathBuf::from(&record.folder),
@@ -112,6 +100,7 @@ impl Session {
             bytes_moved: AtomicU64::new(0),
             host,
             read_only: std::sync::atomic::AtomicBool::new(false),
+            tasks,
         }
     }
 
@@ -347,7 +336,7 @@ impl Session {
         let root = self.root.clone();
         let heads: Vec<PushHead> = batch.iter().map(|c| c.head.clone()).collect();
         let sending = heads.clone();
-        let writer_task = tokio::spawn(async move {
+        let writer_task = self.tasks.spawn(async move {
             let writer = FrameWriter::new(tx);
             for head in sending {
                 writer.head(&head).await?;

@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use super::model::{Changes, Entry, Kind, Synced};
-use crate::store::{Store, StoreError, Table};
+use crate::store::{PathTable, StoreError};
+use crate::sync::wire::model::{Changes, Entry, Kind, Synced};
 
 /// After a restart the hub's versions jump by this much, so a version it
 /// served but had not flushed before a crash is never handed out again.
@@ -29,7 +29,7 @@ struct State {
 }
 
 pub struct Journal {
-    entries: Table,
+    entries: PathTable,
     /// Only a hub hands out versions.
     hub: bool,
     state: RwLock<State>,
@@ -38,9 +38,8 @@ pub struct Journal {
 
 impl Journal {
     /// A hub's journal for a share.
-    pub fn for_share(store: &Store, share: &str) -> Result<Arc<Journal>, StoreError> {
-        let table = store.table(&format!("share-entries:{share}"))?;
-        let entries = load(&table)?;
+    pub fn for_share(table: PathTable) -> Result<Arc<Journal>, StoreError> {
+        let entries: HashMap<String, Synced> = table.load()?;
         let order: BTreeMap<u64, String> = entries
             .iter()
             .map(|(path, s)| (s.version, path.clone()))
@@ -61,10 +60,9 @@ impl Journal {
     }
 
     /// A peer's index for a session.
-    pub fn for_session(store: &Store, session: &str) -> Result<Arc<Journal>, StoreError> {
-        let entries = store.table(&format!("session-index:{session}"))?;
+    pub fn for_session(entries: PathTable) -> Result<Arc<Journal>, StoreError> {
         let state = State {
-            entries: load(&entries)?,
+            entries: entries.load()?,
             ..State::default()
         };
         Ok(Arc::new(Journal {
@@ -73,14 +71,6 @@ impl Journal {
             state: RwLock::new(state),
             changed: watch::channel(0).0,
         }))
-    }
-
-    pub fn drop_tables_for_share(store: &Store, share: &str) -> Result<(), StoreError> {
-        store.drop_table(&format!("share-entries:{share}"))
-    }
-
-    pub fn drop_tables_for_session(store: &Store, session: &str) -> Result<(), StoreError> {
-        store.drop_table(&format!("session-index:{session}"))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -159,14 +149,14 @@ impl Journal {
     /// hub refreshing stat data without a new version.
     pub fn put(&self, path: &str, state: &Synced) -> Result<(), StoreError> {
         let mut guard = self.write();
-        self.entries.put(path.as_bytes(), state)?;
+        self.entries.put(path, state)?;
         guard.entries.insert(path.to_string(), state.clone());
         Ok(())
     }
 
     pub fn remove(&self, path: &str) -> Result<(), StoreError> {
         let mut guard = self.write();
-        self.entries.remove(path.as_bytes())?;
+        self.entries.remove(path)?;
         guard.entries.remove(path);
         Ok(())
     }
@@ -179,7 +169,7 @@ impl Journal {
         let version = guard.last_version + 1;
         state.version = version;
         tracing::debug!(path, version, kind = ?state.kind, "journaled");
-        self.entries.put(path.as_bytes(), &state)?;
+        self.entries.put(path, &state)?;
         if let Some(previous) = guard.entries.insert(path.to_string(), state) {
             guard.order.remove(&previous.version);
         }
@@ -228,12 +218,4 @@ impl Journal {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.entries.flush().await
     }
-}
-
-fn load(table: &Table) -> Result<HashMap<String, Synced>, StoreError> {
-    Ok(table
-        .all::<Synced>()?
-        .into_iter()
-        .filter_map(|(k, v)| String::from_utf8(k).ok().map(|k| (k, v)))
-        .collect())
 }

@@ -17,22 +17,24 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::frames::{FrameReader, FrameWriter};
-use super::model::{FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced};
-use super::share::Share;
-use super::{fsops, paths};
-use crate::Daemon;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ChannelBody, ProxyBody, boxed, json, query_pairs, read_json};
 use crate::registry::LiveConn;
 use crate::shutdown::Tasks;
+use crate::sync::SyncEngine;
+use crate::sync::hub::share::Share;
+use crate::sync::replica::{fsops, paths};
+use crate::sync::wire::frames::{FrameReader, FrameWriter};
+use crate::sync::wire::model::{
+    FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced,
+};
 
 /// A batch applies its small files with one `syncfs` instead of an fsync each.
 const FETCH_LIMIT: usize = 20_000;
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, tasks: Tasks) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(daemon.sync.identity.server_config.clone());
+pub async fn serve(listener: TcpListener, engine: Arc<SyncEngine>, tasks: Tasks) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(engine.identity().server_config.clone());
     loop {
         let stream = tokio::select! {
             () = tasks.cancelled() => break,
@@ -46,7 +48,7 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, tasks: Tasks) {
             },
         };
         let _ = stream.set_nodelay(true);
-        let (daemon, acceptor, shutdown) = (daemon.clone(), acceptor.clone(), tasks.clone());
+        let (engine, acceptor, shutdown) = (engine.clone(), acceptor.clone(), tasks.clone());
         tasks.spawn(async move {
             let Ok(tls) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await
@@ -55,11 +57,12 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, tasks: Tasks) {
             else {
                 return;
             };
+            let fetchers = shutdown.clone();
             let service = service_fn(move |req| {
-                let daemon = daemon.clone();
+                let (engine, fetchers) = (engine.clone(), fetchers.clone());
                 async move {
                     Ok::<_, Infallible>(
-                        route(req, daemon)
+                        route(req, &engine, &fetchers)
                             .await
                             .unwrap_or_else(|e| boxed(e.to_response())),
                     )
@@ -84,7 +87,8 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, tasks: Tasks) {
 
 async fn route(
     req: Request<Incoming>,
-    daemon: Arc<Daemon>,
+    engine: &SyncEngine,
+    tasks: &Tasks,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -93,15 +97,15 @@ async fn route(
             "No sync route {path}; are both daemons the same version?"
         )));
     };
-    let key = crate::proxy::bearer(req.headers());
-    let verified = daemon.registry.verify(key.as_deref(), "sync")?;
+    let key = crate::http_util::bearer(req.headers());
+    let verified = engine.registry().verify(key.as_deref(), "sync")?;
     let conn = verified.conn;
     if conn.kind != sidekey_api::ConnKind::Sync || conn.share.as_deref() != Some(*share_name) {
         return Err(ApiError::permission_denied(format!(
             "This key does not open the share '{share_name}'; ask the hub's owner for an invite to it."
         )));
     }
-    let share = daemon.sync.share(share_name)?;
+    let share = engine.share(share_name)?;
     match (req.method().clone(), *action) {
         (Method::GET, "hello") => Ok(boxed(json(
             StatusCode::OK,
@@ -112,7 +116,7 @@ async fn route(
             },
         ))),
         (Method::GET, "changes") => changes(&req, &share).await,
-        (Method::POST, "fetch") => fetch(req, share).await,
+        (Method::POST, "fetch") => fetch(req, share, tasks).await,
         (Method::POST, "push") => {
             if conn.read_only {
                 return Err(ApiError::permission_denied(
@@ -121,7 +125,7 @@ async fn route(
             }
             push(req, &share).await
         }
-        (Method::POST, "rotate-key") => rotate(&daemon, &conn).await,
+        (Method::POST, "rotate-key") => rotate(engine, &conn).await,
         _ => Err(ApiError::not_found(format!(
             "No sync route {} {path}.",
             req.method()
@@ -167,14 +171,18 @@ async fn changes(
 }
 
 /// Streams the current content of each asked-for path, each led by its entry.
-async fn fetch(req: Request<Incoming>, share: Arc<Share>) -> Result<Response<ProxyBody>, ApiError> {
+async fn fetch(
+    req: Request<Incoming>,
+    share: Arc<Share>,
+    tasks: &Tasks,
+) -> Result<Response<ProxyBody>, ApiError> {
     let request: FetchRequest = read_json(req.into_body(), 16 * 1024 * 1024).await?;
     for path in &request.paths {
         paths::check(path)
             .map_err(|why| ApiError::bad_request(format!("Path {path:?} is refused: {why}.")))?;
     }
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let writer = FrameWriter::new(tx);
         for path in request.paths {
             let entry = match share.journal.entry_of(&path) {
@@ -342,7 +350,7 @@ fn land(share: &Share, head: PushHead, file: fsops::Staged) -> Result<PushResult
             message: e.to_string(),
         });
     }
-    let stat = std::fs::symlink_metadata(&target).map(|m| super::scan::stat_of(&m));
+    let stat = std::fs::symlink_metadata(&target).map(|m| crate::sync::replica::scan::stat_of(&m));
     let (mtime_ns, inode) = stat.map(|s| (s.mtime_ns, s.inode)).unwrap_or((0, 0));
     let version = share.journal.record(
         &head.path,
@@ -374,7 +382,7 @@ fn apply_dir(
         });
     }
     let inode = std::fs::symlink_metadata(share.root.join(relative))
-        .map(|m| super::scan::stat_of(&m).inode)
+        .map(|m| crate::sync::replica::scan::stat_of(&m).inode)
         .unwrap_or(0);
     let version = share.journal.record(
         &head.path,
@@ -424,8 +432,8 @@ fn apply_delete(
 
 /// The holder of a `cli_` key rotates it over its own session; the old key
 /// keeps working for a minute so a lost answer cannot lock the peer out.
-async fn rotate(daemon: &Daemon, conn: &LiveConn) -> Result<Response<ProxyBody>, ApiError> {
-    let rotated = daemon.registry.rotate_key(&conn.id, Some(60)).await?;
+async fn rotate(engine: &SyncEngine, conn: &LiveConn) -> Result<Response<ProxyBody>, ApiError> {
+    let rotated = engine.registry().rotate_key(&conn.id, Some(60)).await?;
     Ok(boxed(json(
         StatusCode::OK,
         &RotatedKey { key: rotated.key },

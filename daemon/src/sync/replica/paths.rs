@@ -4,7 +4,7 @@
 
 use std::path::{Component, PathBuf};
 
-use super::ignore::is_reserved_name;
+use crate::sync::replica::ignore::is_reserved_name;
 
 const MAX_PATH_BYTES: usize = 4096;
 

@@ -10,17 +10,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::keys::Secret;
-use crate::store::Store;
-
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    cert_der_hex: String,
-    key_sealed: String,
-}
+use crate::store::{HubIdentity, SyncTables};
 
 pub struct Identity {
     pub server_config: Arc<rustls::ServerConfig>,
@@ -37,9 +30,8 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
 }
 
 impl Identity {
-    pub fn load_or_create(store: &Store) -> Result<Identity> {
-        let table = store.table("sync-identity")?;
-        let stored = match table.get::<Stored>(b"hub")? {
+    pub fn load_or_create(tables: &SyncTables<'_>) -> Result<Identity> {
+        let stored = match tables.hub_identity()? {
             Some(stored) => stored,
             None => {
                 let key = KeyPair::generate().context("generating the hub key")?;
@@ -50,21 +42,16 @@ impl Identity {
                 let cert = params
                     .self_signed(&key)
                     .context("self-signing the hub certificate")?;
-                let stored = Stored {
-                    cert_der_hex: hex::encode(cert.der()),
-                    key_sealed: store.seal(
-                        "sync-identity:hub",
-                        &Secret::new(hex::encode(key.serialize_der())),
-                    ),
+                let stored = HubIdentity {
+                    cert_der: cert.der().to_vec(),
+                    key_der_hex: Secret::new(hex::encode(key.serialize_der())),
                 };
-                table.put(b"hub", &stored)?;
+                tables.put_hub_identity(&stored)?;
                 stored
             }
         };
-        let cert_der =
-            hex::decode(&stored.cert_der_hex).context("the hub certificate is not hex")?;
-        let key_hex = store.unseal("sync-identity:hub", &stored.key_sealed)?;
-        let key_der = hex::decode(key_hex.expose()).context("the hub key is not hex")?;
+        let cert_der = stored.cert_der;
+        let key_der = hex::decode(stored.key_der_hex.expose()).context("the hub key is not hex")?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS 1.3")?

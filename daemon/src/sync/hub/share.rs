@@ -5,22 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use super::fsops;
-use super::ignore::{Ignorer, MARKER};
-use super::journal::Journal;
-use super::model::{Entry, Kind, PushHead, Synced};
-use super::scan::{self, Scope, Stat};
-use crate::store::StoreError;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShareRecord {
-    pub name: String,
-    pub path: String,
-    pub replica: String,
-    pub created_at: u64,
-}
+use crate::store::{ShareRecord, StoreError};
+use crate::sync::replica::fsops;
+use crate::sync::replica::ignore::{Ignorer, MARKER};
+use crate::sync::replica::journal::Journal;
+use crate::sync::replica::scan::{self, Scope, Stat};
+use crate::sync::replica::watcher::{Watch, next_wake};
+use crate::sync::wire::model::{Entry, Kind, PushHead, Synced};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 pub struct ScanReport {
@@ -214,4 +207,25 @@ pub fn same_stat(synced: &Synced, stat: &Stat) -> bool {
                 && synced.mtime_ns == stat.mtime_ns
                 && synced.inode == stat.inode
                 && synced.exec == stat.exec))
+}
+
+/// Keeps a share's journal current: scans on watcher hints and ticks.
+pub async fn run_share(share: Arc<Share>, stop: CancellationToken) {
+    let (tx, mut hints) = mpsc::channel(1);
+    let watch = Watch::start(&share.root, tx);
+    loop {
+        {
+            let _guard = share.lock.lock().await;
+            let scope = watch.take();
+            if let Err(e) = tokio::task::block_in_place(|| share.scan(scope)) {
+                tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
+                watch.look_again();
+            }
+            let _ = share.journal.flush().await;
+        }
+        crate::memory::release_freed_soon();
+        if !next_wake(&watch, &mut hints, None, &stop).await {
+            return;
+        }
+    }
 }

@@ -9,52 +9,31 @@ use sidekey_api::SessionState;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::client::SyncError;
-use super::save;
-use super::session::{RoundError, Session};
-use super::share::Share;
-use super::watcher::{Watch, next_wake};
-use crate::Daemon;
+use crate::shutdown::Tasks;
+use crate::sync::SyncEngine;
+use crate::sync::peer::client::SyncError;
+use crate::sync::peer::session::{RoundError, Session};
+use crate::sync::replica::watcher::{Watch, next_wake};
 
 /// Failed rounds in a row before a session stops retrying on its own.
 const MAX_FAILURES: u32 = 8;
 
-pub async fn run_share(share: Arc<Share>, stop: CancellationToken) {
-    let (tx, mut hints) = mpsc::channel(1);
-    let watch = Watch::start(&share.root, tx);
-    loop {
-        {
-            let _guard = share.lock.lock().await;
-            let scope = watch.take();
-            if let Err(e) = tokio::task::block_in_place(|| share.scan(scope)) {
-                tracing::warn!(share = %share.record.name, error = %e, "scanning the share failed");
-                watch.look_again();
-            }
-            let _ = share.journal.flush().await;
-        }
-        crate::memory::release_freed_soon();
-        if !next_wake(&watch, &mut hints, None, &stop).await {
-            return;
-        }
-    }
-}
-
 pub async fn run_session(
-    daemon: Arc<Daemon>,
+    engine: Arc<SyncEngine>,
     session: Arc<Session>,
     wake: Arc<Notify>,
     mut user: watch::Receiver<u64>,
-    stop: CancellationToken,
+    tasks: Tasks,
 ) {
+    let stop = tasks.token().clone();
     let (tx, mut hints) = mpsc::channel(1);
     let watch = Watch::start(&session.root, tx);
-    tokio::spawn(long_poll(
+    tasks.spawn(long_poll(
         session.clone(),
         wake.clone(),
         user.clone(),
         stop.clone(),
     ));
-    let store = daemon.registry.store();
     let mut failures = 0u32;
     let mut again = 0u32;
     loop {
@@ -117,7 +96,7 @@ pub async fn run_session(
                 }
             }
         };
-        if let Err(e) = save(store, &session).await {
+        if let Err(e) = engine.save(&session).await {
             tracing::warn!(error = %e.message, "cannot save the session");
         }
         if stopped {

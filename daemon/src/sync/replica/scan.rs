@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::ignore::{IGNORE_FILE, Ignorer, TEMP_PREFIX};
-use super::journal::Journal;
-use super::model::{Digest, Kind, Synced};
-use super::paths::case_key;
+use crate::sync::replica::ignore::{IGNORE_FILE, Ignorer, TEMP_PREFIX};
+use crate::sync::replica::journal::Journal;
+use crate::sync::replica::paths::case_key;
+use crate::sync::wire::model::{Digest, Kind, Synced};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 
-use super::ignore::TEMP_PREFIX;
-use super::model::Digest;
+use crate::sync::replica::ignore::TEMP_PREFIX;
+use crate::sync::wire::model::Digest;
 
 /// Walks to `relative`'s parent, creating missing directories, and refuses
 /// any component that is a symlink or a file.

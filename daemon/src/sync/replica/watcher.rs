@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::scan::Scope;
+use crate::sync::replica::scan::Scope;
 
 /// More changed paths than this in one round, and it looks at everything.
 const MAX_PATHS: usize = 512;
