@@ -48,7 +48,7 @@ mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -176,6 +176,14 @@ impl Daemon {
         self.live.get()
     }
 
+    /// What a config reload changes.
+    pub fn reloadable(&self) -> service::Reloadable {
+        service::Reloadable {
+            live: self.live.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+
     /// The daemon's task tree, for tasks started from outside the library.
     pub fn tasks(&self) -> &shutdown::Tasks {
         &self.tasks
@@ -234,13 +242,35 @@ pub async fn run(
     )?;
     tasks.spawn(control::serve(
         listeners.control,
-        daemon.clone(),
-        tasks.clone(),
+        Arc::new(control::Control {
+            registry: daemon.registry.clone(),
+            sync: daemon.sync.clone(),
+            audit: daemon.audit.clone(),
+            live: daemon.live.clone(),
+            tasks: tasks.clone(),
+            about: control::About {
+                started: daemon.started,
+                data_dir: daemon.config.data_dir.clone(),
+                socket: daemon.config.socket_path.clone(),
+                proxy_listen: daemon.proxy_addr,
+                upstream_proxy: daemon.config.upstream_proxy.as_ref().map(|p| p.to_string()),
+                ca_path: daemon.authority.ca_path.clone(),
+                ca_bundle: daemon.authority.bundle_path.clone(),
+            },
+        }),
     ));
-    tasks.spawn(flush_last_used(daemon.clone(), shutdown.clone()));
-    tasks.spawn(prune_audit(daemon.clone(), shutdown.clone()));
-    let (held, stop) = (daemon.clone(), shutdown.clone());
-    tasks.spawn(async move { held.audit.write_held_lines(&stop).await });
+    tasks.spawn(flush_last_used(
+        daemon.registry.clone(),
+        daemon.config.last_used_flush,
+        shutdown.clone(),
+    ));
+    tasks.spawn(prune_audit(
+        daemon.audit.clone(),
+        daemon.live.clone(),
+        shutdown.clone(),
+    ));
+    let (audit, stop) = (daemon.audit.clone(), shutdown.clone());
+    tasks.spawn(async move { audit.write_held_lines(&stop).await });
     if let Some(listener) = listeners.sync {
         tasks.spawn(sync::hub::server::serve(
             listener,
@@ -272,15 +302,14 @@ pub async fn run(
 }
 
 /// Writes `last_used` in batches, never once per request.
-async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
-    let every = daemon.config.last_used_flush;
+async fn flush_last_used(registry: Arc<Registry>, every: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {
-                if let Err(e) = daemon.registry.flush_last_used().await {
+                if let Err(e) = registry.flush_last_used().await {
                     tracing::warn!(error = %e.message, "writing last_used failed; will retry");
                 }
                 // sled cleans its log in the background for a while after it
@@ -294,14 +323,14 @@ async fn flush_last_used(daemon: Arc<Daemon>, shutdown: CancellationToken) {
 
 /// Drops audit records past `audit_retention`: at start, then every half
 /// retention period (at least every second, at most every minute).
-async fn prune_audit(daemon: Arc<Daemon>, shutdown: CancellationToken) {
+async fn prune_audit(audit: Arc<audit::Audit>, live: Arc<live::Live>, shutdown: CancellationToken) {
     loop {
-        let retention = daemon.live_config().audit_retention.as_secs();
+        let retention = live.get().audit_retention.as_secs();
         let every = std::time::Duration::from_secs((retention / 2).clamp(1, 60));
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {
-                match daemon.audit.prune(retention) {
+                match audit.prune(retention) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(segments = n, "pruned old audit records"),
                     Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),

@@ -93,7 +93,7 @@ fn serve(args: &Args, config: Config, logs: LogHandle, reporter: Option<&Reporte
             service::notify_ready();
             daemon
                 .tasks()
-                .spawn(signals.watch(daemon.clone(), args, logs, shutdown));
+                .spawn(signals.watch(daemon.reloadable(), args, logs, shutdown));
         })
         .await
     })
@@ -119,7 +119,7 @@ impl Signals {
     /// SIGHUP reloads the config; SIGTERM and SIGINT start the bounded drain.
     async fn watch(
         mut self,
-        daemon: std::sync::Arc<Daemon>,
+        daemon: service::Reloadable,
         args: Args,
         logs: LogHandle,
         shutdown: CancellationToken,

@@ -9,15 +9,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use sd_notify::NotifyState;
 
 use crate::config::{Args, Config};
+use crate::fsutil;
+use crate::live::Live;
 use crate::logging::LogHandle;
+use crate::registry::Registry;
 use crate::store::master_key;
-use crate::{Daemon, fsutil};
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) that every listener is bound
 /// and the store is open.
@@ -38,7 +40,14 @@ fn notify(states: &[NotifyState]) {
 
 /// Re-reads the config (file, then the same env and flags as at start) and
 /// applies what can change while running. An invalid config changes nothing.
-pub fn reload(daemon: &Daemon, args: &Args, logs: &LogHandle) {
+/// What a reload changes, and nothing else of the daemon.
+#[derive(Clone)]
+pub struct Reloadable {
+    pub(crate) live: Arc<Live>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+pub fn reload(daemon: &Reloadable, args: &Args, logs: &LogHandle) {
     let mut reloading = vec![NotifyState::Reloading];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         reloading.push(now);
@@ -55,8 +64,8 @@ pub fn reload(daemon: &Daemon, args: &Args, logs: &LogHandle) {
     notify_ready();
 }
 
-fn apply(daemon: &Daemon, new: Config, logs: &LogHandle) -> Result<()> {
-    let old = daemon.live_config();
+fn apply(daemon: &Reloadable, new: Config, logs: &LogHandle) -> Result<()> {
+    let old = daemon.live.get();
     let (next, restart) = old.reloaded(new);
     logs.set_level(&next.log_level)?;
     daemon.registry.set_default_rate(next.default_rate());
@@ -75,7 +84,7 @@ fn apply(daemon: &Daemon, new: Config, logs: &LogHandle) -> Result<()> {
 }
 
 /// `sidekeyd --init-master-key`: creates the key at `--master-key-file`, else
-/// where [`Daemon::open`] would look for it, and returns where.
+/// where [`crate::Daemon::open`] would look for it, and returns where.
 pub fn init_master_key(args: &Args) -> Result<PathBuf> {
     // An explicit path needs no config: `sidekeyctl service install` runs
     // this before the service's environment exists.

@@ -82,3 +82,22 @@ fn sled_and_aes_gcm_stay_inside_the_store() {
         );
     }
 }
+
+#[test]
+fn no_component_takes_the_whole_daemon() {
+    // lib.rs composes the daemon and main.rs runs it; every other part is
+    // handed the few parts it uses.
+    let mut taking = Vec::new();
+    for part in [
+        "proxy",
+        "sync",
+        "control",
+        "registry",
+        "audit",
+        "store",
+        "service.rs",
+    ] {
+        taking.extend(naming(part, &["crate::Daemon", "Arc<Daemon>", "&Daemon"]));
+    }
+    assert_eq!(taking, Vec::<String>::new());
+}

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::Daemon;
+use super::Control;
 use crate::audit::AuditRecord;
 use crate::error::ApiError;
 use crate::http_util::{ChannelBody, ProxyBody, json, query_pairs};
@@ -20,7 +20,7 @@ const MAX_LIMIT: usize = 10_000;
 
 pub fn respond(
     req: &Request<Incoming>,
-    daemon: &Arc<Daemon>,
+    control: &Arc<Control>,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let mut follow = false;
     let mut conn = None;
@@ -48,12 +48,12 @@ pub fn respond(
         }
     }
     let conn_id = match &conn {
-        Some(reference) => Some(daemon.registry.conn(reference)?.id),
+        Some(reference) => Some(control.registry.conn(reference)?.id),
         None => None,
     };
     let matches = move |r: &AuditRecord| conn_id.as_ref().is_none_or(|id| &r.conn_id == id);
-    let retention = daemon.live_config().audit_retention.as_secs();
-    let newest = daemon
+    let retention = control.live.get().audit_retention.as_secs();
+    let newest = control
         .audit
         .tail(limit, retention, &matches)
         .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
@@ -62,9 +62,9 @@ pub fn respond(
     }
 
     let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let mut feed = daemon.audit.subscribe();
-    let shutdown = daemon.tasks.clone();
-    daemon.tasks.spawn(async move {
+    let mut feed = control.audit.subscribe();
+    let shutdown = control.tasks.clone();
+    control.tasks.spawn(async move {
         for record in newest {
             if tx.send(line(&record)).await.is_err() {
                 return;

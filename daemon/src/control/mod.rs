@@ -17,9 +17,12 @@ use interprocess::local_socket::traits::tokio::{Listener as _, Stream as _};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
-use crate::Daemon;
+use crate::audit::Audit;
 use crate::error::ApiError;
+use crate::live::Live;
+use crate::registry::Registry;
 use crate::shutdown::{Tasks, serve_graceful};
+use crate::sync::SyncEngine;
 
 /// Binds the socket, replacing a stale one left by a crash.
 pub async fn bind(path: &Path) -> Result<Listener> {
@@ -46,7 +49,31 @@ pub async fn bind(path: &Path) -> Result<Listener> {
         .with_context(|| format!("cannot listen on the control socket {}", path.display()))
 }
 
-pub async fn serve(listener: Listener, daemon: Arc<Daemon>, tasks: Tasks) {
+/// The control API and exactly what it uses.
+pub struct Control {
+    pub registry: Arc<Registry>,
+    pub sync: Arc<SyncEngine>,
+    pub audit: Arc<Audit>,
+    /// For `audit_retention`, which SIGHUP may change.
+    pub live: Arc<Live>,
+    pub tasks: Tasks,
+    /// What `/v1/status` reports that no component owns.
+    pub about: About,
+}
+
+/// Where the daemon's parts live, fixed at start.
+pub struct About {
+    pub started: std::time::Instant,
+    pub data_dir: std::path::PathBuf,
+    pub socket: std::path::PathBuf,
+    pub proxy_listen: std::net::SocketAddr,
+    pub upstream_proxy: Option<String>,
+    pub ca_path: std::path::PathBuf,
+    pub ca_bundle: std::path::PathBuf,
+}
+
+pub async fn serve(listener: Listener, control: Arc<Control>) {
+    let tasks = control.tasks.clone();
     let own_uid = rustix::process::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
@@ -64,11 +91,11 @@ pub async fn serve(listener: Listener, daemon: Arc<Daemon>, tasks: Tasks) {
         if !allowed {
             tracing::warn!(peer_uid, "refused a control connection from another user");
         }
-        let daemon = daemon.clone();
+        let control = control.clone();
         let shutdown = tasks.clone();
         tasks.spawn(async move {
             let service = service_fn(move |req| {
-                let daemon = daemon.clone();
+                let control = control.clone();
                 async move {
                     if !allowed {
                         return Ok::<_, std::convert::Infallible>(crate::http_util::boxed(
@@ -78,7 +105,7 @@ pub async fn serve(listener: Listener, daemon: Arc<Daemon>, tasks: Tasks) {
                             .to_response(),
                         ));
                     }
-                    Ok(routes::handle(req, &daemon).await)
+                    Ok(routes::handle(req, &control).await)
                 }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);

@@ -10,7 +10,7 @@ use sidekey_api::{
 
 use std::sync::Arc;
 
-use crate::Daemon;
+use super::Control;
 use crate::error::ApiError;
 use crate::http_util::{Body, ProxyBody, boxed, json, read_json};
 use crate::keys::Secret;
@@ -18,11 +18,11 @@ use crate::keys::Secret;
 /// Bodies are small JSON documents; a credential secret is capped at 16 KiB.
 const BODY_LIMIT: usize = 64 * 1024;
 
-pub async fn handle(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Response<ProxyBody> {
+pub async fn handle(req: Request<Incoming>, control: &Arc<Control>) -> Response<ProxyBody> {
     if req.method() == Method::GET && req.uri().path() == "/v1/audit" && !is_from_browser(&req) {
-        return super::audit::respond(&req, daemon).unwrap_or_else(|e| boxed(e.to_response()));
+        return super::audit::respond(&req, control).unwrap_or_else(|e| boxed(e.to_response()));
     }
-    match route(req, daemon).await {
+    match route(req, control).await {
         Ok(response) => boxed(response),
         Err(e) => boxed(e.to_response()),
     }
@@ -32,7 +32,7 @@ fn is_from_browser(req: &Request<Incoming>) -> bool {
     req.headers().contains_key(header::ORIGIN) || req.headers().contains_key(header::REFERER)
 }
 
-async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<Body>, ApiError> {
+async fn route(req: Request<Incoming>, control: &Arc<Control>) -> Result<Response<Body>, ApiError> {
     // A browser has no business here: refuse anything a web page could send.
     if is_from_browser(&req) {
         return Err(ApiError::permission_denied(
@@ -42,9 +42,9 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let registry = &daemon.registry;
+    let registry = &control.registry;
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => ok(&status(daemon)),
+        (&Method::GET, ["v1", "status"]) => ok(&status(control)),
 
         (&Method::GET, ["v1", "conns"]) => ok(&registry.list_conns()?),
         (&Method::POST, ["v1", "conns"]) => {
@@ -93,17 +93,17 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
         }
 
-        (&Method::GET, ["v1", "shares"]) => ok(&daemon.sync.shares()),
+        (&Method::GET, ["v1", "shares"]) => ok(&control.sync.shares()),
         (&Method::POST, ["v1", "shares"]) => {
             let body: ShareCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &daemon.sync.add_share(&body.name, &body.path)?,
+                &control.sync.add_share(&body.name, &body.path)?,
             ))
         }
-        (&Method::GET, ["v1", "shares", name]) => ok(&daemon.sync.share_view(name)?),
+        (&Method::GET, ["v1", "shares", name]) => ok(&control.sync.share_view(name)?),
         (&Method::DELETE, ["v1", "shares", name]) => {
-            daemon.sync.remove_share(name).await?;
+            control.sync.remove_share(name).await?;
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["v1", "shares", name, "invite"]) => {
@@ -111,36 +111,36 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
             let body: InviteCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &daemon.sync.invite(&name, body).await?,
+                &control.sync.invite(&name, body).await?,
             ))
         }
 
-        (&Method::GET, ["v1", "sessions"]) => ok(&daemon.sync.sessions()),
+        (&Method::GET, ["v1", "sessions"]) => ok(&control.sync.sessions()),
         (&Method::POST, ["v1", "sessions"]) => {
             let body: SessionCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &daemon.sync.add_session(&body.folder, &body.invite).await?,
+                &control.sync.add_session(&body.folder, &body.invite).await?,
             ))
         }
-        (&Method::GET, ["v1", "sessions", id]) => ok(&daemon.sync.session_view(id)?),
+        (&Method::GET, ["v1", "sessions", id]) => ok(&control.sync.session_view(id)?),
         (&Method::DELETE, ["v1", "sessions", id]) => {
-            daemon.sync.remove_session(id).await?;
+            control.sync.remove_session(id).await?;
             Ok(crate::http_util::empty(StatusCode::NO_CONTENT))
         }
         (&Method::POST, ["v1", "sessions", id, "pause"]) => {
-            ok(&daemon.sync.set_paused(id, true).await?)
+            ok(&control.sync.set_paused(id, true).await?)
         }
         (&Method::POST, ["v1", "sessions", id, "resume"]) => {
-            ok(&daemon.sync.set_paused(id, false).await?)
+            ok(&control.sync.set_paused(id, false).await?)
         }
         (&Method::POST, ["v1", "sessions", id, "rotate-key"]) => {
-            ok(&daemon.sync.rotate_session_key(id).await?)
+            ok(&control.sync.rotate_session_key(id).await?)
         }
         (&Method::PUT, ["v1", "sessions", id, "key"]) => {
             let id = id.to_string();
             let body: SessionKey = read_json(req.into_body(), BODY_LIMIT).await?;
-            ok(&daemon
+            ok(&control
                 .sync
                 .set_session_key(&id, Secret::new(body.key))
                 .await?)
@@ -152,23 +152,24 @@ async fn route(req: Request<Incoming>, daemon: &Arc<Daemon>) -> Result<Response<
     }
 }
 
-fn status(daemon: &Daemon) -> Status {
-    let (conns, creds, grants) = daemon.registry.counts();
-    let store = daemon.registry.store();
+fn status(control: &Control) -> Status {
+    let (conns, creds, grants) = control.registry.counts();
+    let store = control.registry.store();
+    let about = &control.about;
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
-        uptime_secs: daemon.started.elapsed().as_secs(),
-        data_dir: daemon.config.data_dir.display().to_string(),
-        socket: daemon.config.socket_path.display().to_string(),
-        proxy_listen: daemon.proxy_addr.to_string(),
-        upstream_proxy: daemon.config.upstream_proxy.as_ref().map(|p| p.to_string()),
+        uptime_secs: about.started.elapsed().as_secs(),
+        data_dir: about.data_dir.display().to_string(),
+        socket: about.socket.display().to_string(),
+        proxy_listen: about.proxy_listen.to_string(),
+        upstream_proxy: about.upstream_proxy.clone(),
         conns,
         creds,
         grants,
         schema_version: store.schema_version(),
-        ca_path: daemon.authority.ca_path.display().to_string(),
-        ca_bundle: daemon.authority.bundle_path.display().to_string(),
+        ca_path: about.ca_path.display().to_string(),
+        ca_bundle: about.ca_bundle.display().to_string(),
         store_writes: store.writes(),
     }
 }
