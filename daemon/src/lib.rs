@@ -14,8 +14,7 @@
 //! - `inject`    the credential types and the shape of their secrets
 //! - `control`   the Unix-socket API and its routes
 //! - `proxy`     the injecting proxy: one pure policy, the forwarder, the hyper
-//!               path, CONNECT interception, /v1/proxy; `proxy::wire` holds the
-//!               HTTP/1.1 wire rules once
+//!   path, CONNECT interception, /v1/proxy; `proxy::wire` holds the wire rules once
 //! - `audit`     one record per proxied request, and its retention
 //! - `sync`      two-way folder sync: shares on a hub, sessions on peers
 //! - `shutdown`  the one task tree: every task is spawned there and drained at exit

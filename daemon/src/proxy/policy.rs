@@ -365,7 +365,8 @@ mod tests {
     #[test]
     fn forward_requests_get_the_granted_credential_bound_to_their_target() {
         let forward = |settings, url: &str| ask(settings, Entry::Forward, url, &[]);
-        let cases: &[(Settings, &str, Result<Option<&str>, ErrorCode>)] = &[
+        type Chosen = Result<Option<&'static str>, ErrorCode>;
+        let cases: &[(Settings, &str, Chosen)] = &[
             (TUNNEL, "https://api.resend.com/emails", Ok(Some("resend"))),
             (TUNNEL, "https://API.Resend.com./emails", Ok(Some("resend"))),
             (TUNNEL, "https://api.github.com/repos/x", Ok(Some("gh"))),
