@@ -1059,28 +1059,27 @@ fn a_hub_change_skipped_while_a_local_change_waited_still_arrives() {
 }
 
 /// A file that shrinks while it is being pushed (a log truncated, a file
-/// rewritten in place) must cost at most a retry of that file. Here the push
-/// also conflicts (the hub edited the file meanwhile), so the hub skips the
-/// file's bytes while the peer's stream of them ends early. Afterwards the
-/// conflict must be resolved as usual and later local changes must still
-/// reach the hub: the session must not turn pull-only.
+/// rewritten in place) must cost at most a retry of that file. Here the hub
+/// also edits the file while the push is under way, so the push conflicts
+/// (or, had it already landed, the edit meets the shrunk file next round):
+/// the hub skips the file's bytes while the peer's stream of them ends
+/// early. Afterwards the conflict must be resolved as usual and later local
+/// changes must still reach the hub: the session must not turn pull-only.
+///
+/// The hub edits mid-push rather than before it, because a peer plans with
+/// the hub's changes in hand: an edit the hub made earlier is met as a
+/// conflict before anything is pushed.
 #[test]
 fn a_file_that_shrinks_while_being_pushed_does_not_stop_later_pushes() {
     let world = World::new(1, &[("grow.log", b"v1")]);
     converge(&world, Duration::from_secs(20));
     let peer = &world.peers[0];
-    let id = peer.session.clone().unwrap();
-    peer.ctl(&["sync", "pause", &id]).success();
-    let before = hub_version(&world);
-    world.hub.write("grow.log", b"edited on the hub");
-    wait_until("the hub journals its edit", Duration::from_secs(20), || {
-        hub_version(&world) > before
-    });
     put_large(peer, "grow.log", 9, 64 * 1024 * 1024 / BLOCK as u64);
-    peer.ctl(&["sync", "resume", &id]).success();
     wait_until("the peer pushes grow.log", Duration::from_secs(30), || {
         peer_status(&world, 0).is_some_and(|s| s["state"] == "syncing")
     });
+    let before = hub_version(&world);
+    world.hub.write("grow.log", b"edited on the hub");
     // Truncated in place, mid-push.
     std::fs::OpenOptions::new()
         .write(true)
@@ -1088,6 +1087,9 @@ fn a_file_that_shrinks_while_being_pushed_does_not_stop_later_pushes() {
         .unwrap()
         .set_len(BLOCK as u64)
         .unwrap();
+    wait_until("the hub journals its edit", Duration::from_secs(20), || {
+        hub_version(&world) > before
+    });
 
     peer.write("after.txt", b"written after the shrink");
     converge(&world, Duration::from_secs(20));

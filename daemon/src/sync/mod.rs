@@ -11,6 +11,7 @@
 
 pub mod hub;
 mod peer;
+mod plan;
 mod replica;
 mod wire;
 

@@ -23,13 +23,15 @@ use crate::registry::LiveConn;
 use crate::shutdown::Tasks;
 use crate::sync::SyncEngine;
 use crate::sync::hub::share::Share;
+use crate::sync::plan;
+use crate::sync::replica::apply::{self, Arriving, Landed};
 use crate::sync::replica::{fsops, paths};
 use crate::sync::wire::frames::{FrameReader, FrameWriter};
 use crate::sync::wire::model::{
     FetchRequest, Hello, Kind, PushHead, PushResult, RotatedKey, Synced,
 };
 
-/// A batch applies its small files with one `syncfs` instead of an fsync each.
+/// Entries per page of the change feed.
 const FETCH_LIMIT: usize = 20_000;
 const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 
@@ -226,23 +228,56 @@ async fn push(req: Request<Incoming>, share: &Share) -> Result<Response<ProxyBod
         }
         return Err(e);
     }
-    if !staged.is_empty() {
-        let durable = fsops::sync_fs(&share.root);
-        for (head, file) in staged {
-            if let Err(e) = &durable {
-                file.discard();
-                results.push(PushResult::Refused {
-                    path: head.path.clone(),
-                    message: format!("could not make it durable: {e}"),
-                });
-                continue;
-            }
-            results.push(land(share, head, file)?);
-        }
-        let _ = fsops::sync_fs(&share.root);
-    }
+    apply::land(
+        &share.root,
+        false,
+        staged,
+        |head: &PushHead| {
+            let current = share.refresh(&head.path)?;
+            Ok::<_, ApiError>(plan::accepts(current.as_ref(), head.base))
+        },
+        |head, landed| {
+            results.push(match landed {
+                Landed::Placed(stat) => {
+                    let (mtime_ns, inode) = stat.map_or((0, 0), |s| (s.mtime_ns, s.inode));
+                    let version = share.journal.record(
+                        &head.path,
+                        Synced {
+                            kind: Kind::File,
+                            sha256: head.sha256,
+                            size: head.size,
+                            exec: head.exec,
+                            version: 0,
+                            mtime_ns,
+                            inode,
+                        },
+                    )?;
+                    PushResult::Accepted {
+                        path: head.path,
+                        version,
+                    }
+                }
+                Landed::Changed => conflict(share, head.path)?,
+                Landed::Failed(e) => PushResult::Refused {
+                    path: head.path,
+                    message: format!("could not put it in place durably: {e}"),
+                },
+            });
+            Ok(())
+        },
+    )?;
     share.journal.flush().await?;
     Ok(boxed(json(StatusCode::OK, &results)))
+}
+
+/// The hub moved on from a push's base: the peer gets what it has now.
+fn conflict(share: &Share, path: String) -> Result<PushResult, ApiError> {
+    // A path the journal never held was pushed on a base it never had.
+    let current = share
+        .journal
+        .entry_of(&path)?
+        .unwrap_or_else(|| Synced::deleted(0).entry(&path));
+    Ok(PushResult::Conflict { path, current })
 }
 
 /// Reads every change of a push batch, applying directories and deletes at
@@ -275,27 +310,32 @@ async fn read_pushes(
                 continue;
             }
         };
+        // The hub's own edit there is journaled first, so the push meets it.
         let current = share.refresh(&head.path)?;
-        if !Share::base_matches(current.as_ref(), &head) {
+        if !plan::accepts(current.as_ref(), head.base) {
             reader.skip(size).await.map_err(bad)?;
-            let current = current.expect("a mismatched base means the hub has an entry");
-            results.push(PushResult::Conflict {
-                path: head.path.clone(),
-                current,
-            });
+            results.push(conflict(share, head.path)?);
             continue;
         }
         match head.kind {
-            Kind::File => match receive(reader, share, &relative, &head)
-                .await
-                .map_err(bad)?
-            {
-                Ok(file) => staged.push((head, file)),
-                Err(e) => results.push(PushResult::Refused {
-                    path: head.path.clone(),
-                    message: e.to_string(),
-                }),
-            },
+            Kind::File => {
+                let file = Arriving {
+                    relative: &relative,
+                    size: head.size,
+                    sha256: head.sha256,
+                    exec: head.exec,
+                };
+                match apply::receive(reader, &share.root, file, false)
+                    .await
+                    .map_err(bad)?
+                {
+                    Ok(file) => staged.push((head, file)),
+                    Err(e) => results.push(PushResult::Refused {
+                        path: head.path.clone(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
             Kind::Dir => results.push(apply_dir(share, &relative, &head)?),
             Kind::Deleted => results.push(apply_delete(share, &relative, &head)?),
         }
@@ -303,78 +343,21 @@ async fn read_pushes(
     Ok(())
 }
 
-/// Receives one file. The outer error is a broken stream; the inner one a
-/// file that could not be written or did not verify.
-async fn receive(
-    reader: &mut FrameReader,
-    share: &Share,
-    relative: &std::path::Path,
-    head: &PushHead,
-) -> std::io::Result<std::io::Result<fsops::Staged>> {
-    let mut incoming = match fsops::Incoming::create(&share.root, relative, head.exec).await {
-        Ok(incoming) => incoming,
-        Err(e) => {
-            reader.skip(head.size).await?;
-            return Ok(Err(e));
-        }
-    };
-    match reader.receive(head.size, &mut incoming).await {
-        Err(stream) => {
-            incoming.abandon().await;
-            Err(stream)
-        }
-        Ok(Err(e)) => {
-            incoming.abandon().await;
-            Ok(Err(e))
-        }
-        Ok(Ok(())) => Ok(incoming.finish(head.sha256, false).await),
-    }
-}
-
-/// Renames a verified file into place, if the hub's file has not changed
-/// since the base check, and journals it.
-fn land(share: &Share, head: PushHead, file: fsops::Staged) -> Result<PushResult, ApiError> {
-    let current = share.refresh(&head.path)?;
-    if !Share::base_matches(current.as_ref(), &head) {
-        file.discard();
-        let current = current.expect("a mismatched base means the hub has an entry");
-        return Ok(PushResult::Conflict {
-            path: head.path,
-            current,
-        });
-    }
-    let target = file.target.clone();
-    if let Err(e) = file.commit() {
-        return Ok(PushResult::Refused {
-            path: head.path,
-            message: e.to_string(),
-        });
-    }
-    let stat = std::fs::symlink_metadata(&target).map(|m| crate::sync::replica::scan::stat_of(&m));
-    let (mtime_ns, inode) = stat.map(|s| (s.mtime_ns, s.inode)).unwrap_or((0, 0));
-    let version = share.journal.record(
-        &head.path,
-        Synced {
-            kind: Kind::File,
-            sha256: head.sha256,
-            size: head.size,
-            exec: head.exec,
-            version: 0,
-            mtime_ns,
-            inode,
-        },
-    )?;
-    Ok(PushResult::Accepted {
-        path: head.path,
-        version,
-    })
-}
-
 fn apply_dir(
     share: &Share,
     relative: &std::path::Path,
     head: &PushHead,
 ) -> Result<PushResult, ApiError> {
+    // The base matched, so a file in the way is the one the peer replaced.
+    let path = share.root.join(relative);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        return Ok(PushResult::Refused {
+            path: head.path.clone(),
+            message: e.to_string(),
+        });
+    }
     if let Err(e) = fsops::make_dir(&share.root, relative) {
         return Ok(PushResult::Refused {
             path: head.path.clone(),

@@ -2,18 +2,21 @@
 //! own edits are journaled by [`Share::scan`], and peers' pushes are applied
 //! only when the hub's file still matches the journal.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use crate::store::{ShareRecord, StoreError};
+use crate::sync::plan::{self, Op, State};
 use crate::sync::replica::fsops;
 use crate::sync::replica::ignore::{Ignorer, MARKER};
 use crate::sync::replica::journal::Journal;
-use crate::sync::replica::scan::{self, Scope, Stat};
+use crate::sync::replica::scan::{self, Scope};
 use crate::sync::replica::watcher::{Watch, next_wake};
-use crate::sync::wire::model::{Entry, Kind, PushHead, Synced};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use crate::sync::wire::model::{Entry, Synced};
 
 #[derive(Default)]
 pub struct ScanReport {
@@ -87,27 +90,9 @@ impl Share {
             ));
             return Ok(());
         }
-        for (path, stat) in &found.scan.entries {
-            self.journal_local(path, stat, known.get(path))
-                .map_err(|e| e.to_string())?;
-        }
-        // Children before parents, so a peer can apply deletes in order.
-        let mut gone: Vec<&String> = known
-            .iter()
-            .filter(|(path, synced)| {
-                synced.kind != Kind::Deleted
-                    && !found.scan.entries.contains_key(*path)
-                    && found.settles(path)
-                    && !ignorer.ignored(path, synced.kind == Kind::Dir)
-            })
-            .map(|(path, _)| path)
-            .collect();
-        gone.sort_by_key(|path| std::cmp::Reverse(path.matches('/').count()));
-        for path in gone {
-            self.journal
-                .record(path, Synced::deleted(0))
-                .map_err(|e| e.to_string())?;
-        }
+        let local = scan::gather(&self.root, &found, &known, &ignorer);
+        self.journal_plan(plan::plan(&local, &BTreeMap::new(), &known))
+            .map_err(|e| e.to_string())?;
         if found.is_whole() {
             fsops::remove_leftovers(&found.scan.leftovers);
             *self.report.lock().unwrap_or_else(|p| p.into_inner()) = ScanReport {
@@ -118,95 +103,50 @@ impl Share {
         Ok(())
     }
 
-    /// Journals one path's local state if it differs from the journal.
-    fn journal_local(
-        &self,
-        path: &str,
-        stat: &Stat,
-        synced: Option<&Synced>,
-    ) -> Result<(), StoreError> {
-        if let Some(synced) = synced
-            && same_stat(synced, stat)
-        {
-            return Ok(());
-        }
-        let state = match stat.kind {
-            Kind::Dir => Synced {
-                kind: Kind::Dir,
-                sha256: None,
-                size: 0,
-                exec: false,
-                version: 0,
-                mtime_ns: stat.mtime_ns,
-                inode: stat.inode,
-            },
-            _ => {
-                let Ok((sha, size)) = scan::hash_file(&self.root.join(path)) else {
-                    return Ok(());
-                };
-                Synced {
-                    kind: Kind::File,
-                    sha256: Some(sha),
-                    size,
-                    exec: stat.exec,
-                    version: 0,
-                    mtime_ns: stat.mtime_ns,
-                    inode: stat.inode,
+    /// Journals what a plan of the hub's own changes says: a new version for
+    /// each change (children's tombstones first, so a peer can apply them in
+    /// order), fresh stat data for what was only touched. A path newly
+    /// ignored keeps its entry: peers are told nothing, and keep their copy.
+    fn journal_plan(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                Op::Upload { path, state, .. } | Op::PushDir { path, state, .. } => {
+                    self.journal.record(&path, synced_of(&state))?;
                 }
+                Op::DeleteRemote { path, .. } => {
+                    self.journal.record(&path, Synced::deleted(0))?;
+                }
+                Op::Remember { path, synced } => self.journal.put(&path, &synced)?,
+                Op::Forget { .. } => {}
+                other => unreachable!("a plan without the hub's changes has no {other:?}"),
             }
-        };
-        match synced {
-            Some(old)
-                if old.kind == state.kind
-                    && old.sha256 == state.sha256
-                    && old.exec == state.exec =>
-            {
-                self.journal.put(
-                    path,
-                    &Synced {
-                        version: old.version,
-                        ..state
-                    },
-                )
-            }
-            _ => self.journal.record(path, state).map(|_| ()),
         }
+        Ok(())
     }
 
     /// Before a push lands on `path`, journal any local edit there, so the
     /// push meets it as a conflict instead of overwriting it.
     pub fn refresh(&self, path: &str) -> Result<Option<Entry>, StoreError> {
         let synced = self.journal.get(path)?;
-        match std::fs::symlink_metadata(self.root.join(path)) {
-            Ok(meta) if meta.is_file() || meta.is_dir() => {
-                self.journal_local(path, &scan::stat_of(&meta), synced.as_ref())?
-            }
-            Ok(_) => {}
-            Err(_) => {
-                if synced.as_ref().is_some_and(|s| s.kind != Kind::Deleted) {
-                    self.journal.record(path, Synced::deleted(0))?;
-                }
-            }
-        }
+        let here = scan::look_at_path(&self.root, path, synced.as_ref());
+        let local = BTreeMap::from([(path.to_string(), here)]);
+        let base: HashMap<String, Synced> =
+            synced.map(|s| (path.to_string(), s)).into_iter().collect();
+        self.journal_plan(plan::plan(&local, &BTreeMap::new(), &base))?;
         self.journal.entry_of(path)
-    }
-
-    /// Whether a push made on `base` may land.
-    pub fn base_matches(current: Option<&Entry>, head: &PushHead) -> bool {
-        match current {
-            None => head.base == 0,
-            Some(entry) => entry.version == head.base,
-        }
     }
 }
 
-pub fn same_stat(synced: &Synced, stat: &Stat) -> bool {
-    synced.kind == stat.kind
-        && (stat.kind == Kind::Dir
-            || (synced.size == stat.size
-                && synced.mtime_ns == stat.mtime_ns
-                && synced.inode == stat.inode
-                && synced.exec == stat.exec))
+fn synced_of(state: &State) -> Synced {
+    Synced {
+        kind: state.kind,
+        sha256: state.sha256,
+        size: state.size,
+        exec: state.exec,
+        version: 0,
+        mtime_ns: state.mtime_ns,
+        inode: state.inode,
+    }
 }
 
 /// Keeps a share's journal current: scans on watcher hints and ticks.

@@ -1,13 +1,11 @@
 //! A peer's sync session: a local folder kept in two-way sync with a share
-//! on a hub. Each round pushes local changes (each made on a base version),
-//! resolves what the hub refused without losing a byte, then pulls.
-//!
-//! Rules: an edit beats a delete; on edit/edit the hub's version keeps the
-//! name and the local one becomes `name.sync-conflict-<ts>-<host>.ext`,
-//! which then syncs like any file; an incoming change is applied only while
-//! the local path still matches what was last synced.
+//! on a hub. Each round gathers (the folder's state, hashing only what
+//! changed, and the hub's changes since the cursor), asks the planner what
+//! to do, then applies that: pushes each made on a base version, fetches,
+//! renames aside and deletes, each checked against what the plan expected.
+//! It never decides who wins a conflict: `plan` does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,19 +19,15 @@ use crate::http_util::ChannelBody;
 use crate::registry::{now_ms, now_secs};
 use crate::shutdown::Tasks;
 use crate::store::SessionRecord;
-use crate::sync::hub::share::same_stat;
 use crate::sync::peer::client::{HubClient, SyncError};
+use crate::sync::plan::{self, Local, Op, State};
+use crate::sync::replica::apply::{self, Arriving, Landed, NotStaged};
 use crate::sync::replica::ignore::{Ignorer, MARKER};
 use crate::sync::replica::journal::Journal;
-use crate::sync::replica::scan::{self, Found, Scope, Stat};
+use crate::sync::replica::scan::{self, Scope, Stat};
 use crate::sync::replica::{fsops, paths};
 use crate::sync::wire::frames::FrameWriter;
 use crate::sync::wire::model::{Entry, Kind, PushHead, PushResult, Synced};
-
-/// Files at most this big travel together in one request.
-const SMALL_FILE: u64 = 1024 * 1024;
-const BATCH_BYTES: u64 = 16 * 1024 * 1024;
-const BATCH_FILES: usize = 2000;
 
 /// What `sync status` shows.
 #[derive(Debug, Clone)]
@@ -61,12 +55,6 @@ pub struct Session {
     read_only: std::sync::atomic::AtomicBool,
     /// The session's branch of the task tree, for its push writers.
     tasks: Tasks,
-}
-
-/// A local change to push.
-struct Change {
-    head: PushHead,
-    stat: Option<Stat>,
 }
 
 impl Session {
@@ -152,21 +140,20 @@ impl Session {
         }
     }
 
-    /// One round: push the local changes `scope` covers, then pull the hub's.
+    /// One round: gather, plan, apply.
     pub async fn round(&self, scope: Scope) -> Result<(), RoundError> {
         self.check_marker().map_err(RoundError::Halt)?;
         self.update(|s| s.state = SessionState::Scanning);
         let ignorer = Ignorer::load(&self.root);
         let look = scan::look_around(&self.root, scope, &ignorer, &self.index)
             .map_err(|e| RoundError::Halt(format!("cannot read {}: {e}", self.root.display())))?;
-        let found = look.found;
-        let index = look.synced;
         if look.emptied {
             return Err(RoundError::Halt(format!(
                 "{} suddenly went empty; nothing was deleted anywhere. If that was intended, remove this session",
                 self.root.display()
             )));
         }
+        let found = look.found;
         if found.is_whole() {
             fsops::remove_leftovers(&found.scan.leftovers);
             self.update(|s| {
@@ -174,167 +161,159 @@ impl Session {
                 s.case_collisions = found.scan.case_collisions.clone();
             });
         }
-
-        let changes = self.local_changes(&found, &index, &ignorer)?;
         let first = !self.record().initial_sync_done;
-        let unpushed = changes.len() as u64;
-        let read_only = self.read_only.load(Ordering::Relaxed);
-        if !changes.is_empty() && !read_only {
-            self.update(|s| {
-                s.state = SessionState::Syncing;
-                s.pending = unpushed;
-                if first {
-                    s.progress_total += unpushed;
-                }
-            });
-            match self.push(changes).await {
-                Err(RoundError::Sync(SyncError::Forbidden(why))) => {
-                    tracing::warn!(session = %self.record().id, %why, "the hub refused our changes; pulling only");
-                    self.read_only.store(true, Ordering::Relaxed);
-                    self.update(|s| s.message = Some(format!("The hub refused our changes ({why}); they stay in this folder, and changes from the hub still arrive.")));
-                }
-                other => other?,
+        let (remote, cursor) = self.remote_changes().await?;
+        let mut base = look.synced;
+        for path in remote.keys() {
+            if !base.contains_key(path)
+                && let Some(synced) = self.index.get(path).map_err(store_error)?
+            {
+                base.insert(path.clone(), synced);
             }
         }
-        self.pull(first).await?;
-        let read_only = self.read_only.load(Ordering::Relaxed);
-        let mut record = self.record();
-        if first {
-            record.initial_sync_done = true;
+        let mut local = scan::gather(&self.root, &found, &base, &ignorer);
+        for path in remote.keys() {
+            if !local.contains_key(path) {
+                // A path the planner refuses is never looked at on disk.
+                let here = match paths::check(path) {
+                    Ok(_) => scan::look_at_path(&self.root, path, base.get(path)),
+                    Err(_) => Local::Skipped,
+                };
+                local.insert(path.clone(), here);
+            }
         }
-        *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
+        let ops = plan::plan(&local, &remote, &base);
+        self.apply(ops, cursor, first).await
+    }
+
+    /// The hub's changes since the cursor, every page of them; a later
+    /// page's entry for a path supersedes an earlier one.
+    async fn remote_changes(&self) -> Result<(BTreeMap<String, Entry>, u64), RoundError> {
+        let mut since = self.record().cursor;
+        let mut remote = BTreeMap::new();
+        loop {
+            let changes = self
+                .client
+                .changes(since, 0)
+                .await
+                .map_err(RoundError::Sync)?;
+            for entry in changes.entries {
+                remote.insert(entry.path.clone(), entry);
+            }
+            since = changes.cursor;
+            if !changes.more {
+                return Ok((remote, since));
+            }
+        }
+    }
+
+    /// Carries out a plan, in its order. The cursor moves to `cursor` only
+    /// once everything that came from the hub is applied, and never past a
+    /// change held for later or one the hub answered with a conflict.
+    async fn apply(&self, ops: Vec<Op>, cursor: u64, first: bool) -> Result<(), RoundError> {
+        if first {
+            self.update(|s| s.progress_total += ops.len() as u64);
+        }
+        let mut hold = Hold::default();
+        // Consecutive pushes travel in batches, as do consecutive downloads.
+        let mut pushes = Vec::new();
+        let mut downloads = Vec::new();
+        for op in ops {
+            if !matches!(
+                op,
+                Op::Upload { .. } | Op::PushDir { .. } | Op::DeleteRemote { .. }
+            ) && !pushes.is_empty()
+            {
+                self.push_all(std::mem::take(&mut pushes), &mut hold)
+                    .await?;
+            }
+            if !matches!(op, Op::Download { .. }) && !downloads.is_empty() {
+                self.fetch(std::mem::take(&mut downloads)).await?;
+            }
+            match op {
+                Op::Upload { .. } | Op::PushDir { .. } | Op::DeleteRemote { .. } => {
+                    pushes.push(Push::of(op));
+                    continue;
+                }
+                Op::Download { entry, expect } => {
+                    downloads.push((entry, expect));
+                    continue;
+                }
+                Op::KeepConflictCopy { path, expect } => {
+                    self.keep_conflict_copy(&path, &expect)?;
+                    hold.again = true;
+                }
+                Op::DeleteLocal { .. } | Op::MakeDir { .. } | Op::SetExec { .. } => {
+                    self.apply_here(op)?
+                }
+                Op::Remember { path, synced } => {
+                    self.index.put(&path, &synced).map_err(store_error)?
+                }
+                Op::Forget { path } => self.index.remove(&path).map_err(store_error)?,
+                Op::Wait { path, version } => {
+                    tracing::debug!(%path, "the local side cannot be read; the hub's change waits");
+                    hold.below(version);
+                }
+                Op::Refuse { path, why } => {
+                    tracing::warn!(%path, %why, "refused a path from the hub");
+                }
+            }
+            self.update(|s| s.progress_done += 1);
+        }
+        if !pushes.is_empty() {
+            self.push_all(pushes, &mut hold).await?;
+        }
+        self.fetch(downloads).await?;
+        let read_only = self.read_only.load(Ordering::Relaxed);
+        {
+            let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+            record.cursor = hold.cursor(cursor);
+            if first && !hold.again {
+                record.initial_sync_done = true;
+            }
+        }
         self.update(|s| {
             s.state = SessionState::Watching;
             if !read_only {
                 s.message = None;
+                s.pending = 0;
             }
-            s.pending = if read_only { unpushed } else { 0 };
             s.last_sync = Some(now_secs());
         });
-        Ok(())
-    }
-
-    fn local_changes(
-        &self,
-        found: &Found,
-        index: &HashMap<String, Synced>,
-        ignorer: &Ignorer,
-    ) -> Result<Vec<Change>, RoundError> {
-        let mut creates = Vec::new();
-        for (path, stat) in &found.scan.entries {
-            let synced = index.get(path).filter(|s| s.kind != Kind::Deleted);
-            let base = index.get(path).map(|s| s.version).unwrap_or(0);
-            if let Some(synced) = synced
-                && same_stat(synced, stat)
-            {
-                continue;
-            }
-            let head = match stat.kind {
-                Kind::Dir => {
-                    if synced.is_some_and(|s| s.kind == Kind::Dir) {
-                        continue;
-                    }
-                    PushHead {
-                        path: path.clone(),
-                        kind: Kind::Dir,
-                        base,
-                        sha256: None,
-                        size: 0,
-                        exec: false,
-                    }
-                }
-                _ => {
-                    let Ok((sha, size)) = scan::hash_file(&self.root.join(path)) else {
-                        continue;
-                    };
-                    if let Some(synced) = synced
-                        && synced.kind == Kind::File
-                        && synced.sha256 == Some(sha)
-                        && synced.exec == stat.exec
-                    {
-                        // Touched, not changed: remember the new stat data.
-                        let touched = Synced {
-                            mtime_ns: stat.mtime_ns,
-                            inode: stat.inode,
-                            size,
-                            ..synced.clone()
-                        };
-                        self.index.put(path, &touched).map_err(store_error)?;
-                        continue;
-                    }
-                    PushHead {
-                        path: path.clone(),
-                        kind: Kind::File,
-                        base,
-                        sha256: Some(sha),
-                        size,
-                        exec: stat.exec,
-                    }
-                }
-            };
-            creates.push(Change {
-                head,
-                stat: Some(stat.clone()),
-            });
-        }
-        let mut deletes = Vec::new();
-        for (path, synced) in index {
-            let here = found.scan.entries.contains_key(path);
-            if synced.kind == Kind::Deleted || here || !found.settles(path) {
-                continue;
-            }
-            if ignorer.ignored(path, synced.kind == Kind::Dir) {
-                // Newly ignored: forget it here, leave it alone everywhere else.
-                self.index.remove(path).map_err(store_error)?;
-                continue;
-            }
-            let head = PushHead {
-                path: path.clone(),
-                kind: Kind::Deleted,
-                base: synced.version,
-                sha256: None,
-                size: 0,
-                exec: false,
-            };
-            deletes.push(Change { head, stat: None });
-        }
-        // Parents before children when creating; children before parents when deleting.
-        creates.sort_by_key(|c| c.head.path.matches('/').count());
-        deletes.sort_by_key(|c| std::cmp::Reverse(c.head.path.matches('/').count()));
-        creates.extend(deletes);
-        Ok(creates)
-    }
-
-    async fn push(&self, changes: Vec<Change>) -> Result<(), RoundError> {
-        let mut batch: Vec<Change> = Vec::new();
-        let mut batch_bytes = 0u64;
-        for change in changes {
-            let size = if change.head.kind == Kind::File {
-                change.head.size
-            } else {
-                0
-            };
-            if !batch.is_empty()
-                && (batch.len() >= BATCH_FILES
-                    || batch_bytes + size > BATCH_BYTES
-                    || size > SMALL_FILE)
-            {
-                self.push_batch(std::mem::take(&mut batch)).await?;
-                batch_bytes = 0;
-            }
-            batch_bytes += size;
-            batch.push(change);
-        }
-        if !batch.is_empty() {
-            self.push_batch(batch).await?;
+        if hold.again {
+            return Err(RoundError::Again);
         }
         Ok(())
     }
 
-    async fn push_batch(&self, batch: Vec<Change>) -> Result<(), RoundError> {
+    async fn push_all(&self, pushes: Vec<Push>, hold: &mut Hold) -> Result<(), RoundError> {
+        let unpushed = pushes.len() as u64;
+        if self.read_only.load(Ordering::Relaxed) {
+            self.update(|s| s.pending = unpushed);
+            return Ok(());
+        }
+        self.update(|s| {
+            s.state = SessionState::Syncing;
+            s.pending = unpushed;
+        });
+        for batch in plan::batches(pushes, |p| p.head.size) {
+            match self.push_batch(batch, hold).await {
+                Err(RoundError::Sync(SyncError::Forbidden(why))) => {
+                    tracing::warn!(session = %self.record().id, %why, "the hub refused our changes; pulling only");
+                    self.read_only.store(true, Ordering::Relaxed);
+                    self.update(|s| s.message = Some(format!("The hub refused our changes ({why}); they stay in this folder, and changes from the hub still arrive.")));
+                    return Ok(());
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_batch(&self, batch: Vec<Push>, hold: &mut Hold) -> Result<(), RoundError> {
         let (tx, rx) = mpsc::channel::<Bytes>(16);
         let root = self.root.clone();
-        let heads: Vec<PushHead> = batch.iter().map(|c| c.head.clone()).collect();
+        let heads: Vec<PushHead> = batch.iter().map(|p| p.head.clone()).collect();
         let sending = heads.clone();
         let writer_task = self.tasks.spawn(async move {
             let writer = FrameWriter::new(tx);
@@ -357,11 +336,10 @@ impl Session {
         }
         let sent: u64 = heads.iter().map(|h| h.size).sum();
         self.bytes_moved.fetch_add(sent, Ordering::Relaxed);
-        let mut again = false;
         // The hub answers in its own order (files land last): match by path.
-        let mut sent: std::collections::HashMap<String, Change> = batch
+        let mut sent: HashMap<String, Push> = batch
             .into_iter()
-            .map(|c| (c.head.path.clone(), c))
+            .map(|p| (p.head.path.clone(), p))
             .collect();
         for result in results {
             let path = match &result {
@@ -369,29 +347,30 @@ impl Session {
                 | PushResult::Conflict { path, .. }
                 | PushResult::Refused { path, .. } => path.clone(),
             };
-            let Some(change) = sent.remove(&path) else {
+            let Some(push) = sent.remove(&path) else {
                 tracing::warn!(%path, "the hub answered for a path it was not sent");
                 continue;
             };
             match result {
                 PushResult::Accepted { path, version } => {
-                    let state = match (change.head.kind, &change.stat) {
-                        (Kind::Deleted, _) | (_, None) => Synced::deleted(version),
-                        (kind, Some(stat)) => Synced {
-                            kind,
-                            sha256: change.head.sha256,
-                            size: change.head.size,
-                            exec: change.head.exec,
-                            version,
-                            mtime_ns: stat.mtime_ns,
-                            inode: stat.inode,
-                        },
+                    let state = match &push.state {
+                        None => Synced::deleted(version),
+                        Some(state) => synced_of_state(state, version),
                     };
                     self.index.put(&path, &state).map_err(store_error)?;
                 }
                 PushResult::Conflict { path, current } => {
-                    tracing::debug!(%path, base = change.head.base, mine = ?change.head.kind, theirs = ?current.kind, version = current.version, "the hub moved on");
-                    again |= self.resolve(&change.head, &path, &current)?
+                    // The hub moved on since the plan: plan again with its
+                    // change. A refused delete also forgets what we had, so
+                    // the hub's side comes back even at the same version.
+                    tracing::debug!(%path, base = push.head.base, mine = ?push.head.kind, theirs = ?current.kind, version = current.version, "the hub moved on");
+                    if push.head.kind == Kind::Deleted {
+                        self.index
+                            .put(&path, &Synced::deleted(0))
+                            .map_err(store_error)?;
+                    }
+                    hold.below(current.version);
+                    hold.again = true;
                 }
                 PushResult::Refused { path, message } => {
                     tracing::warn!(session = %self.record().id, %path, %message, "the hub refused a change");
@@ -402,192 +381,101 @@ impl Session {
                 s.progress_done += 1;
             });
         }
-        if again {
-            return Err(RoundError::Again);
+        Ok(())
+    }
+
+    /// Renames the local side aside, unless it changed again since the plan
+    /// (then the hub's side does not land over it either).
+    fn keep_conflict_copy(&self, path: &str, expect: &State) -> Result<(), RoundError> {
+        if !scan::still(&self.root, path, Some(expect)) {
+            tracing::debug!(%path, "changed again since the plan; the next round decides");
+            return Ok(());
+        }
+        let copy = fsops::move_to_conflict(&self.root, path, &self.host, now_ms() / 1000).map_err(
+            |e| RoundError::Retry(format!("cannot keep the conflicting copy of {path}: {e}")),
+        )?;
+        tracing::info!(session = %self.record().id, %path, %copy, "conflict: kept the local side as a copy");
+        self.index
+            .put(path, &Synced::deleted(0))
+            .map_err(store_error)?;
+        self.update(|s| s.conflicts += 1);
+        Ok(())
+    }
+
+    /// Deletes, directories and exec bits from the hub.
+    fn apply_here(&self, op: Op) -> Result<(), RoundError> {
+        match op {
+            Op::DeleteLocal {
+                path,
+                expect,
+                version,
+            } => {
+                if !scan::still(&self.root, &path, Some(&expect)) {
+                    tracing::debug!(%path, "changed since the plan; kept");
+                    return Ok(());
+                }
+                match fsops::remove(&self.root, Path::new(&path)) {
+                    Ok(()) => self
+                        .index
+                        .put(&path, &Synced::deleted(version))
+                        .map_err(store_error)?,
+                    // A directory that still holds files stays (an edit
+                    // beats a delete) and syncs back.
+                    Err(e) => tracing::debug!(error = %e, %path, "kept a path the hub deleted"),
+                }
+            }
+            Op::MakeDir { entry } => {
+                let relative = PathBuf::from(&entry.path);
+                if let Err(e) = fsops::make_dir(&self.root, &relative) {
+                    tracing::warn!(error = %e, path = %entry.path, "cannot create a directory");
+                    return Ok(());
+                }
+                self.remember(&entry)?;
+            }
+            Op::SetExec { entry, expect } => {
+                if !scan::still(&self.root, &entry.path, Some(&expect)) {
+                    return Ok(());
+                }
+                if let Err(e) = fsops::set_exec(&self.root, Path::new(&entry.path), entry.exec) {
+                    tracing::warn!(error = %e, path = %entry.path, "cannot set the exec bit");
+                    return Ok(());
+                }
+                self.remember(&entry)?;
+            }
+            other => unreachable!("not a local step: {other:?}"),
         }
         Ok(())
     }
 
-    /// Makes the next pull include `version` again.
-    fn rewind_to(&self, version: u64) {
-        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
-        record.cursor = record.cursor.min(version.saturating_sub(1));
+    /// Records `entry` as synced, with the stat data now on disk.
+    fn remember(&self, entry: &Entry) -> Result<(), RoundError> {
+        let stat = std::fs::symlink_metadata(self.root.join(&entry.path))
+            .map(|m| scan::stat_of(&m))
+            .ok();
+        self.index
+            .put(&entry.path, &synced_from(entry, stat.as_ref()))
+            .map_err(store_error)
     }
 
-    /// The hub moved on from our base. Returns whether another round is due.
-    fn resolve(&self, mine: &PushHead, path: &str, current: &Entry) -> Result<bool, RoundError> {
-        // Same result on both sides: nothing to resolve.
-        if current.kind == mine.kind && current.sha256 == mine.sha256 && current.exec == mine.exec {
-            let stat = std::fs::symlink_metadata(self.root.join(path))
-                .map(|m| scan::stat_of(&m))
-                .ok();
-            let state = Synced {
-                kind: current.kind,
-                sha256: current.sha256,
-                size: current.size,
-                exec: current.exec,
-                version: current.version,
-                mtime_ns: stat.as_ref().map(|s| s.mtime_ns).unwrap_or(0),
-                inode: stat.map(|s| s.inode).unwrap_or(0),
-            };
-            self.index.put(path, &state).map_err(store_error)?;
-            return Ok(false);
-        }
-        match (mine.kind, current.kind) {
-            // We deleted, they edited: the edit wins; the pull brings it back.
-            (Kind::Deleted, _) => {
-                self.index
-                    .put(path, &Synced::deleted(0))
-                    .map_err(store_error)?;
-                self.rewind_to(current.version);
-                Ok(false)
-            }
-            // We edited, they deleted: the edit wins; push again on their tombstone.
-            (_, Kind::Deleted) => {
-                self.index
-                    .put(path, &Synced::deleted(current.version))
-                    .map_err(store_error)?;
-                Ok(true)
-            }
-            // A directory against anything else, or two different edits:
-            // keep ours beside theirs as a conflict copy.
-            _ => {
-                if mine.kind == Kind::Dir && current.kind == Kind::Dir {
-                    return Ok(false);
-                }
-                let copy = fsops::move_to_conflict(&self.root, path, &self.host, now_ms() / 1000)
-                    .map_err(|e| {
-                    RoundError::Retry(format!("cannot keep the conflicting copy of {path}: {e}"))
-                })?;
-                tracing::info!(session = %self.record().id, %path, %copy, "conflict: kept the local side as a copy");
-                self.index
-                    .put(path, &Synced::deleted(0))
-                    .map_err(store_error)?;
-                self.rewind_to(current.version);
-                self.update(|s| s.conflicts += 1);
-                Ok(true)
-            }
-        }
-    }
-
-    async fn pull(&self, first: bool) -> Result<(), RoundError> {
-        let mut since = self.record().cursor;
-        // The cursor never moves past a change left for later (a local edit
-        // was waiting), so the next pull sees it again.
-        let mut first_skipped: Option<u64> = None;
-        loop {
-            let changes = self
-                .client
-                .changes(since, 0)
-                .await
-                .map_err(RoundError::Sync)?;
-            if first {
-                self.update(|s| s.progress_total += changes.entries.len() as u64);
-            }
-            let mut files = Vec::new();
-            let mut deletes: Vec<&Entry> = Vec::new();
-            for entry in &changes.entries {
-                if paths::check(&entry.path).is_err() {
-                    tracing::warn!(path = %entry.path, "refused a path from the hub");
-                    continue;
-                }
-                let synced = self.index.get(&entry.path).map_err(store_error)?;
-                if synced.as_ref().is_some_and(|s| s.version == entry.version) {
-                    self.update(|s| s.progress_done += 1);
-                    continue;
-                }
-                if !self.unchanged_since_sync(&entry.path, synced.as_ref()) {
-                    // A local change waits to be pushed; the next round meets the conflict.
-                    tracing::debug!(path = %entry.path, "a local change waits; not applying the hub's");
-                    first_skipped.get_or_insert(entry.version);
-                    continue;
-                }
-                match entry.kind {
-                    Kind::File => files.push(entry.clone()),
-                    Kind::Dir => {
-                        let relative = PathBuf::from(&entry.path);
-                        if let Err(e) = fsops::make_dir(&self.root, &relative) {
-                            tracing::warn!(error = %e, path = %entry.path, "cannot create a directory");
-                            continue;
-                        }
-                        let stat = std::fs::symlink_metadata(self.root.join(&relative))
-                            .map(|m| scan::stat_of(&m))
-                            .ok();
-                        self.index
-                            .put(&entry.path, &synced_from(entry, stat.as_ref()))
-                            .map_err(store_error)?;
-                        self.update(|s| s.progress_done += 1);
-                    }
-                    Kind::Deleted => deletes.push(entry),
-                }
-            }
-            self.fetch(files).await?;
-            // Children before parents; a directory that still holds local
-            // files stays (an edit beats a delete) and syncs back.
-            deletes.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
-            for entry in deletes {
-                match fsops::remove(&self.root, Path::new(&entry.path)) {
-                    Ok(()) => self
-                        .index
-                        .put(&entry.path, &synced_from(entry, None))
-                        .map_err(store_error)?,
-                    Err(e) => {
-                        tracing::debug!(error = %e, path = %entry.path, "kept a path the hub deleted")
-                    }
-                }
-                self.update(|s| s.progress_done += 1);
-            }
-            since = changes.cursor;
-            let mut record = self.record();
-            record.cursor = first_skipped.map_or(since, |v| since.min(v - 1));
-            *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
-            if !changes.more {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Whether the local path still holds what was last synced (or nothing,
-    /// if nothing was).
-    fn unchanged_since_sync(&self, path: &str, synced: Option<&Synced>) -> bool {
-        let local = std::fs::symlink_metadata(self.root.join(path)).ok();
-        match (synced.filter(|s| s.kind != Kind::Deleted), local) {
-            (None, None) => true,
-            (Some(synced), Some(meta)) => {
-                (meta.is_file() || meta.is_dir()) && same_stat(synced, &scan::stat_of(&meta))
-            }
-            _ => false,
-        }
-    }
-
-    async fn fetch(&self, files: Vec<Entry>) -> Result<(), RoundError> {
-        let mut batch = Vec::new();
-        let mut bytes = 0u64;
-        for entry in files {
-            if !batch.is_empty()
-                && (batch.len() >= BATCH_FILES
-                    || bytes + entry.size > BATCH_BYTES
-                    || entry.size > SMALL_FILE)
-            {
-                self.fetch_batch(std::mem::take(&mut batch)).await?;
-                bytes = 0;
-            }
-            bytes += entry.size;
-            batch.push(entry);
-        }
-        if !batch.is_empty() {
+    async fn fetch(&self, files: Vec<(Entry, Option<State>)>) -> Result<(), RoundError> {
+        for batch in plan::batches(files, |(e, _)| e.size) {
             self.fetch_batch(batch).await?;
         }
         Ok(())
     }
 
-    /// Fetches, verifies and applies a batch: temp files first, one syncfs,
-    /// then the renames, then one more syncfs. A single file fsyncs itself.
-    async fn fetch_batch(&self, batch: Vec<Entry>) -> Result<(), RoundError> {
-        let single = batch.len() == 1;
+    /// Fetches a batch and lands it (see `replica::apply`). What the hub
+    /// sends is its current entry, which may be newer than the plan's.
+    async fn fetch_batch(&self, batch: Vec<(Entry, Option<State>)>) -> Result<(), RoundError> {
+        let alone = batch.len() == 1;
+        let paths_asked = batch.iter().map(|(e, _)| e.path.clone()).collect();
+        let expect: HashMap<String, Option<State>> = batch
+            .into_iter()
+            .map(|(e, expect)| (e.path, expect))
+            .collect();
         let mut reader = self
             .client
-            .fetch(batch.iter().map(|e| e.path.clone()).collect())
+            .fetch(paths_asked)
             .await
             .map_err(RoundError::Sync)?;
         let mut staged: Vec<(Entry, fsops::Staged)> = Vec::new();
@@ -601,63 +489,127 @@ impl Session {
                 reader.skip(entry.size).await.map_err(broken)?;
                 continue;
             };
-            let mut incoming = match fsops::Incoming::create(&self.root, &relative, entry.exec)
-                .await
-            {
-                Ok(incoming) => incoming,
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %entry.path, "cannot receive a file here");
-                    reader.skip(entry.size).await.map_err(broken)?;
-                    continue;
-                }
+            let file = Arriving {
+                relative: &relative,
+                size: entry.size,
+                sha256: entry.sha256,
+                exec: entry.exec,
             };
-            let size = entry.size;
-            if let Err(e) = reader.receive(size, &mut incoming).await.map_err(broken)? {
-                incoming.abandon().await;
-                return Err(RoundError::Retry(format!(
-                    "cannot write {}: {e}",
-                    entry.path
-                )));
-            }
-            match incoming.finish(entry.sha256, single).await {
+            let received = apply::receive(&mut reader, &self.root, file, alone)
+                .await
+                .map_err(broken)?;
+            self.bytes_moved.fetch_add(entry.size, Ordering::Relaxed);
+            match received {
                 Ok(file) => staged.push((entry, file)),
-                Err(e) => {
+                Err(NotStaged::Unwritable(e)) => {
+                    tracing::warn!(error = %e, path = %entry.path, "cannot receive a file here")
+                }
+                Err(NotStaged::Failed(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                     tracing::info!(error = %e, path = %entry.path, "a fetched file did not verify; it will be fetched again")
                 }
-            }
-            self.bytes_moved.fetch_add(size, Ordering::Relaxed);
-        }
-        if !single {
-            fsops::sync_fs(&self.root).map_err(|e| {
-                RoundError::Retry(format!("cannot make received files durable: {e}"))
-            })?;
-        }
-        for (entry, file) in staged {
-            let synced = self.index.get(&entry.path).map_err(store_error)?;
-            if !self.unchanged_since_sync(&entry.path, synced.as_ref()) {
-                file.discard();
-                continue;
-            }
-            let target = file.target.clone();
-            if let Err(e) = file.commit() {
-                tracing::warn!(error = %e, path = %entry.path, "cannot put a received file in place");
-                continue;
-            }
-            let stat = std::fs::symlink_metadata(&target)
-                .map(|m| scan::stat_of(&m))
-                .ok();
-            self.index
-                .put(&entry.path, &synced_from(&entry, stat.as_ref()))
-                .map_err(store_error)?;
-            self.update(|s| s.progress_done += 1);
-            if single && let Some(dir) = target.parent() {
-                let _ = fsops::sync_dir(dir);
+                Err(NotStaged::Failed(e)) => {
+                    for (_, file) in staged {
+                        file.discard();
+                    }
+                    return Err(RoundError::Retry(format!(
+                        "cannot write {}: {e}",
+                        entry.path
+                    )));
+                }
             }
         }
-        if !single {
-            let _ = fsops::sync_fs(&self.root);
+        apply::land(
+            &self.root,
+            alone,
+            staged,
+            |entry: &Entry| {
+                Ok(expect
+                    .get(&entry.path)
+                    .is_some_and(|x| scan::still(&self.root, &entry.path, x.as_ref())))
+            },
+            |entry, landed| {
+                match landed {
+                    Landed::Placed(stat) => {
+                        self.index
+                            .put(&entry.path, &synced_from(&entry, stat.as_ref()))
+                            .map_err(store_error)?;
+                    }
+                    Landed::Changed => {
+                        tracing::debug!(path = %entry.path, "changed here since the plan; not replaced")
+                    }
+                    Landed::Failed(e) => {
+                        tracing::warn!(error = %e, path = %entry.path, "cannot put a received file in place")
+                    }
+                }
+                self.update(|s| s.progress_done += 1);
+                Ok(())
+            },
+        )
+    }
+}
+
+/// A planned push, with the local state it records once accepted.
+struct Push {
+    head: PushHead,
+    state: Option<State>,
+}
+
+impl Push {
+    fn of(op: Op) -> Push {
+        let (path, kind, base, state) = match op {
+            Op::Upload { path, base, state } => (path, Kind::File, base, Some(state)),
+            Op::PushDir { path, base, state } => (path, Kind::Dir, base, Some(state)),
+            Op::DeleteRemote { path, base } => (path, Kind::Deleted, base, None),
+            other => unreachable!("not a push: {other:?}"),
+        };
+        let file = state.as_ref().filter(|s| s.kind == Kind::File);
+        Push {
+            head: PushHead {
+                path,
+                kind,
+                base,
+                sha256: file.and_then(|s| s.sha256),
+                size: file.map_or(0, |s| s.size),
+                exec: file.is_some_and(|s| s.exec),
+            },
+            state,
         }
-        Ok(())
+    }
+}
+
+/// What keeps the cursor back after a round.
+#[derive(Default)]
+struct Hold {
+    /// The oldest hub version that must be pulled again.
+    oldest: Option<u64>,
+    /// Conflicts were met: run another round at once.
+    again: bool,
+}
+
+impl Hold {
+    fn below(&mut self, version: u64) {
+        self.oldest = Some(self.oldest.map_or(version, |v| v.min(version)));
+    }
+
+    /// The cursor after a round that pulled up to `pulled`: a held change
+    /// is pulled again even if it is older than where the round started.
+    fn cursor(&self, pulled: u64) -> u64 {
+        match self.oldest {
+            Some(v) => pulled.min(v.saturating_sub(1)),
+            None => pulled,
+        }
+    }
+}
+
+fn synced_of_state(state: &State, version: u64) -> Synced {
+    Synced {
+        kind: state.kind,
+        sha256: state.sha256,
+        size: state.size,
+        exec: state.exec,
+        version,
+        mtime_ns: state.mtime_ns,
+        inode: state.inode,
     }
 }
 

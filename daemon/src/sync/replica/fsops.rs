@@ -184,10 +184,16 @@ impl Incoming {
 
 impl Staged {
     /// Renames into place. The caller has checked the target still holds
-    /// what the plan expected.
+    /// what the plan expected, so an empty directory in the way is what the
+    /// plan replaces with this file, and goes.
     pub fn commit(self) -> std::io::Result<()> {
-        if let Err(e) =
-            check_target(&self.target).and_then(|()| std::fs::rename(&self.temp, &self.target))
+        let replace = || match std::fs::symlink_metadata(&self.target) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&self.target),
+            _ => Ok(()),
+        };
+        if let Err(e) = check_target(&self.target)
+            .and_then(|()| replace())
+            .and_then(|()| std::fs::rename(&self.temp, &self.target))
         {
             let _ = std::fs::remove_file(&self.temp);
             return Err(e);
@@ -222,6 +228,14 @@ pub fn remove(root: &Path, relative: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Sets or clears a file's exec bits, through a descriptor opened without
+/// following a symlink.
+pub fn set_exec(root: &Path, relative: &Path, exec: bool) -> std::io::Result<()> {
+    let file = super::scan::open_no_follow(&root.join(relative))?;
+    let mode = if exec { 0o755 } else { 0o644 };
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 pub fn make_dir(root: &Path, relative: &Path) -> std::io::Result<()> {

@@ -2,6 +2,7 @@
 //! checking wire paths, its ignore rules, and its record of every path.
 //! Nothing here talks to another replica, and nothing follows a symlink.
 
+pub(crate) mod apply;
 pub(crate) mod fsops;
 pub(crate) mod ignore;
 pub(crate) mod journal;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::sync::plan::{Local, State, same_stat};
 use crate::sync::replica::ignore::{IGNORE_FILE, Ignorer, TEMP_PREFIX};
 use crate::sync::replica::journal::Journal;
 use crate::sync::replica::paths::case_key;
@@ -27,6 +28,8 @@ pub struct Scan {
     pub skipped: Vec<String>,
     /// Names that differ only by case: reported, never merged.
     pub case_collisions: Vec<String>,
+    /// The second name of each such pair, left out of `entries`.
+    pub twins: BTreeSet<String>,
     /// Our temp files, left by a crash: the caller removes them.
     pub leftovers: Vec<PathBuf>,
 }
@@ -96,6 +99,7 @@ fn walk(
             }
             if let Some(other) = seen_case.insert(case_key(&relative), relative.clone()) {
                 out.case_collisions.push(format!("{other} / {relative}"));
+                out.twins.insert(relative);
                 continue;
             }
             if is_dir {
@@ -314,6 +318,99 @@ fn has_case_twin(root: &Path, path: &str) -> bool {
         let other = entry.file_name();
         other.to_str() != Some(name) && other.to_str().is_some_and(|o| case_key(o) == key)
     })
+}
+
+/// What is at each path a look found or settles, for the planner: files
+/// whose stat data still match `base` take its hash; the others are hashed
+/// now. A synced path the look settles but did not find is gone, ignored,
+/// or a case twin.
+pub fn gather(
+    root: &Path,
+    found: &Found,
+    base: &HashMap<String, Synced>,
+    ignorer: &Ignorer,
+) -> BTreeMap<String, Local> {
+    let mut local: BTreeMap<String, Local> = found
+        .scan
+        .entries
+        .iter()
+        .map(|(path, stat)| (path.clone(), local_of(root, path, stat, base.get(path))))
+        .collect();
+    for (path, synced) in base {
+        if synced.kind == Kind::Deleted || local.contains_key(path) || !found.settles(path) {
+            continue;
+        }
+        let here = if found.scan.twins.contains(path) {
+            Local::Skipped
+        } else if ignorer.ignored(path, synced.kind == Kind::Dir) {
+            Local::Ignored
+        } else {
+            Local::Absent
+        };
+        local.insert(path.clone(), here);
+    }
+    local
+}
+
+/// What is at one wire path, which the caller has checked.
+pub fn look_at_path(root: &Path, path: &str, base: Option<&Synced>) -> Local {
+    match std::fs::symlink_metadata(root.join(path)) {
+        Ok(meta) if meta.is_file() || meta.is_dir() => local_of(root, path, &stat_of(&meta), base),
+        Ok(_) => Local::Skipped,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Local::Absent
+        }
+        Err(_) => Local::Unreadable,
+    }
+}
+
+fn local_of(root: &Path, path: &str, stat: &Stat, base: Option<&Synced>) -> Local {
+    let mut state = State {
+        kind: stat.kind,
+        sha256: None,
+        size: stat.size,
+        exec: stat.exec,
+        mtime_ns: stat.mtime_ns,
+        inode: stat.inode,
+    };
+    if stat.kind == Kind::Dir {
+        return Local::Here(state);
+    }
+    match base {
+        Some(synced) if same_stat(synced, &state) => state.sha256 = synced.sha256,
+        _ => match hash_file(&root.join(path)) {
+            Ok((sha, size)) => {
+                state.sha256 = Some(sha);
+                state.size = size;
+            }
+            Err(_) => return Local::Unreadable,
+        },
+    }
+    Local::Here(state)
+}
+
+/// Whether `path` still holds what a plan expected (`None`: nothing), by
+/// stat data: checked right before anything replaces or removes it.
+pub fn still(root: &Path, path: &str, expect: Option<&State>) -> bool {
+    let now = std::fs::symlink_metadata(root.join(path)).ok();
+    match (expect, now) {
+        (None, None) => true,
+        (Some(expect), Some(meta)) if meta.is_file() || meta.is_dir() => {
+            let stat = stat_of(&meta);
+            stat.kind == expect.kind
+                && (stat.kind == Kind::Dir
+                    || (stat.size == expect.size
+                        && stat.mtime_ns == expect.mtime_ns
+                        && stat.inode == expect.inode
+                        && stat.exec == expect.exec))
+        }
+        _ => false,
+    }
 }
 
 /// SHA-256 of a file, streamed; never follows a symlink.
