@@ -54,6 +54,16 @@ impl Tasks {
         }
     }
 
+    /// The same tree under a token its owner cancels when it is done, not at
+    /// shutdown: a sync peer's connection must carry the transfer in flight
+    /// to its end, and close only once its session has stopped.
+    pub fn until(&self, token: CancellationToken) -> Tasks {
+        Tasks {
+            token,
+            tracker: self.tracker.clone(),
+        }
+    }
+
     /// A tree of its own for the tasks of one runtime (a proxy thread), which
     /// must drain on that runtime before it stops. The parent's drain waits
     /// for the returned guard to drop.

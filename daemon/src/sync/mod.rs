@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use sidekey_api::{ConnCreate, ConnKind, Invite, InviteCreate, SessionState};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::Secret;
@@ -375,12 +376,14 @@ impl SyncEngine {
         let index = tables.session_index(&record.id).map_err(api_error)?;
         let index = Journal::for_session(index).map_err(api_error)?;
         let tasks = self.tasks.child();
+        // Cancelled when the session's runner returns, after its last round.
+        let connection = CancellationToken::new();
         let client = HubClient::new(
             record.addr.clone(),
             record.share.clone(),
             record.fingerprint.clone(),
             key,
-            tasks.clone(),
+            tasks.until(connection.clone()),
         );
         let session = Arc::new(Session::new(
             record.clone(),
@@ -408,6 +411,7 @@ impl SyncEngine {
             wake,
             user_rx,
             tasks.clone(),
+            connection.drop_guard(),
         ));
         Ok(())
     }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ChannelBody, ProxyBody, boxed, json, query_pairs, read_json};
 use crate::registry::LiveConn;
-use crate::shutdown::Tasks;
+use crate::shutdown::{Tasks, serve_graceful};
 use crate::sync::SyncEngine;
 use crate::sync::hub::share::Share;
 use crate::sync::plan;
@@ -78,11 +78,8 @@ pub async fn serve(listener: TcpListener, engine: Arc<SyncEngine>, tasks: Tasks)
                 .initial_connection_window_size(8 * 1024 * 1024)
                 .max_frame_size(1024 * 1024);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {}
-            }
+            // A push or fetch in flight finishes; long polls answer at once.
+            let _ = serve_graceful!(conn, shutdown.token());
         });
     }
 }
@@ -117,7 +114,7 @@ async fn route(
                 read_only: conn.read_only,
             },
         ))),
-        (Method::GET, "changes") => changes(&req, &share).await,
+        (Method::GET, "changes") => changes(&req, &share, tasks).await,
         (Method::POST, "fetch") => fetch(req, share, tasks).await,
         (Method::POST, "push") => {
             if conn.read_only {
@@ -138,6 +135,7 @@ async fn route(
 async fn changes(
     req: &Request<Incoming>,
     share: &Arc<Share>,
+    tasks: &Tasks,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let mut since = 0u64;
     let mut wait = Duration::ZERO;
@@ -166,7 +164,12 @@ async fn changes(
         ));
     }
     if share.journal.last_version() <= since && !wait.is_zero() {
-        share.journal.wait_past(since, wait).await;
+        // At shutdown a long poll answers with what it has, so the drain
+        // does not wait out its 30 s.
+        tokio::select! {
+            () = share.journal.wait_past(since, wait) => {}
+            () = tasks.cancelled() => {}
+        }
     }
     let changes = share.journal.changes_since(since, FETCH_LIMIT)?;
     Ok(boxed(json(StatusCode::OK, &changes)))

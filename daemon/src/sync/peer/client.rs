@@ -96,7 +96,8 @@ pub struct HubClient {
     fingerprint: String,
     key: std::sync::Mutex<Secret>,
     sender: tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>,
-    /// The connection's driver runs here, so shutdown ends it.
+    /// The connection's driver runs here; its token ends it once the
+    /// session is done with it.
     tasks: Tasks,
 }
 

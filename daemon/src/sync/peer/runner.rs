@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sidekey_api::SessionState;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::shutdown::Tasks;
 use crate::sync::SyncEngine;
@@ -24,6 +24,8 @@ pub async fn run_session(
     wake: Arc<Notify>,
     mut user: watch::Receiver<u64>,
     tasks: Tasks,
+    // Closes the session's hub connection once the last round is done.
+    _connection: DropGuard,
 ) {
     let stop = tasks.token().clone();
     let (tx, mut hints) = mpsc::channel(1);
