@@ -9,6 +9,25 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::error::ApiError;
 
+/// Hop-by-hop fields, dropped from requests and responses alike. A body's
+/// framing fields are not here: the forwarder passes a body on in the
+/// framing it came in, and hyper frames its own.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// One of the fields every hop drops.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
 pub type Body = Full<Bytes>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

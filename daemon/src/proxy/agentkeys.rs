@@ -15,7 +15,7 @@ use super::target::Target;
 use crate::error::ApiError;
 use crate::http_util::{ProxyBody, boxed};
 use crate::proxy::Proxy;
-use crate::registry::Verified;
+use crate::registry::{KeyUse, Verified};
 
 const TARGET_URL: HeaderName = HeaderName::from_static("x-target-url");
 const CREDENTIAL_NAME: HeaderName = HeaderName::from_static("x-credential-name");
@@ -39,7 +39,9 @@ type Prepared = (Verified, Target, Option<String>);
 
 fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiError> {
     let key = auth::bearer(req.headers());
-    let verified = daemon.registry.verify(key.as_deref(), "/v1/proxy")?;
+    let verified = daemon
+        .registry
+        .verify(key.as_deref(), KeyUse::Proxy, "/v1/proxy")?;
     let headers = req.headers();
     let url = headers
         .get(&TARGET_URL)

@@ -26,7 +26,7 @@ use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed, empty_body};
 use crate::keys::Secret;
 use crate::proxy::Proxy;
-use crate::registry::LiveConn;
+use crate::registry::{KeyUse, LiveConn};
 use crate::shutdown::serve_graceful;
 
 pub async fn handle(
@@ -251,7 +251,10 @@ async fn inner_request(
     scheme: &'static str,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let verified = match daemon.registry.verify(Some(key.expose()), "proxy") {
+    let verified = match daemon
+        .registry
+        .verify(Some(key.expose()), KeyUse::Proxy, "proxy")
+    {
         Ok(verified) => verified,
         Err(e) => return auth_failure(e),
     };

@@ -47,6 +47,7 @@ pub async fn forward(
         .chain(req.headers().values().map(HeaderValue::as_bytes))
         .collect();
     let ask = Ask {
+        method: req.method().as_str(),
         conn_id: &conn.id,
         conn_name: &conn.name,
         target: &target,

@@ -36,7 +36,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed, json};
 use crate::keys::Secret;
 use crate::live::Live;
-use crate::registry::Registry;
+use crate::registry::{KeyUse, Registry};
 use crate::shutdown::{Tasks, serve_graceful};
 use policy::Entry;
 use target::Target;
@@ -301,10 +301,23 @@ fn verify_proxy_key(
     daemon: &Proxy,
     req: &Request<Incoming>,
 ) -> Result<(Secret, Arc<crate::registry::LiveConn>), ApiError> {
+    // Engines disagree on which of two keys counts, so neither does.
+    if req
+        .headers()
+        .get_all(header::PROXY_AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::bad_request(
+            "The request has two Proxy-Authorization headers; send your key once.",
+        ));
+    }
     let key = auth::proxy_key(req.headers()).map(Secret::new);
-    let verified = daemon
-        .registry
-        .verify(key.as_ref().map(Secret::expose), "proxy")?;
+    let verified =
+        daemon
+            .registry
+            .verify(key.as_ref().map(Secret::expose), KeyUse::Proxy, "proxy")?;
     Ok((key.expect("verified keys were present"), verified.conn))
 }
 
@@ -366,7 +379,10 @@ fn whoami(
     }
     let key = auth::bearer(req.headers()).or_else(|| auth::proxy_key(req.headers()));
     let used_by = format!("whoami from {}", peer.ip());
-    match daemon.registry.verify(key.as_deref(), &used_by) {
+    match daemon
+        .registry
+        .verify(key.as_deref(), KeyUse::Whoami, &used_by)
+    {
         Ok(verified) => {
             let conn = &verified.conn;
             json(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::audit::Opening;
 use crate::config::{Egress, Intercept};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::proxy::target::{Target, forbidden_name};
 use crate::registry::{LiveCred, Registry};
 
@@ -28,6 +28,7 @@ pub enum Entry<'a> {
 
 /// The question every entry path asks.
 pub struct Ask<'a, T> {
+    pub method: &'a str,
     pub conn_id: &'a str,
     pub conn_name: &'a str,
     pub target: &'a Target,
@@ -104,6 +105,11 @@ impl Grants for Registry {
     }
 }
 
+/// RFC 9110's methods that carry a request to an API, and PATCH (RFC 5789),
+/// which APIs use as much. Not TRACE: its answer echoes the request, the
+/// injected secret with it. Not CONNECT: tunnels are decided on their own.
+const FORWARDED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
 /// Decides one request, or says which refusal to answer.
 pub fn decide<'t, G, T>(
     grants: &G,
@@ -115,12 +121,23 @@ where
     T: Iterator<Item = &'t [u8]> + Clone,
 {
     let Ask {
+        method,
         conn_id,
         conn_name,
         target,
         entry,
         texts,
     } = ask;
+    if !FORWARDED_METHODS.contains(&method) {
+        return Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "sidekey does not forward {method} requests; use one of {}.",
+                FORWARDED_METHODS.join(", ")
+            ),
+        ));
+    }
     let host = check_target(target)?;
     let cred = match entry {
         Entry::AgentKeys { token_cred, named } => Some(agentkeys_cred(
@@ -349,6 +366,7 @@ mod tests {
     ) -> Result<Option<String>, ErrorCode> {
         let target = Target::from_uri(&url.parse().unwrap()).unwrap();
         let ask = Ask {
+            method: "GET",
             conn_id: "agent",
             conn_name: "agent",
             target: &target,
@@ -359,8 +377,6 @@ mod tests {
             .map(|d| d.cred.map(|c| c.name.clone()))
             .map_err(|e| e.code)
     }
-
-    use crate::error::ErrorCode;
 
     #[test]
     fn forward_requests_get_the_granted_credential_bound_to_their_target() {
@@ -400,6 +416,32 @@ mod tests {
         for (settings, url, want) in cases {
             let want = want.map(|c| c.map(str::to_string));
             assert_eq!(forward(*settings, url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn trace_and_unknown_methods_are_never_forwarded() {
+        let target = Target::new("https", "api.resend.com", None, "/");
+        for (method, allowed) in [
+            ("GET", true),
+            ("PATCH", true),
+            ("TRACE", false),
+            ("CONNECT", false),
+            ("BREW", false),
+        ] {
+            let ask = Ask {
+                method,
+                conn_id: "agent",
+                conn_name: "agent",
+                target: &target,
+                entry: Entry::Forward,
+                texts: std::iter::empty(),
+            };
+            let decided = decide(&fixture(), TUNNEL, ask).map_err(|e| e.code);
+            match allowed {
+                true => assert!(decided.is_ok(), "{method}"),
+                false => assert_eq!(decided.err(), Some(ErrorCode::MethodNotAllowed), "{method}"),
+            }
         }
     }
 

@@ -49,6 +49,14 @@ pub(super) enum Holder {
     },
 }
 
+impl Holder {
+    pub(super) fn conn(&self) -> &LiveConn {
+        match self {
+            Holder::Conn { conn, .. } | Holder::Grant { conn, .. } => conn,
+        }
+    }
+}
+
 /// A credential ready for injection: parsed host patterns and the secret.
 pub struct LiveCred {
     pub name: String,

@@ -29,6 +29,7 @@ use index::Index;
 use live::*;
 pub use live::{LiveConn, LiveCred, Verified};
 use validate::*;
+pub use verify::KeyUse;
 
 pub struct Registry {
     store: Store,
@@ -163,10 +164,16 @@ mod tests {
         let registry = open(dir.path());
         let first = registry.create_conn(agent("first")).await.unwrap();
         let second = registry.create_conn(agent("second")).await.unwrap();
-        registry.verify(Some(&first.key), "test").unwrap();
+        registry
+            .verify(Some(&first.key), KeyUse::Proxy, "test")
+            .unwrap();
         assert_eq!(registry.flush_last_used().await.unwrap(), 1);
         let rotated = registry.rotate_key("first", None).await.unwrap();
-        assert!(registry.verify(Some(&first.key), "test").is_err());
+        assert!(
+            registry
+                .verify(Some(&first.key), KeyUse::Proxy, "test")
+                .is_err()
+        );
         registry.set_disabled(&second.conn.id, true).await.unwrap();
         drop(registry);
 

@@ -12,15 +12,41 @@ use crate::keys::{self, KeyHash};
 
 use super::*;
 
+/// What a key is presented for. Each kind of key opens one thing: agent keys
+/// and their `pxr_` grant tokens the proxy, `cli_` keys sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    Proxy,
+    Sync,
+    /// `/v1/whoami` names the connection of any valid key.
+    Whoami,
+}
+
+impl KeyUse {
+    fn opened_by(self, kind: ConnKind) -> bool {
+        match self {
+            KeyUse::Proxy => kind == ConnKind::Agent,
+            KeyUse::Sync => kind == ConnKind::Sync,
+            KeyUse::Whoami => true,
+        }
+    }
+}
+
 impl Registry {
     /// Checks a presented key. `used_by` says what used it, for `last_used`.
-    pub fn verify(&self, presented: Option<&str>, used_by: &str) -> Result<Verified, ApiError> {
+    pub fn verify(
+        &self,
+        presented: Option<&str>,
+        key_use: KeyUse,
+        used_by: &str,
+    ) -> Result<Verified, ApiError> {
         let presented = presented.ok_or_else(ApiError::token_missing)?;
-        self.admit(&self.look_up(presented)?, used_by)
+        self.admit(&self.look_up(presented, key_use)?, used_by)
     }
 
-    /// Finds the connection a key names, without admitting a request yet.
-    pub fn look_up(&self, presented: &str) -> Result<Lookup, ApiError> {
+    /// Finds the connection a key names, without admitting a request yet. A
+    /// key of another kind than `key_use` takes is as invalid as no key.
+    pub fn look_up(&self, presented: &str, key_use: KeyUse) -> Result<Lookup, ApiError> {
         if keys::parse(presented).is_none() {
             return Err(ApiError::invalid_access_key());
         }
@@ -28,24 +54,28 @@ impl Registry {
         let generation = self.generation.load(Ordering::Acquire);
         let index = self.read();
         match index.by_hash.get_key_value(&hash) {
-            Some((stored, holder)) if stored.ct_eq(&hash) => Ok(match holder {
-                Holder::Conn { conn, until_ms } => Lookup {
-                    verified: Verified {
-                        conn: conn.clone(),
-                        grant_cred: None,
+            Some((stored, holder))
+                if stored.ct_eq(&hash) && key_use.opened_by(holder.conn().kind) =>
+            {
+                Ok(match holder {
+                    Holder::Conn { conn, until_ms } => Lookup {
+                        verified: Verified {
+                            conn: conn.clone(),
+                            grant_cred: None,
+                        },
+                        until_ms: *until_ms,
+                        generation,
                     },
-                    until_ms: *until_ms,
-                    generation,
-                },
-                Holder::Grant { conn, cred } => Lookup {
-                    verified: Verified {
-                        conn: conn.clone(),
-                        grant_cred: Some(cred.clone()),
+                    Holder::Grant { conn, cred } => Lookup {
+                        verified: Verified {
+                            conn: conn.clone(),
+                            grant_cred: Some(cred.clone()),
+                        },
+                        until_ms: None,
+                        generation,
                     },
-                    until_ms: None,
-                    generation,
-                },
-            }),
+                })
+            }
             _ => Err(ApiError::invalid_access_key()),
         }
     }

@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 use crate::keys::Secret;
 use crate::proxy::Proxy;
 use crate::proxy::auth;
-use crate::registry::Lookup;
+use crate::registry::{KeyUse, Lookup};
 
 /// How a request presents its key.
 pub enum Presented<'a> {
@@ -41,7 +41,7 @@ pub fn look_up<'k>(
             Presented::Header(header) => Secret::new(auth::proxy_key_from(header)?),
             Presented::Tunnel(key) => key.clone(),
         };
-        let lookup = registry.look_up(key.expose()).ok()?;
+        let lookup = registry.look_up(key.expose(), KeyUse::Proxy).ok()?;
         *known = Some(KnownKey {
             header: Zeroizing::new(header.to_vec()),
             lookup,

@@ -84,6 +84,7 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
     };
     let values = req.headers.iter().map(|field| field.value);
     let ask = Ask {
+        method,
         conn_id: &lookup.conn().id,
         conn_name: &lookup.conn().name,
         target: &target,
@@ -175,6 +176,10 @@ impl<'a> Scan<'a> {
             } else if is("host") {
                 scan.host = Some(field.value);
             } else if is("proxy-authorization") {
+                // Two keys: the full proxy refuses the request.
+                if scan.proxy_authorization.is_some() {
+                    return None;
+                }
                 scan.proxy_authorization = Some(field.value);
             }
         }

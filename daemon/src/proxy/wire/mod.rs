@@ -9,6 +9,8 @@ pub mod smuggling;
 
 use std::time::Duration;
 
+pub use crate::http_util::{HOP_BY_HOP, is_hop_by_hop};
+
 /// Request heads over this size get 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// hyper's read buffer: a hard memory bound a little above the 431 limit,
@@ -23,25 +25,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POOL_IDLE_FOR: Duration = Duration::from_secs(90);
 /// Idle upstream connections kept per origin, in either pool.
 pub const POOL_IDLE_PER_HOST: usize = 256;
-
-/// Hop-by-hop fields, dropped from requests and responses alike. A body's
-/// framing fields are not here: the forwarder passes a body on in the
-/// framing it came in, and hyper frames its own.
-pub(super) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// One of the fields every hop drops.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
-}
 
 pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.extend_from_slice(name);

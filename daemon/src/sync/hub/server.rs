@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ChannelBody, ProxyBody, boxed, json, query_pairs, read_json};
-use crate::registry::LiveConn;
+use crate::registry::{KeyUse, LiveConn};
 use crate::shutdown::{Tasks, serve_graceful};
 use crate::sync::SyncEngine;
 use crate::sync::hub::share::Share;
@@ -97,9 +97,11 @@ async fn route(
         )));
     };
     let key = crate::http_util::bearer(req.headers());
-    let verified = engine.registry().verify(key.as_deref(), "sync")?;
+    let verified = engine
+        .registry()
+        .verify(key.as_deref(), KeyUse::Sync, "sync")?;
     let conn = verified.conn;
-    if conn.kind != sidekey_api::ConnKind::Sync || conn.share.as_deref() != Some(*share_name) {
+    if conn.share.as_deref() != Some(*share_name) {
         return Err(ApiError::permission_denied(format!(
             "This key does not open the share '{share_name}'; ask the hub's owner for an invite to it."
         )));

@@ -1,0 +1,173 @@
+//! Rules of the proxy's one policy that every entry path obeys, against the
+//! real daemon with curl and a recording upstream.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use sidekey_tests::agent::{Setup, curl};
+use sidekey_tests::upstream::Upstream;
+
+#[test]
+fn sync_keys_never_open_the_proxy() {
+    let s = Setup::new();
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-kinds-INJECTED0001",
+    );
+    let (_, cli_key) = s.home.create_conn("peer-1", "sync", &[]);
+    assert!(cli_key.starts_with("cli_"), "{cli_key}");
+    let http = Upstream::http();
+    let url = format!("http://api.sidekey.test:{}/echo", http.port);
+    let proxy = format!("http://peer:{cli_key}@{}", s.proxy());
+    let forward = curl(&["--proxy", &proxy, &url]);
+    assert_eq!(forward.status, 407, "{}", forward.body);
+    assert_eq!(forward.json()["error"], "invalid_access_key");
+    let agentkeys = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {cli_key}"),
+        "-H",
+        &format!("X-Target-Url: {url}"),
+        &format!("http://{}/v1/proxy", s.proxy()),
+    ]);
+    assert_eq!(agentkeys.status, 401, "{}", agentkeys.body);
+    assert_eq!(agentkeys.json()["error"], "invalid_access_key");
+    assert_eq!(http.count(), 0, "nothing reached the upstream");
+
+    // The agent's own key still works, on the same daemon.
+    let ok = s.curl(&url, &[]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+#[test]
+fn trace_is_refused_on_every_engine_and_never_echoes_the_secret() {
+    let s = Setup::new();
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-trace-INJECTED0001",
+    );
+    let http = Upstream::http();
+    let tls = Upstream::https(&s.certs);
+    for url in [
+        format!("http://api.sidekey.test:{}/echo", http.port),
+        format!("https://api.sidekey.test:{}/echo", tls.port),
+    ] {
+        let r = s.curl(&url, &["-X", "TRACE"]);
+        assert_eq!(r.status, 405, "{url}: {}", r.body);
+        assert_eq!(r.json()["error"], "method_not_allowed");
+        assert!(!r.body.contains("INJECTED"), "{}", r.body);
+        // A method nobody registered is refused the same way.
+        let r = s.curl(&url, &["-X", "BREW"]);
+        assert_eq!(r.status, 405, "{url}: {}", r.body);
+    }
+    let agentkeys = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}", s.key),
+        "-H",
+        &format!("X-Target-Url: http://api.sidekey.test:{}/echo", http.port),
+        "-H",
+        "X-Target-Method: TRACE",
+        &format!("http://{}/v1/proxy", s.proxy()),
+    ]);
+    assert_eq!(agentkeys.status, 405, "{}", agentkeys.body);
+    assert_eq!(
+        http.count() + tls.count(),
+        0,
+        "nothing reached the upstreams"
+    );
+    // PATCH is what APIs use to update; it goes through.
+    let patch = s.curl(
+        &format!("http://api.sidekey.test:{}/echo", http.port),
+        &["-X", "PATCH"],
+    );
+    assert_eq!(patch.status, 200, "{}", patch.body);
+}
+
+/// Sends `head` to the proxy as raw bytes and returns the response's status
+/// line and body.
+fn raw(s: &Setup, head: &str) -> String {
+    let mut stream = TcpStream::connect(s.proxy()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn two_proxy_keys_in_one_request_are_refused_on_every_engine() {
+    let s = Setup::new();
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-twokeys-INJECTED0001",
+    );
+    let http = Upstream::http();
+    let key = format!("Proxy-Authorization: Bearer {}", s.key);
+    let other = "Proxy-Authorization: Bearer sk_live_0000000000000000000000000000000000000000000000000000000000000000";
+    let forward = format!(
+        "GET http://api.sidekey.test:{port}/echo HTTP/1.1\r\nHost: api.sidekey.test:{port}\r\n{key}\r\n{other}\r\nConnection: close\r\n\r\n",
+        port = http.port
+    );
+    let connect = format!(
+        "CONNECT api.sidekey.test:{port} HTTP/1.1\r\nHost: api.sidekey.test:{port}\r\n{other}\r\n{key}\r\n\r\n",
+        port = http.port
+    );
+    for head in [forward, connect] {
+        let answer = raw(&s, &head);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.contains("two Proxy-Authorization headers"),
+            "{answer}"
+        );
+    }
+    assert_eq!(http.count(), 0);
+}
+
+#[test]
+fn custom_header_credentials_cannot_set_the_proxys_own_fields() {
+    let s = Setup::new();
+    for (field, value) in [
+        ("Content-Length", "5"),
+        ("Transfer-Encoding", "chunked"),
+        ("Host", "evil.test"),
+        ("Connection", "close"),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("Upgrade", "websocket"),
+    ] {
+        let secret = format!("X-Api-Key: fine-value-0001\n{field}: {value}");
+        let failed = s
+            .home
+            .ctl_stdin(
+                &[
+                    "cred",
+                    "add",
+                    "--name",
+                    "hdr",
+                    "--type",
+                    "custom-header",
+                    "--host",
+                    "api.sidekey.test",
+                ],
+                Some(&secret),
+            )
+            .failure();
+        assert!(
+            failed.stderr.contains(&format!("cannot set {field}"))
+                && failed.stderr.contains("X-Api-Key"),
+            "{field}: {}",
+            failed.stderr
+        );
+    }
+    assert_eq!(
+        s.home.ctl(&["cred", "ls", "--json"]).success().json(),
+        serde_json::json!([])
+    );
+}
