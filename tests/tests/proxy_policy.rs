@@ -171,3 +171,59 @@ fn custom_header_credentials_cannot_set_the_proxys_own_fields() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_grant_token_used_as_a_proxy_key_opens_its_credential_and_no_other() {
+    let s = Setup::new();
+    let resend_token = s.cred(
+        "resend",
+        "api-key",
+        &["api.sidekey.test"],
+        "re-token-INJECTED0001",
+    );
+    s.cred(
+        "gh",
+        "api-key",
+        &["other.sidekey.test"],
+        "gh-token-INJECTED0002",
+    );
+    assert!(resend_token.starts_with("pxr_"), "{resend_token}");
+    let http = Upstream::http();
+    let proxy = format!("http://agent:{resend_token}@{}", s.proxy());
+    let placeholder = "Authorization: Bearer placeholder";
+    // Plain requests go through the forwarder; `Expect` sends them through
+    // the hyper path instead. Both ask the same policy.
+    for extra in [
+        &["-H", placeholder][..],
+        &["-H", placeholder, "-H", "Expect: 100-continue", "-d", "x"],
+    ] {
+        let mut args = vec!["--proxy", proxy.as_str()];
+        args.extend_from_slice(extra);
+        let own = format!("http://api.sidekey.test:{}/echo", http.port);
+        let r = curl(&[&args[..], &[own.as_str()]].concat());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            http.last().header("authorization"),
+            Some("Bearer re-token-INJECTED0001")
+        );
+
+        let other = format!("http://other.sidekey.test:{}/echo", http.port);
+        let r = curl(&[&args[..], &[other.as_str()]].concat());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            http.last().header("authorization"),
+            Some("Bearer placeholder"),
+            "the resend token must not open the gh credential"
+        );
+    }
+    // The agent's own key opens both.
+    let r = s.curl(
+        &format!("http://other.sidekey.test:{}/echo", http.port),
+        &["-H", placeholder],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer gh-token-INJECTED0002")
+    );
+}

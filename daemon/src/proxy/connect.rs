@@ -26,15 +26,16 @@ use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed, empty_body};
 use crate::keys::Secret;
 use crate::proxy::Proxy;
-use crate::registry::{KeyUse, LiveConn};
+use crate::registry::{KeyUse, Verified};
 use crate::shutdown::serve_graceful;
 
 pub async fn handle(
     daemon: Arc<Proxy>,
     mut req: Request<Incoming>,
     key: Secret,
-    conn: Arc<LiveConn>,
+    verified: Verified,
 ) -> Response<ProxyBody> {
+    let conn = &verified.conn;
     let Some(authority) = req.uri().authority().cloned() else {
         return boxed(
             ApiError::bad_request("CONNECT needs host:port, like CONNECT api.example.com:443.")
@@ -48,6 +49,7 @@ pub async fn handle(
         &*daemon.registry,
         settings,
         &conn.id,
+        verified.grant_cred.as_deref(),
         &Target::new("https", &host, Some(port), "/"),
     ) {
         Ok(tunnel) => tunnel,
@@ -286,7 +288,10 @@ async fn inner_request(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let target = Target::new(scheme, host, Some(port), &path);
-    forward(daemon, verified.conn, target, req, Entry::Forward).await
+    let entry = Entry::Forward {
+        token_cred: verified.grant_cred.as_deref(),
+    };
+    forward(daemon.clone(), verified.conn.clone(), target, req, entry).await
 }
 
 async fn connect(daemon: &Proxy, host: &str, port: u16) -> Result<TcpStream, ApiError> {

@@ -36,7 +36,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed, json};
 use crate::keys::Secret;
 use crate::live::Live;
-use crate::registry::{KeyUse, Registry};
+use crate::registry::{KeyUse, Registry, Verified};
 use crate::shutdown::{Tasks, serve_graceful};
 use policy::Entry;
 use target::Target;
@@ -259,7 +259,7 @@ async fn route(
     }
     if req.method() == Method::CONNECT {
         return match verify_proxy_key(&daemon, &req) {
-            Ok((key, conn)) => connect::handle(daemon, req, key, conn).await,
+            Ok((key, verified)) => connect::handle(daemon, req, key, verified).await,
             Err(e) => auth_failure(e),
         };
     }
@@ -285,7 +285,7 @@ async fn route(
 
 /// An absolute-form request: `GET http://host/path` through the forward proxy.
 async fn forward_absolute(daemon: Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (_, conn) = match verify_proxy_key(&daemon, &req) {
+    let (_, verified) = match verify_proxy_key(&daemon, &req) {
         Ok(verified) => verified,
         Err(e) => return auth_failure(e),
     };
@@ -293,14 +293,17 @@ async fn forward_absolute(daemon: Arc<Proxy>, req: Request<Incoming>) -> Respons
         Ok(target) => target,
         Err(e) => return boxed(e.to_response()),
     };
-    forward::forward(daemon, conn, target, req, Entry::Forward).await
+    let entry = Entry::Forward {
+        token_cred: verified.grant_cred.as_deref(),
+    };
+    forward::forward(daemon.clone(), verified.conn.clone(), target, req, entry).await
 }
 
 /// The forward proxy's key check, from `Proxy-Authorization`.
 fn verify_proxy_key(
     daemon: &Proxy,
     req: &Request<Incoming>,
-) -> Result<(Secret, Arc<crate::registry::LiveConn>), ApiError> {
+) -> Result<(Secret, Verified), ApiError> {
     // Engines disagree on which of two keys counts, so neither does.
     if req
         .headers()
@@ -318,7 +321,7 @@ fn verify_proxy_key(
         daemon
             .registry
             .verify(key.as_ref().map(Secret::expose), KeyUse::Proxy, "proxy")?;
-    Ok((key.expect("verified keys were present"), verified.conn))
+    Ok((key.expect("verified keys were present"), verified))
 }
 
 /// 407 with `Proxy-Authenticate` when the key is missing or unusable, so

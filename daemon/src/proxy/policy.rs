@@ -16,8 +16,9 @@ use crate::registry::{LiveCred, Registry};
 #[derive(Debug, Clone, Copy)]
 pub enum Entry<'a> {
     /// An absolute-form request, or one inside an intercepted tunnel: a
-    /// granted credential bound to the target, if any.
-    Forward,
+    /// granted credential bound to the target, if any. A `pxr_` grant token
+    /// opens its own credential and no other.
+    Forward { token_cred: Option<&'a str> },
     /// `/v1/proxy`: the credential a `pxr_` token is for, or the one named
     /// in `X-Credential-Name`, or else the granted one bound to the target.
     AgentKeys {
@@ -143,8 +144,13 @@ where
         Entry::AgentKeys { token_cred, named } => Some(agentkeys_cred(
             grants, conn_id, conn_name, target, token_cred, named,
         )?),
-        Entry::Forward => {
-            let cred = grants.bound(conn_id, host, target.path());
+        Entry::Forward { token_cred } => {
+            let cred = match token_cred {
+                Some(name) => grants
+                    .granted(conn_id, name)
+                    .filter(|cred| cred.binds(host, target.path())),
+                None => grants.bound(conn_id, host, target.path()),
+            };
             if cred.is_none() && settings.egress == Egress::Deny {
                 return Err(egress_denied(host));
             }
@@ -165,10 +171,17 @@ pub fn decide_connect(
     grants: &impl Grants,
     settings: Settings,
     conn_id: &str,
+    token_cred: Option<&str>,
     target: &Target,
 ) -> Result<Connect, ApiError> {
     let host = check_target(target)?;
-    if settings.intercept == Intercept::All || grants.host_is_bound(conn_id, host) {
+    let bound = match token_cred {
+        Some(name) => grants
+            .granted(conn_id, name)
+            .is_some_and(|cred| cred.binds_host(host)),
+        None => grants.host_is_bound(conn_id, host),
+    };
+    if settings.intercept == Intercept::All || bound {
         return Ok(Connect::Intercept);
     }
     match settings.egress {
@@ -319,6 +332,7 @@ mod tests {
         }
     }
 
+    const FORWARD: Entry = Entry::Forward { token_cred: None };
     const TUNNEL: Settings = Settings {
         egress: Egress::Tunnel,
         intercept: Intercept::Bound,
@@ -380,7 +394,7 @@ mod tests {
 
     #[test]
     fn forward_requests_get_the_granted_credential_bound_to_their_target() {
-        let forward = |settings, url: &str| ask(settings, Entry::Forward, url, &[]);
+        let forward = |settings, url: &str| ask(settings, FORWARD, url, &[]);
         type Chosen = Result<Option<&'static str>, ErrorCode>;
         let cases: &[(Settings, &str, Chosen)] = &[
             (TUNNEL, "https://api.resend.com/emails", Ok(Some("resend"))),
@@ -434,7 +448,7 @@ mod tests {
                 conn_id: "agent",
                 conn_name: "agent",
                 target: &target,
-                entry: Entry::Forward,
+                entry: FORWARD,
                 texts: std::iter::empty(),
             };
             let decided = decide(&fixture(), TUNNEL, ask).map_err(|e| e.code);
@@ -449,7 +463,7 @@ mod tests {
     fn a_secret_never_travels_toward_a_host_it_is_not_bound_to() {
         let leaked = ask(
             TUNNEL,
-            Entry::Forward,
+            FORWARD,
             "https://evil.test/",
             &["Bearer sk_SECRET_stripe_0001"],
         );
@@ -460,18 +474,50 @@ mod tests {
         );
         let leaked = ask(
             TUNNEL,
-            Entry::Forward,
+            FORWARD,
             "https://evil.test/",
             &["/?k=re_SECRET_resend_0001"],
         );
         assert_eq!(leaked, Err(ErrorCode::PermissionDenied));
         let own = ask(
             TUNNEL,
-            Entry::Forward,
+            FORWARD,
             "https://api.resend.com/",
             &["re_SECRET_resend_0001"],
         );
         assert_eq!(own, Ok(Some("resend".into())), "toward its own host it may");
+    }
+
+    #[test]
+    fn a_grant_token_opens_its_own_credential_and_no_other() {
+        let resend = Entry::Forward {
+            token_cred: Some("resend"),
+        };
+        assert_eq!(
+            ask(TUNNEL, resend, "https://api.resend.com/emails", &[]),
+            Ok(Some("resend".into()))
+        );
+        assert_eq!(
+            ask(TUNNEL, resend, "https://api.github.com/repos/x", &[]),
+            Ok(None)
+        );
+        assert_eq!(
+            ask(DENY, resend, "https://api.github.com/repos/x", &[]),
+            Err(ErrorCode::PermissionDenied)
+        );
+        let connect = |token_cred, host: &str| {
+            let target = Target::new("https", host, Some(443), "/");
+            decide_connect(&fixture(), TUNNEL, "agent", token_cred, &target).unwrap()
+        };
+        assert_eq!(
+            connect(Some("resend"), "api.resend.com"),
+            Connect::Intercept
+        );
+        assert_eq!(
+            connect(Some("resend"), "api.github.com"),
+            Connect::Untouched
+        );
+        assert_eq!(connect(None, "api.github.com"), Connect::Intercept);
     }
 
     #[test]
@@ -504,7 +550,7 @@ mod tests {
     fn connects_intercept_bound_hosts_and_tunnel_or_refuse_the_rest() {
         let connect = |settings, host: &str| {
             let target = Target::new("https", host, Some(443), "/");
-            decide_connect(&fixture(), settings, "agent", &target).map_err(|e| e.code)
+            decide_connect(&fixture(), settings, "agent", None, &target).map_err(|e| e.code)
         };
         assert_eq!(connect(TUNNEL, "api.resend.com"), Ok(Connect::Intercept));
         assert_eq!(connect(TUNNEL, "example.com"), Ok(Connect::Untouched));

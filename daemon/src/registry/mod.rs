@@ -56,6 +56,11 @@ impl Lookup {
     pub fn conn(&self) -> &Arc<LiveConn> {
         &self.verified.conn
     }
+
+    /// The one credential a `pxr_` grant token opens; `None` for a key.
+    pub fn grant_cred(&self) -> Option<&str> {
+        self.verified.grant_cred.as_deref()
+    }
 }
 
 pub fn now_secs() -> u64 {

@@ -88,7 +88,9 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
         conn_id: &lookup.conn().id,
         conn_name: &lookup.conn().name,
         target: &target,
-        entry: Entry::Forward,
+        entry: Entry::Forward {
+            token_cred: lookup.grant_cred(),
+        },
         texts: std::iter::once(request_target.as_bytes()).chain(values),
     };
     // A refusal is answered by the full proxy, which asks the same policy.
