@@ -78,6 +78,9 @@ pub struct Conn {
     /// While a rotation grace period runs: when the previous key stops working.
     pub grace_until: Option<u64>,
     pub grants: Vec<String>,
+    /// Each grant's token, in display form.
+    #[serde(default)]
+    pub grant_tokens: Vec<GrantToken>,
     /// For sync connections: the share the key opens, and whether it is read-only.
     pub share: Option<String>,
     pub read_only: bool,
@@ -104,6 +107,19 @@ pub struct ConnCreate {
 pub struct ConnWithKey {
     pub conn: Conn,
     pub key: String,
+    /// After a rotation without grace: the connection's new `pxr_` grant
+    /// tokens, shown once (the old ones retired with the old key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_tokens: Vec<GrantToken>,
+}
+
+/// A grant's `pxr_` token: in full where it is shown once, else its display
+/// form, `pxr_…x7z9`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantToken {
+    pub cred: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -198,6 +214,9 @@ impl std::fmt::Debug for CredSecret {
 pub struct GrantCreate {
     pub conn: String,
     pub cred: String,
+    /// Issue a new token for an existing grant; the old one stops working.
+    #[serde(default)]
+    pub regenerate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -506,6 +506,7 @@ impl Sidekey {
         let grant = GrantCreate {
             conn: "bench-agent".to_string(),
             cred: "bench-api".to_string(),
+            regenerate: false,
         };
         post(daemon.socket(), "/v1/grants", serde_json::to_vec(&grant)?).await?;
         Ok(Sidekey {

@@ -35,6 +35,9 @@ pub enum Command {
     Grant {
         conn: String,
         cred: String,
+        /// Issue a new pxr_ token for an existing grant; the old one stops working.
+        #[arg(long)]
+        regenerate: bool,
         #[arg(long)]
         json: bool,
     },

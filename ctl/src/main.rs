@@ -56,7 +56,12 @@ async fn dispatch(client: &Client, command: Command) -> client::ClientResult<()>
         Command::Status { json } => cmd::status::run(client, json).await,
         Command::Conn(command) => cmd::conn::run(client, command).await,
         Command::Cred(command) => cmd::cred::run(client, command).await,
-        Command::Grant { conn, cred, json } => cmd::cred::grant(client, conn, cred, json).await,
+        Command::Grant {
+            conn,
+            cred,
+            regenerate,
+            json,
+        } => cmd::cred::grant(client, conn, cred, regenerate, json).await,
         Command::Revoke { conn, cred } => cmd::cred::revoke(client, conn, cred).await,
         Command::Share(command) => cmd::sync::share(client, command).await,
         Command::Sync(command) => cmd::sync::sync(client, command).await,

@@ -227,3 +227,145 @@ fn a_grant_token_used_as_a_proxy_key_opens_its_credential_and_no_other() {
         Some("Bearer gh-token-INJECTED0002")
     );
 }
+
+/// `/v1/proxy` with a `pxr_` token: the status it answers.
+fn agentkeys_status(s: &Setup, token: &str, url: &str) -> u16 {
+    curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        &format!("X-Target-Url: {url}"),
+        &format!("http://{}/v1/proxy", s.proxy()),
+    ])
+    .status
+}
+
+#[test]
+fn rotating_a_key_without_grace_retires_its_grant_tokens_and_issues_new_ones() {
+    let mut s = Setup::new();
+    let http = Upstream::http();
+    let url = format!("http://api.sidekey.test:{}/echo", http.port);
+    let old_resend = s.cred(
+        "resend",
+        "api-key",
+        &["api.sidekey.test"],
+        "re-rotate-INJECTED0001",
+    );
+    let old_gh = s.cred(
+        "gh",
+        "api-key",
+        &["other.sidekey.test"],
+        "gh-rotate-INJECTED0002",
+    );
+    assert_eq!(agentkeys_status(&s, &old_resend, &url), 200);
+
+    // With grace, the tokens stay as they are.
+    let graced = s
+        .home
+        .ctl(&[
+            "conn",
+            "key",
+            "agent-1",
+            "--regenerate",
+            "--grace",
+            "60s",
+            "--json",
+        ])
+        .success()
+        .json();
+    assert!(graced.get("grant_tokens").is_none(), "{graced}");
+    assert_eq!(agentkeys_status(&s, &old_resend, &url), 200);
+
+    // Without grace, they retire with the key, and new ones are printed once.
+    let rotated = s
+        .home
+        .ctl(&["conn", "key", "agent-1", "--regenerate"])
+        .success();
+    assert!(
+        rotated.stderr.contains("grant tokens retired"),
+        "{}",
+        rotated.stderr
+    );
+    let new: Vec<(String, String)> = rotated
+        .stderr
+        .lines()
+        .filter_map(|line| {
+            let (cred, token) = line.trim().split_once("  ")?;
+            token
+                .starts_with("pxr_")
+                .then(|| (cred.to_string(), token.trim().to_string()))
+        })
+        .collect();
+    let token_of = |cred: &str| {
+        new.iter()
+            .find(|(c, _)| c == cred)
+            .map(|(_, t)| t.clone())
+            .unwrap()
+    };
+    let (new_resend, new_gh) = (token_of("resend"), token_of("gh"));
+    assert_ne!(new_resend, old_resend);
+    for old in [&old_resend, &old_gh] {
+        assert_eq!(
+            agentkeys_status(&s, old, &url),
+            401,
+            "an old token still works"
+        );
+    }
+    assert_eq!(agentkeys_status(&s, &new_resend, &url), 200);
+    let other = format!("http://other.sidekey.test:{}/echo", http.port);
+    assert_eq!(agentkeys_status(&s, &new_gh, &other), 200);
+
+    // One token alone, and the display forms `conn info` lists.
+    let regenerated = s
+        .home
+        .ctl(&["grant", "agent-1", "resend", "--regenerate"])
+        .success();
+    let newest = regenerated.stdout.trim().to_string();
+    assert!(
+        newest.starts_with("pxr_") && newest != new_resend,
+        "{newest}"
+    );
+    assert_eq!(agentkeys_status(&s, &new_resend, &url), 401);
+    assert_eq!(agentkeys_status(&s, &newest, &url), 200);
+    assert_eq!(
+        agentkeys_status(&s, &new_gh, &other),
+        200,
+        "the other token is untouched"
+    );
+    let info = s
+        .home
+        .ctl(&["conn", "info", "agent-1", "--json"])
+        .success()
+        .json();
+    let shown: Vec<String> = info["grant_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            format!(
+                "{}={}",
+                g["cred"].as_str().unwrap(),
+                g["token"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            format!("gh=pxr_…{}", &new_gh[new_gh.len() - 4..]),
+            format!("resend=pxr_…{}", &newest[newest.len() - 4..]),
+        ]
+    );
+
+    // Retired tokens stay retired across a restart.
+    s.daemon.signal("TERM");
+    assert!(
+        s.daemon
+            .exit_within(Duration::from_secs(15))
+            .is_some_and(|e| e.success())
+    );
+    s.daemon = s.home.start();
+    assert_eq!(agentkeys_status(&s, &old_resend, &url), 401);
+    assert_eq!(agentkeys_status(&s, &new_resend, &url), 401);
+    assert_eq!(agentkeys_status(&s, &newest, &url), 200);
+}

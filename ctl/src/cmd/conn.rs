@@ -127,6 +127,14 @@ pub async fn run(client: &Client, command: ConnCommand) -> ClientResult<()> {
                         ),
                         None => eprintln!("Rotated. The previous key no longer works."),
                     }
+                    if !revealed.grant_tokens.is_empty() {
+                        eprintln!(
+                            "Its pxr_ grant tokens retired with it; the new ones, shown once:"
+                        );
+                        for grant in &revealed.grant_tokens {
+                            eprintln!("  {}  {}", grant.cred, grant.token);
+                        }
+                    }
                 }
             }
         }
@@ -180,10 +188,14 @@ fn print_conn(c: &Conn) {
         ),
         (
             "grants",
-            if c.grants.is_empty() {
+            if c.grant_tokens.is_empty() {
                 "-".into()
             } else {
-                c.grants.join(", ")
+                c.grant_tokens
+                    .iter()
+                    .map(|g| format!("{} ({})", g.cred, g.token))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
         ),
     ];

@@ -94,16 +94,36 @@ pub async fn run(client: &Client, command: CredCommand) -> ClientResult<()> {
     Ok(())
 }
 
-pub async fn grant(client: &Client, conn: String, cred: String, json: bool) -> ClientResult<()> {
-    let granted = client.grant(&GrantCreate { conn, cred }).await?;
+pub async fn grant(
+    client: &Client,
+    conn: String,
+    cred: String,
+    regenerate: bool,
+    json: bool,
+) -> ClientResult<()> {
+    let granted = client
+        .grant(&GrantCreate {
+            conn,
+            cred,
+            regenerate,
+        })
+        .await?;
     if json {
         print_json(&granted);
     } else {
         println!("{}", granted.token);
+        let what = if regenerate {
+            "Issued a new token for"
+        } else {
+            "Granted"
+        };
         eprintln!(
-            "Granted {} to {}. The pxr_ token above is shown once; use it with /v1/proxy.",
+            "{what} {} to {}. The pxr_ token above is shown once; use it with /v1/proxy.",
             granted.cred, granted.conn
         );
+        if regenerate {
+            eprintln!("The previous token no longer works.");
+        }
     }
     Ok(())
 }

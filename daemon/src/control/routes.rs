@@ -85,7 +85,9 @@ async fn route(req: Request<Incoming>, control: &Arc<Control>) -> Result<Respons
             let body: GrantCreate = read_json(req.into_body(), BODY_LIMIT).await?;
             Ok(json(
                 StatusCode::CREATED,
-                &registry.grant(&body.conn, &body.cred).await?,
+                &registry
+                    .grant(&body.conn, &body.cred, body.regenerate)
+                    .await?,
             ))
         }
         (&Method::DELETE, ["v1", "grants", conn, cred]) => {

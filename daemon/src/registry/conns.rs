@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sidekey_api::{Conn, ConnCreate, ConnKind, ConnWithKey};
+use sidekey_api::{Conn, ConnCreate, ConnKind, ConnWithKey, GrantToken};
 
 use crate::error::ApiError;
 use crate::keys::{self, KeyHash, KeyPrefix};
@@ -105,6 +105,7 @@ impl Registry {
         Ok(ConnWithKey {
             conn: index.view(&record, &live),
             key: key.expose().to_string(),
+            grant_tokens: Vec::new(),
         })
     }
 
@@ -114,6 +115,7 @@ impl Registry {
         Ok(ConnWithKey {
             conn: self.read().view(&record, &live),
             key: key.expose().to_string(),
+            grant_tokens: Vec::new(),
         })
     }
 
@@ -146,6 +148,15 @@ impl Registry {
         {
             self.store.revoke(&hash)?;
         }
+        // Without grace, a leaked key's grant tokens retire with it.
+        let grants: Vec<GrantRecord> = match record.previous {
+            Some(_) => Vec::new(),
+            None => self.read().grants_of(&record.id).cloned().collect(),
+        };
+        let reissued = grants
+            .iter()
+            .map(|grant| self.reissue(grant))
+            .collect::<Result<Vec<_>, _>>()?;
         self.store.put_conn(&record)?;
         self.store.flush().await?;
 
@@ -157,10 +168,22 @@ impl Registry {
             index.by_hash.remove(&hash);
         }
         index.link_keys(&record.key_hash, record.previous.as_ref(), &live, now_ms());
+        let grant_tokens = reissued
+            .into_iter()
+            .map(|(grant, token)| {
+                let cred = grant.cred.clone();
+                index.replace_grant(grant);
+                GrantToken {
+                    cred,
+                    token: token.expose().to_string(),
+                }
+            })
+            .collect();
         tracing::info!(conn = %record.id, grace_secs = grace_secs.unwrap_or(0), "key rotated");
         Ok(ConnWithKey {
             conn: index.view(&record, &live),
             key: key.expose().to_string(),
+            grant_tokens,
         })
     }
 

@@ -114,8 +114,28 @@ impl Registry {
 
     // --- grants
 
-    pub async fn grant(&self, conn_ref: &str, cred: &str) -> Result<GrantCreated, ApiError> {
+    /// Grants `cred` to an agent connection and issues its `pxr_` token; with
+    /// `regenerate`, issues a new token for an existing grant instead.
+    pub async fn grant(
+        &self,
+        conn_ref: &str,
+        cred: &str,
+        regenerate: bool,
+    ) -> Result<GrantCreated, ApiError> {
         let _change = self.change.lock().await;
+        if regenerate {
+            let (grant, conn_name) = self.find_grant(conn_ref, cred)?;
+            let (record, token) = self.reissue(&grant)?;
+            self.store.flush().await?;
+            self.write().replace_grant(record);
+            tracing::info!(conn = %grant.conn_id, cred, "grant token regenerated");
+            return Ok(GrantCreated {
+                conn_id: grant.conn_id,
+                conn: conn_name,
+                cred: cred.to_string(),
+                token: token.expose().to_string(),
+            });
+        }
         let (conn_id, conn_name) = {
             let index = self.read();
             let conn = index.find_conn(conn_ref)?;
@@ -131,7 +151,7 @@ impl Registry {
                 .contains_key(&(conn.id.clone(), cred.to_string()))
             {
                 return Err(ApiError::conflict(format!(
-                    "'{0}' already has '{cred}'; to issue a new token, run: sidekeyctl revoke {0} {cred} && sidekeyctl grant {0} {cred}",
+                    "'{0}' already has '{cred}'; to issue a new token, run: sidekeyctl grant {0} {cred} --regenerate",
                     conn.name
                 )));
             }
@@ -143,6 +163,7 @@ impl Registry {
             cred: cred.to_string(),
             token_hash: KeyHash::of(token.expose()).to_hex(),
             created_at: now_secs(),
+            token_last4: keys::last4(&token),
         };
         self.store.put_grant(&record)?;
         self.store.flush().await?;
@@ -156,22 +177,42 @@ impl Registry {
         })
     }
 
+    /// Writes a new token for `grant` and revokes its old one for good. The
+    /// caller holds the change lock, flushes, then updates the index.
+    pub(super) fn reissue(&self, grant: &GrantRecord) -> Result<(GrantRecord, Secret), ApiError> {
+        let token = keys::mint(KeyPrefix::Pxr);
+        let record = GrantRecord {
+            token_hash: KeyHash::of(token.expose()).to_hex(),
+            token_last4: keys::last4(&token),
+            ..grant.clone()
+        };
+        if let Some(old) = KeyHash::from_hex(&grant.token_hash) {
+            self.store.revoke(&old)?;
+        }
+        self.store.put_grant(&record)?;
+        Ok((record, token))
+    }
+
+    /// The grant of `cred` to a connection, and the connection's name.
+    fn find_grant(&self, conn_ref: &str, cred: &str) -> Result<(GrantRecord, String), ApiError> {
+        let index = self.read();
+        let conn = index.find_conn(conn_ref)?;
+        let grant = index
+            .grants
+            .get(&(conn.id.clone(), cred.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "'{}' has no grant of '{cred}'; see its grants with: sidekeyctl conn info {}",
+                    conn.name, conn.name
+                ))
+            })?;
+        Ok((grant, conn.name.clone()))
+    }
+
     pub async fn revoke_grant(&self, conn_ref: &str, cred: &str) -> Result<(), ApiError> {
         let _change = self.change.lock().await;
-        let grant = {
-            let index = self.read();
-            let conn = index.find_conn(conn_ref)?;
-            index
-                .grants
-                .get(&(conn.id.clone(), cred.to_string()))
-                .cloned()
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "'{}' has no grant of '{cred}'; see its grants with: sidekeyctl conn info {}",
-                        conn.name, conn.name
-                    ))
-                })?
-        };
+        let (grant, _) = self.find_grant(conn_ref, cred)?;
         if let Some(hash) = KeyHash::from_hex(&grant.token_hash) {
             self.store.revoke(&hash)?;
         }

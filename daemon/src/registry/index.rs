@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sidekey_api::{Conn, ConnKind, ConnState, Cred};
+use sidekey_api::{Conn, ConnKind, ConnState, Cred, GrantToken};
 
 use crate::error::ApiError;
 use crate::keys::{self, KeyHash, KeyPrefix};
@@ -75,6 +75,22 @@ impl Hash for ById {
 }
 
 impl Index {
+    pub(super) fn grants_of<'a>(
+        &'a self,
+        conn_id: &'a str,
+    ) -> impl Iterator<Item = &'a GrantRecord> + 'a {
+        self.grants
+            .range((conn_id.to_string(), String::new())..)
+            .take_while(move |((id, _), _)| id == conn_id)
+            .map(|(_, grant)| grant)
+    }
+
+    /// A grant whose token was reissued: the old token no longer opens it.
+    pub(super) fn replace_grant(&mut self, record: GrantRecord) {
+        self.remove_grant(&record.conn_id, &record.cred);
+        self.insert_grant(record, &HashSet::new());
+    }
+
     pub(super) fn granted_names<'a>(
         &'a self,
         conn_id: &'a str,
@@ -228,6 +244,13 @@ impl Index {
                 .filter(|p| p.until > now_ms())
                 .map(|p| p.until / 1000),
             grants: self.granted_names(&record.id).cloned().collect(),
+            grant_tokens: self
+                .grants_of(&record.id)
+                .map(|grant| GrantToken {
+                    cred: grant.cred.clone(),
+                    token: keys::display(KeyPrefix::Pxr, &grant.token_last4),
+                })
+                .collect(),
         }
     }
 

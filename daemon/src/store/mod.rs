@@ -129,6 +129,9 @@ pub struct GrantRecord {
     pub cred: String,
     pub token_hash: String,
     pub created_at: u64,
+    /// For the token's display form; empty in records made before it was kept.
+    #[serde(default)]
+    pub token_last4: String,
 }
 
 pub struct Store {
