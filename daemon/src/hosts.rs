@@ -1,7 +1,7 @@
 //! Host patterns that bind a credential to the hosts it may be sent to:
 //! exact names, IP literals, and `*.example.com` wildcards one label deep.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -60,13 +60,62 @@ impl std::fmt::Display for HostPattern {
 
 /// Lowercases, drops one trailing dot and IPv6 brackets, and canonicalizes IP
 /// literals, so that `API.Example.com.` and `api.example.com` are one host.
+/// IPv4 is read as the WHATWG URL standard reads it (and as the C
+/// resolver's `inet_aton` does): `2852039166`, `0xa9fea9fe`,
+/// `0251.0376.0251.0376` and `169.254.43518` are all `169.254.169.254`, so
+/// no spelling of an address slips past the checks made on it.
 pub fn normalize_host(host: &str) -> String {
     let trimmed = host.strip_suffix('.').unwrap_or(host);
     let bracketless = trimmed.trim_start_matches('[').trim_end_matches(']');
-    match bracketless.parse::<IpAddr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) => trimmed.to_ascii_lowercase(),
+    if let Ok(ip) = bracketless.parse::<IpAddr>() {
+        return ip.to_string();
     }
+    match whatwg_ipv4(trimmed) {
+        Some(ip) => ip.to_string(),
+        None => trimmed.to_ascii_lowercase(),
+    }
+}
+
+/// The WHATWG URL standard's IPv4 parser: one to four dot-separated parts,
+/// each decimal, octal (a leading `0`) or hex (`0x`); the last part fills
+/// the bytes the others leave. `None` for a host that is not an address.
+fn whatwg_ipv4(host: &str) -> Option<Ipv4Addr> {
+    // Only a host whose last label is a number can be an address: names
+    // leave here, before any parsing.
+    let last_label = host.rsplit('.').next()?;
+    if !last_label.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut numbers = [0u64; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        *numbers.get_mut(count)? = ipv4_number(part)?;
+        count += 1;
+    }
+    let (last, init) = numbers[..count].split_last()?;
+    if init.iter().any(|&n| n > 255) || *last >= 256u64.pow(5 - count as u32) {
+        return None;
+    }
+    let mut address = *last;
+    for (i, &n) in init.iter().enumerate() {
+        address += n << (8 * (3 - i));
+    }
+    u32::try_from(address).ok().map(Ipv4Addr::from)
+}
+
+fn ipv4_number(part: &str) -> Option<u64> {
+    let (digits, radix) = match part.get(..2) {
+        Some("0x" | "0X") => (&part[2..], 16),
+        _ if part.len() > 1 && part.starts_with('0') => (&part[1..], 8),
+        _ => (part, 10),
+    };
+    if part.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    if digits.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(digits, radix).ok()
 }
 
 fn validate_name(name: &str) -> Result<(), &'static str> {
@@ -120,6 +169,39 @@ mod tests {
         assert!(matches("127.0.0.1", "127.0.0.1"));
         assert!(matches("[::1]", "::1"));
         assert!(matches("0:0::1", "[::1]"));
+    }
+
+    #[test]
+    fn every_spelling_of_an_ipv4_address_is_that_address() {
+        for spelling in [
+            "169.254.169.254",
+            "2852039166",
+            "0xa9fea9fe",
+            "0XA9FEA9FE",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "169.16689662",
+            "0xa9.0xfe.0xa9.0xfe",
+            "169.254.169.254.",
+        ] {
+            assert_eq!(normalize_host(spelling), "169.254.169.254", "{spelling}");
+        }
+        assert_eq!(normalize_host("0"), "0.0.0.0");
+        assert_eq!(normalize_host("0x"), "0.0.0.0");
+        assert_eq!(normalize_host("127.1"), "127.0.0.1");
+        for name in [
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "1.2.3.256",
+            "08.1.1.1",
+            "0xg.1.1.1",
+            "4294967296",
+            "api.example.com",
+            "1.2.3.com",
+            "a1",
+        ] {
+            assert!(whatwg_ipv4(name).is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -369,3 +369,36 @@ fn rotating_a_key_without_grace_retires_its_grant_tokens_and_issues_new_ones() {
     assert_eq!(agentkeys_status(&s, &new_resend, &url), 401);
     assert_eq!(agentkeys_status(&s, &newest, &url), 200);
 }
+
+#[test]
+fn every_spelling_of_a_metadata_address_is_refused_with_or_without_an_upstream_proxy() {
+    // Nothing listens on the upstream proxy's port: a request that got past
+    // the refusal would end as a 502, not a 403.
+    let direct = Setup::new();
+    let chained =
+        Setup::with_args_and_env(&[], &[("SIDEKEY_UPSTREAM_PROXY", "http://127.0.0.1:9")]);
+    for s in [&direct, &chained] {
+        for host in [
+            "169.254.169.254",
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+        ] {
+            let plain = s.curl(&format!("http://{host}/latest/meta-data/"), &[]);
+            assert_eq!(plain.status, 403, "{host}: {}", plain.body);
+            assert!(
+                plain.body.contains("169.254.169.254"),
+                "{host}: {}",
+                plain.body
+            );
+            let tunnel = s.curl(&format!("https://{host}/latest/meta-data/"), &[]);
+            assert!(
+                tunnel.stderr.contains("403") || tunnel.status == 403,
+                "{host} over CONNECT: {} {}",
+                tunnel.status,
+                tunnel.stderr
+            );
+        }
+    }
+}
