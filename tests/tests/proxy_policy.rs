@@ -402,3 +402,62 @@ fn every_spelling_of_a_metadata_address_is_refused_with_or_without_an_upstream_p
         }
     }
 }
+
+#[test]
+fn a_path_prefix_holds_on_the_path_the_upstream_would_serve() {
+    let s = Setup::new();
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "v1",
+                "--type",
+                "api-key",
+                "--host",
+                "api.sidekey.test",
+                "--path-prefix",
+                "/v1",
+            ],
+            Some("sk-prefix-INJECTED0001"),
+        )
+        .success();
+    s.home.ctl(&["grant", "agent-1", "v1"]).success();
+    let http = Upstream::http();
+    let at = |path: &str| format!("http://api.sidekey.test:{}{path}", http.port);
+    let placeholder = ["--path-as-is", "-H", "Authorization: Bearer placeholder"];
+
+    let r = s.curl(&at("/v1/emails"), &placeholder);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-prefix-INJECTED0001")
+    );
+
+    for escape in [
+        "/v1/../admin",
+        "/v1/%2e%2e/admin",
+        "/v1/./../admin",
+        "/v1/%2E%2E/admin",
+    ] {
+        let r = s.curl(&at(escape), &placeholder);
+        assert_eq!(r.status, 200, "{escape}: {}", r.body);
+        assert_eq!(
+            http.last().header("authorization"),
+            Some("Bearer placeholder"),
+            "{escape} got the secret"
+        );
+    }
+    let before = http.count();
+    for ambiguous in ["/v1/..%2fadmin", "/v1/..;/admin", "/v1/%5c../admin"] {
+        let r = s.curl(&at(ambiguous), &placeholder);
+        assert_eq!(r.status, 400, "{ambiguous}: {}", r.body);
+        assert!(r.body.contains("path prefix"), "{}", r.body);
+    }
+    assert_eq!(
+        http.count(),
+        before,
+        "nothing ambiguous reached the upstream"
+    );
+}

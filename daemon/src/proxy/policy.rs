@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::audit::Opening;
 use crate::config::{Egress, Intercept};
 use crate::error::{ApiError, ErrorCode};
-use crate::proxy::target::{Target, forbidden_name};
+use crate::proxy::target::{NormalPath, Target, forbidden_name};
 use crate::registry::{LiveCred, Registry};
 
 /// How the request came in.
@@ -140,16 +140,17 @@ where
         ));
     }
     let host = check_target(target)?;
+    let path = NormalPath::of(&target.path_and_query);
     let cred = match entry {
         Entry::AgentKeys { token_cred, named } => Some(agentkeys_cred(
-            grants, conn_id, conn_name, target, token_cred, named,
+            grants, conn_id, conn_name, target, &path.path, token_cred, named,
         )?),
         Entry::Forward { token_cred } => {
             let cred = match token_cred {
                 Some(name) => grants
                     .granted(conn_id, name)
-                    .filter(|cred| cred.binds(host, target.path())),
-                None => grants.bound(conn_id, host, target.path()),
+                    .filter(|cred| cred.binds(host, &path.path)),
+                None => grants.bound(conn_id, host, &path.path),
             };
             if cred.is_none() && settings.egress == Egress::Deny {
                 return Err(egress_denied(host));
@@ -157,6 +158,13 @@ where
             cred
         }
     };
+    if path.ambiguous && cred.as_ref().is_some_and(|c| c.has_path_prefix()) {
+        return Err(ApiError::bad_request(format!(
+            "The path {} holds %2f, %5c, '\\' or ';', which servers read differently, and the credential '{}' is bound to a path prefix; send the path without them.",
+            target.path(),
+            cred.as_ref().map_or("", |c| c.name.as_str())
+        )));
+    }
     // A secret's value may only ever travel to its own hosts.
     if let Some(leaked) = grants.leaked(texts, host) {
         return Err(ApiError::permission_denied(format!(
@@ -213,6 +221,7 @@ fn agentkeys_cred(
     conn_id: &str,
     conn_name: &str,
     target: &Target,
+    path: &str,
     token_cred: Option<&str>,
     named: Option<&str>,
 ) -> Result<Arc<LiveCred>, ApiError> {
@@ -227,19 +236,17 @@ fn agentkeys_cred(
                 "The credential '{name}' is not granted to this connection; grant it with: sidekeyctl grant {conn_name} {name}"
             ))
         })?,
-        (None, None) => grants.bound(conn_id, &target.host, target.path()).ok_or_else(|| {
+        (None, None) => grants.bound(conn_id, &target.host, path).ok_or_else(|| {
             ApiError::permission_denied(format!(
                 "No credential granted to this connection is bound to {}; bind one with --host, or name it in X-Credential-Name.",
                 target.host
             ))
         })?,
     };
-    if !cred.binds(&target.host, target.path()) {
+    if !cred.binds(&target.host, path) {
         return Err(ApiError::permission_denied(format!(
-            "The credential '{}' is not bound to {}{}; bind it with --host (and --path-prefix), or pick another credential.",
-            cred.name,
-            target.host,
-            target.path()
+            "The credential '{}' is not bound to {}{path}; bind it with --host (and --path-prefix), or pick another credential.",
+            cred.name, target.host,
         )));
     }
     Ok(cred)
@@ -518,6 +525,33 @@ mod tests {
             Connect::Untouched
         );
         assert_eq!(connect(None, "api.github.com"), Connect::Intercept);
+    }
+
+    #[test]
+    fn path_prefixes_hold_on_the_path_a_server_would_serve() {
+        let gh = |url: &str| ask(TUNNEL, FORWARD, url, &[]);
+        assert_eq!(gh("https://api.github.com/repos/x"), Ok(Some("gh".into())));
+        for escape in [
+            "/repos/../user",
+            "/repos/%2e%2e/user",
+            "/repos/./../user",
+            "/repos/%2E./user",
+        ] {
+            assert_eq!(
+                gh(&format!("https://api.github.com{escape}")),
+                Ok(None),
+                "{escape}"
+            );
+        }
+        for ambiguous in ["/repos/..%2fuser", "/repos/..;/user", "/repos/%5cuser"] {
+            assert_eq!(
+                gh(&format!("https://api.github.com{ambiguous}")),
+                Err(ErrorCode::BadRequest),
+                "{ambiguous}"
+            );
+        }
+        // No prefix, nothing to escape: ambiguous paths are the upstream's business.
+        assert_eq!(gh("https://api.resend.com/a;b"), Ok(Some("resend".into())));
     }
 
     #[test]

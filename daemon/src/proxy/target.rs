@@ -90,6 +90,47 @@ impl Target {
     }
 }
 
+/// A request path as a server that normalizes it would read it: `%2e` is a
+/// dot, and dot segments are removed (RFC 3986, 5.2.4). Path-prefix bindings
+/// are checked on this, so `/v1/../admin` and `/v1/%2e%2e/admin` are
+/// `/admin`, never under `/v1`.
+pub struct NormalPath {
+    pub path: String,
+    /// The raw path holds what servers read differently (`%2f`, `%5c`, `\`,
+    /// `;` parameters): under a prefix, no credential is sent with it.
+    pub ambiguous: bool,
+}
+
+impl NormalPath {
+    pub fn of(raw: &str) -> NormalPath {
+        let raw = raw.split(['?', '#']).next().unwrap_or("/");
+        let lowered = raw.to_ascii_lowercase();
+        let ambiguous =
+            lowered.contains("%2f") || lowered.contains("%5c") || raw.contains(['\\', ';']);
+        let decoded = raw.replace("%2e", ".").replace("%2E", ".");
+        let mut segments: Vec<&str> = Vec::new();
+        let mut parts = decoded.split('/').skip(1).peekable();
+        while let Some(segment) = parts.next() {
+            let last = parts.peek().is_none();
+            match segment {
+                "." if last => segments.push(""),
+                "." => {}
+                ".." => {
+                    segments.pop();
+                    if last {
+                        segments.push("");
+                    }
+                }
+                _ => segments.push(segment),
+            }
+        }
+        NormalPath {
+            path: format!("/{}", segments.join("/")),
+            ambiguous,
+        }
+    }
+}
+
 /// Names that resolve to cloud metadata services.
 const METADATA_NAMES: &[&str] = &[
     "metadata.google.internal",
@@ -124,6 +165,31 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_read_as_a_normalizing_server_reads_them() {
+        for (raw, normal, ambiguous) in [
+            ("/v1/emails", "/v1/emails", false),
+            ("/v1/../admin", "/admin", false),
+            ("/v1/%2e%2e/admin", "/admin", false),
+            ("/v1/%2E%2e/admin?x=/v1", "/admin", false),
+            ("/v1/./../admin", "/admin", false),
+            ("/v1/./x/", "/v1/x/", false),
+            ("/v1/x/..", "/v1/", false),
+            ("/../../etc", "/etc", false),
+            ("/v1/..%2fadmin", "/v1/..%2fadmin", true),
+            ("/v1/..;/admin", "/v1/..;/admin", true),
+            ("/v1/%5c..%5cadmin", "/v1/%5c..%5cadmin", true),
+            ("/", "/", false),
+        ] {
+            let got = NormalPath::of(raw);
+            assert_eq!(
+                (got.path.as_str(), got.ambiguous),
+                (normal, ambiguous),
+                "{raw}"
+            );
+        }
+    }
 
     #[test]
     fn authorities_name_the_port_only_when_it_is_not_the_default() {

@@ -100,6 +100,11 @@ impl LiveCred {
         })
     }
 
+    pub fn has_path_prefix(&self) -> bool {
+        self.path_prefix.is_some()
+    }
+
+    /// `path` must be normalized ([`crate::proxy`]'s `NormalPath`).
     pub fn binds(&self, host: &str, path: &str) -> bool {
         self.binds_host(host)
             && self
