@@ -72,6 +72,52 @@ pub fn needles(cred_type: CredType, secret: &Secret) -> Vec<String> {
     };
     // Short values would match innocent text; they carry little secret anyway.
     out.retain(|n| n.len() >= 8);
+    let mut all: Vec<String> = Vec::new();
+    for part in out {
+        for needle in std::iter::once(part.clone()).chain(encodings(part.as_bytes())) {
+            if needle.len() >= 8 && !all.iter().any(|n| n.eq_ignore_ascii_case(&needle)) {
+                all.push(needle);
+            }
+        }
+    }
+    all
+}
+
+/// The forms a value takes when an agent (or a prompt-injected one) encodes
+/// it to slip it past an exact match: percent-encoding, base64 (standard and
+/// URL-safe, at each of the 3 alignments it can have inside a longer base64
+/// text) and hex. Matching is ASCII case-insensitive, which covers upper-case
+/// hex and `%2f` against `%2F`.
+fn encodings(value: &[u8]) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut out = vec![percent_encoded(value), hex::encode(value)];
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for lead in 0..3usize {
+            let mut shifted = vec![0u8; lead];
+            shifted.extend_from_slice(value);
+            let text = engine.encode(&shifted);
+            // The first characters mix in the bytes before the value (none,
+            // 2 or 3 of them), and the last one the bytes after it.
+            let skip = [0, 2, 3][lead];
+            let cut = usize::from(shifted.len() % 3 != 0);
+            if let Some(core) = text.get(skip..text.len().saturating_sub(cut)) {
+                out.push(core.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every byte outside RFC 3986's unreserved set as `%XX`.
+fn percent_encoded(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
     out
 }
 
@@ -296,11 +342,48 @@ mod tests {
             &Secret::new("alice:longpassword".into()),
         );
         assert!(n.contains(&"longpassword".to_string()));
+        let cookie = needles(
+            CredType::Cookie,
+            &Secret::new("s=shortv; t=averylongvalue".into()),
+        );
+        assert_eq!(cookie[0], "averylongvalue");
+        assert!(!cookie.iter().any(|n| n.contains("shortv")));
+    }
+
+    #[test]
+    fn needles_cover_the_common_encodings() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let secret = "sk/live+key=with?odd&bytes~1";
+        let n = needles(CredType::ApiKey, &Secret::new(secret.into()));
+        let found = |text: &str| {
+            n.iter().any(|needle| {
+                text.to_ascii_lowercase()
+                    .contains(&needle.to_ascii_lowercase())
+            })
+        };
+        assert!(found(secret));
+        assert!(found("q=sk%2Flive%2Bkey%3Dwith%3Fodd%26bytes~1&x"));
+        assert!(found(&hex::encode_upper(secret)));
+        for lead in ["", "a", "ab", "abc"] {
+            for trail in ["", "z", "zz"] {
+                let wrapped = format!("{lead}{secret}{trail}");
+                assert!(found(&STANDARD.encode(&wrapped)), "{lead:?} {trail:?}");
+                assert!(found(&URL_SAFE.encode(&wrapped)), "{lead:?} {trail:?}");
+            }
+        }
+        assert!(!found("sk/live+key"), "a part of the secret is not it");
+        let basic = needles(
+            CredType::BasicAuth,
+            &Secret::new("alice:longpassword".into()),
+        );
+        let wrapped = STANDARD.encode("Basic stuff alice:longpassword");
+        assert!(basic.iter().any(|n| wrapped.contains(n.as_str())));
+        assert!(basic.contains(&STANDARD.encode("alice:longpassword")));
+        let query = needles(CredType::QueryParam, &Secret::new("key=abc/def+ghi".into()));
+        assert!(query.contains(&"abc%2Fdef%2Bghi".to_string()));
         assert!(
-            needles(
-                CredType::Cookie,
-                &Secret::new("s=shortv; t=averylongvalue".into())
-            ) == vec!["averylongvalue"]
+            needles(CredType::ApiKey, &Secret::new("short".into())).is_empty(),
+            "tiny values have no needles, nor their encodings"
         );
     }
 

@@ -10,6 +10,7 @@ pub mod dial;
 mod forward;
 mod h1;
 mod policy;
+pub(crate) mod scrub;
 mod target;
 pub mod tls;
 pub mod upstream;

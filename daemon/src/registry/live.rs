@@ -66,7 +66,15 @@ pub struct LiveCred {
     pub secret: Secret,
     /// The header fields it sets, rendered once rather than per request.
     pub fields: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub(super) needles: Vec<String>,
+    /// Its secret and the common encodings of it, compiled once: the
+    /// policy's head scan, the response scrub and the upload leak scan use it.
+    pub matcher: crate::proxy::scrub::Needles,
+}
+
+impl crate::proxy::scrub::Secrets for LiveCred {
+    fn needles(&self) -> &crate::proxy::scrub::Needles {
+        &self.matcher
+    }
 }
 
 impl LiveCred {
@@ -80,7 +88,10 @@ impl LiveCred {
                 .filter_map(|h| HostPattern::parse(h).ok())
                 .collect(),
             path_prefix: record.path_prefix.clone(),
-            needles: crate::inject::needles(record.cred_type, &secret),
+            matcher: crate::proxy::scrub::Needles::new(&crate::inject::needles(
+                record.cred_type,
+                &secret,
+            )),
             fields: crate::inject::header_fields(record.cred_type, &secret),
             secret,
         }
@@ -91,13 +102,10 @@ impl LiveCred {
         self.patterns.iter().any(|p| p.matches(host))
     }
 
-    /// Whether its secret, or a common encoding of it, is in one of `texts`.
+    /// Whether its secret, or a common encoding of it, is in one of `texts`,
+    /// in any ASCII case.
     pub fn appears_in<'t>(&self, mut texts: impl Iterator<Item = &'t [u8]>) -> bool {
-        texts.any(|text| {
-            self.needles
-                .iter()
-                .any(|needle| contains(text, needle.as_bytes()))
-        })
+        texts.any(|text| self.matcher.found_in(text))
     }
 
     pub fn has_path_prefix(&self) -> bool {
@@ -143,8 +151,4 @@ impl LiveConn {
             self.dirty.store(true, Ordering::Release);
         }
     }
-}
-
-pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
