@@ -12,6 +12,11 @@ SHA-256) as one JSON line in --log, and answers:
   /upload             consumes the body; answers its length and SHA-256
   /slow?ms=M          waits M ms, then 200
   /ws                 WebSocket echo
+  /mirror?chunk=N     echoes the request's headers and target into its
+                      response headers (X-Echo-*, Link) and into a chunked
+                      body sent N bytes a chunk, as a misbehaving API would
+  /sse-echo?gap_ms=M  two events carrying the request's Authorization and
+                      target, M ms apart
 
 With --cert and --key it serves TLS. It prints "READY <port>" when listening.
 Only ever binds 127.0.0.1.
@@ -111,6 +116,37 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             for i in range(n):
                 event = f"data: event {i} at {time.time():.3f}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+                time.sleep(gap)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if url.path == "/mirror":
+            chunk = int(query.get("chunk", ["7"])[0])
+            echo = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+            self.send_response(200)
+            for k, v in self.headers.items():
+                self.send_header("X-Echo-" + k, v)
+            self.send_header("Link", f"<{self.path}>; rel=self")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(echo), chunk):
+                piece = echo[i : i + chunk]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.001)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if url.path == "/sse-echo":
+            gap = int(query.get("gap_ms", ["300"])[0]) / 1000
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(2):
+                said = self.headers.get("Authorization", "") + " " + self.path
+                event = f"data: event {i} at {time.time():.3f} {said}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
                 time.sleep(gap)

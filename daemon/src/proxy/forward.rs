@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use super::body::{Audited, Counted};
 use super::policy::{self, Ask, Decision, Entry, Settings};
+use super::scrub_body::{Masked, Scanned, mask_headers};
 use super::target::Target;
 use super::upstream::{Failure, classify};
 use super::wire::headers::{is_upgrade, strip_hop_by_hop};
@@ -82,6 +83,11 @@ async fn send(
     parts.headers.remove(header::HOST);
     if let Some(cred) = &cred {
         crate::inject::apply(cred.cred_type, &cred.secret, &mut parts.headers, &mut uri);
+        // A compressed response would hide an echoed secret from the scrub.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     if let Ok(host) = HeaderValue::from_str(&authority) {
         parts.headers.insert(header::HOST, host);
@@ -102,7 +108,17 @@ async fn send(
     }
 
     let up = Arc::new(AtomicU64::new(0));
-    let body = Counted::new(body.map_err(Into::into).boxed(), up.clone()).boxed();
+    let mut body = Counted::new(body.map_err(Into::into).boxed(), up.clone()).boxed();
+    // Other credentials' secrets must not leave in the body either.
+    let mut leaked = None;
+    if !hyper::body::Body::is_end_stream(&body) {
+        let creds = daemon.registry.unbound_creds(&target.host);
+        if !creds.is_empty() {
+            let scanned = Scanned::new(body, creds);
+            leaked = Some(scanned.leaked.clone());
+            body = scanned.boxed();
+        }
+    }
     let outgoing = Request::from_parts(parts, body);
     let client = if upgrade {
         &daemon.upstream.http1
@@ -113,7 +129,10 @@ async fn send(
     {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            let error = upstream_failure(&e, &target);
+            let error = match leaked.as_ref().and_then(|l| l.get()) {
+                Some(name) => leak_refused(name, &target.host),
+                None => upstream_failure(&e, &target),
+            };
             daemon.audit.finish(
                 pending,
                 Some(error.status.as_u16()),
@@ -146,6 +165,10 @@ async fn send(
     } else {
         strip_hop_by_hop(response.headers_mut(), false);
     }
+    let scrub = cred.map(|cred| {
+        let head = mask_headers(&cred, response.headers_mut());
+        Box::new(Masked::new(cred, conn, &target.host, head))
+    });
     let (parts, body) = response.into_parts();
     let body = Audited::new(
         body.map_err(Into::into).boxed(),
@@ -153,8 +176,16 @@ async fn send(
         daemon.clone(),
         pending,
         status.as_u16(),
+        scrub,
     );
     Response::from_parts(parts, body.boxed())
+}
+
+/// The answer to an upload cut for carrying another credential's secret.
+pub(crate) fn leak_refused(cred: &str, host: &str) -> ApiError {
+    ApiError::permission_denied(format!(
+        "The request body carries the secret of credential '{cred}' toward {host}, a host it is not bound to; sidekey stopped it there and sent nothing more."
+    ))
 }
 
 pub(crate) fn audit_unavailable() -> ApiError {

@@ -11,6 +11,7 @@ mod forward;
 mod h1;
 mod policy;
 pub(crate) mod scrub;
+mod scrub_body;
 mod target;
 pub mod tls;
 pub mod upstream;

@@ -146,6 +146,18 @@ impl Registry {
 
     /// The name of a credential whose secret appears in `texts` while the
     /// request goes to a host that credential is not bound to.
+    /// Every credential not bound to `host` that has needles: the secrets an
+    /// upload toward `host` must not carry.
+    pub fn unbound_creds(&self, host: &str) -> Vec<Arc<LiveCred>> {
+        let index = self.read();
+        index
+            .live_creds
+            .values()
+            .filter(|cred| !cred.matcher.is_empty() && !cred.binds_host(host))
+            .cloned()
+            .collect()
+    }
+
     pub fn leaked_secret<'t>(
         &self,
         texts: impl Iterator<Item = &'t [u8]> + Clone,

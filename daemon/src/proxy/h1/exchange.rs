@@ -2,6 +2,7 @@
 //! both bodies passed on as they stream, and the audit record around them.
 
 use std::io;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -9,14 +10,16 @@ use super::io::{error_response, read_some, recycle, send};
 use super::plan::Plan;
 use super::pool::{self, Stream};
 use super::response::{self, ResponseHead};
+use super::scrubbed::{self, Mode, Raw, Relayed, Stop};
 use crate::audit::Pending;
 use crate::error::ApiError;
 use crate::proxy::Proxy;
 use crate::proxy::forward::{
-    RESPONSE_HEAD_TIMEOUT, audit_unavailable, response_timeout, upstream_failure,
+    RESPONSE_HEAD_TIMEOUT, audit_unavailable, leak_refused, response_timeout, upstream_failure,
 };
 use crate::proxy::target::Target;
 use crate::proxy::wire::framing::{Framing, Malformed};
+use crate::registry::LiveCred;
 
 pub enum Outcome {
     KeepAlive,
@@ -28,6 +31,19 @@ enum Relay {
     Read,
     Write(io::Error),
     Malformed,
+    /// The upload carried this credential's secret toward a host it is not bound to.
+    Leaked(Arc<LiveCred>),
+}
+
+impl From<Relayed> for Relay {
+    fn from(relayed: Relayed) -> Relay {
+        match relayed {
+            Relayed::Read => Relay::Read,
+            Relayed::Write(e) => Relay::Write(e),
+            Relayed::Stop(Stop::Malformed) => Relay::Malformed,
+            Relayed::Stop(Stop::Leaked(cred)) => Relay::Leaked(cred),
+        }
+    }
 }
 
 pub async fn run<A>(daemon: &Proxy, agent: &mut A, buf: &mut Vec<u8>, plan: Plan) -> Outcome
@@ -42,6 +58,7 @@ where
         head_len,
         head_only,
         close,
+        scrub,
     } = plan;
     buf.drain(..head_len);
     if let Err(e) = daemon.audit.begin(&pending).await {
@@ -49,12 +66,31 @@ where
         let _ = send(agent, &error_response(&audit_unavailable())).await;
         return Outcome::Close;
     }
-    // Whatever of the body is here already goes out with the head.
-    let Ok((taken, whole)) = body.advance(buf) else {
-        return fail(daemon, agent, pending, (0, 0), broken_chunks()).await;
+    // Other credentials' secrets must not leave in the body either.
+    let mut scan = (body != Framing::Empty)
+        .then(|| daemon.registry.unbound_creds(&target.host))
+        .filter(|creds| !creds.is_empty())
+        .map(|creds| Raw::new(Mode::Detect(creds)));
+    // Whatever of the body is here already (and may go) goes out with the head.
+    let advanced = match &mut scan {
+        None => body.advance(buf).map_err(Stop::from),
+        Some(raw) => raw.take(&mut body, buf),
+    };
+    let (taken, whole) = match advanced {
+        Ok(advanced) => advanced,
+        Err(Stop::Malformed) => {
+            return fail(daemon, agent, pending, (0, 0), broken_chunks()).await;
+        }
+        Err(Stop::Leaked(cred)) => {
+            let error = leak_refused(&cred.name, &target.host);
+            return fail(daemon, agent, pending, (0, 0), error).await;
+        }
     };
     head.extend_from_slice(&buf[..taken]);
     buf.drain(..taken);
+    if let Some(raw) = &mut scan {
+        raw.sent(taken);
+    }
     let mut up = taken as u64;
 
     // A pooled connection the upstream closed meanwhile gets the request
@@ -94,8 +130,22 @@ where
             .await;
         }
         if !whole {
-            match relay(agent, &mut upstream, buf, &mut body).await {
+            let relayed = match &mut scan {
+                None => relay(agent, &mut upstream, buf, &mut body).await,
+                Some(raw) => {
+                    scrubbed::relay(agent, &mut upstream, buf, &mut body, raw, &mut Vec::new())
+                        .await
+                        .map_err(Relay::from)
+                }
+            };
+            match relayed {
                 Ok(moved) => up += moved,
+                // The upstream connection is dropped, never pooled: it holds
+                // a request cut short.
+                Err(Relay::Leaked(cred)) => {
+                    let error = leak_refused(&cred.name, &target.host);
+                    return fail(daemon, agent, pending, (up, 0), error).await;
+                }
                 Err(Relay::Read) => return aborted(daemon, pending, None, (up, 0)),
                 Err(Relay::Write(e)) => {
                     let error = upstream_failure(&e, &target);
@@ -117,6 +167,18 @@ where
     };
     recycle(head);
 
+    // Heads are scrubbed too: an upstream may echo Authorization, or the
+    // query in a Link.
+    let mut scrubbed_head = false;
+    let mut mask_head = |head: &mut Vec<u8>| {
+        if let Some((cred, _)) = &scrub
+            && cred.matcher.found_in(head)
+        {
+            cred.matcher.mask_in(head);
+            scrubbed_head = true;
+        }
+    };
+    mask_head(&mut answer.head);
     // 1xx answers pass on as they come; the real one follows.
     while answer.interim {
         incoming.drain(..answer.len);
@@ -129,26 +191,51 @@ where
                 return fail(daemon, agent, pending, (up, 0), head_failure(e, &target)).await;
             }
         };
+        mask_head(&mut answer.head);
     }
     let status = Some(answer.status);
     incoming.drain(..answer.len);
     let mut framing = answer.body;
-    let Ok((taken, whole)) = framing.advance(&incoming) else {
+    let mut raw = scrub
+        .as_ref()
+        .filter(|_| framing != Framing::Empty)
+        .map(|(cred, _)| Raw::new(Mode::Mask(cred.clone())));
+    let advanced = match &mut raw {
+        None => framing.advance(&incoming).map_err(Stop::from),
+        Some(raw) => raw.take(&mut framing, &mut incoming),
+    };
+    let Ok((taken, whole)) = advanced else {
         return fail(daemon, agent, pending, (up, 0), malformed_answer(&target)).await;
     };
     let mut out = answer.head;
     out.extend_from_slice(&incoming[..taken]);
     incoming.drain(..taken);
+    if let Some(raw) = &mut raw {
+        raw.sent(taken);
+    }
     let mut down = taken as u64;
     if send(agent, &out).await.is_err() {
         return aborted(daemon, pending, status, (up, down));
     }
     recycle(out);
     if !whole {
-        match relay(&mut upstream, agent, &mut incoming, &mut framing).await {
+        let relayed = match &mut raw {
+            None => relay(&mut upstream, agent, &mut incoming, &mut framing).await,
+            Some(raw) => scrubbed::relay(
+                &mut upstream,
+                agent,
+                &mut incoming,
+                &mut framing,
+                raw,
+                &mut Vec::new(),
+            )
+            .await
+            .map_err(Relay::from),
+        };
+        match relayed {
             Ok(moved) => down += moved,
             Err(Relay::Write(_)) => return aborted(daemon, pending, status, (up, down)),
-            Err(Relay::Read | Relay::Malformed) => {
+            Err(Relay::Read | Relay::Malformed | Relay::Leaked(_)) => {
                 daemon.audit.finish(
                     pending,
                     status,
@@ -158,6 +245,11 @@ where
                 return Outcome::Close;
             }
         }
+    }
+    if let Some((cred, conn)) = &scrub
+        && (scrubbed_head || raw.as_ref().is_some_and(|raw| raw.masked > 0))
+    {
+        crate::proxy::scrub_body::scrubbed(&conn.id, &cred.name, &target.host);
     }
     daemon
         .audit

@@ -11,6 +11,7 @@ mod known;
 mod plan;
 mod pool;
 mod response;
+mod scrubbed;
 
 use std::time::Duration;
 

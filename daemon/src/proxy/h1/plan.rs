@@ -20,7 +20,8 @@ use crate::proxy::target::Target;
 use crate::proxy::wire::framing::Framing;
 use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, is_hop_by_hop, push_field};
 use crate::proxy::{authority_matches, is_own_address};
-use crate::registry::{LiveCred, Verified};
+use crate::registry::{LiveConn, LiveCred, Verified};
+use std::sync::Arc;
 
 /// Where requests on a connection come from.
 pub enum Front {
@@ -48,6 +49,9 @@ pub struct Plan {
     pub head_only: bool,
     /// The agent asked to close after this exchange.
     pub close: bool,
+    /// The credential injected, whose secret the response is scrubbed of,
+    /// and the connection, for the warning when it is.
+    pub scrub: Option<(Arc<LiveCred>, Arc<LiveConn>)>,
 }
 
 pub enum Parsed {
@@ -128,6 +132,7 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
         head_len,
         head_only: method == "HEAD",
         close: scan.close,
+        scrub: cred.map(|cred| (cred, conn)),
     })
 }
 
@@ -292,13 +297,22 @@ fn upstream_head(
         let replaced = injected
             .iter()
             .any(|(name, _)| field.name.eq_ignore_ascii_case(name.as_str()));
-        if replaced || field.name.eq_ignore_ascii_case("host") || scan.is_hop_by_hop(field.name) {
+        // A compressed response would hide an echoed secret from the scrub.
+        let encoding = cred.is_some() && field.name.eq_ignore_ascii_case("accept-encoding");
+        if replaced
+            || encoding
+            || field.name.eq_ignore_ascii_case("host")
+            || scan.is_hop_by_hop(field.name)
+        {
             continue;
         }
         push_field(&mut head, field.name.as_bytes(), field.value);
     }
     for (name, value) in injected {
         push_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if cred.is_some() {
+        push_field(&mut head, b"Accept-Encoding", b"identity");
     }
     head.extend_from_slice(b"\r\n");
     head

@@ -51,26 +51,47 @@ impl Framing {
     /// Takes this body's bytes from the front of `data`: how many are its,
     /// and whether it is now whole.
     pub fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), Malformed> {
-        match self {
-            Framing::Empty => Ok((0, true)),
+        self.advance_data(data, |_| {})
+    }
+
+    /// [`Framing::advance`], telling `on_data` which of the bytes taken are
+    /// the body's data rather than chunk framing: the scrub matches those only.
+    pub fn advance_data(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<(usize, bool), Malformed> {
+        let (take, whole) = match self {
+            Framing::Empty => return Ok((0, true)),
             Framing::Length(left) => {
                 let take = (*left).min(data.len() as u64);
                 *left -= take;
-                Ok((take as usize, *left == 0))
+                (take as usize, *left == 0)
             }
-            Framing::Chunked(chunk) => chunk.advance(data),
-            Framing::UntilClose => Ok((data.len(), false)),
+            Framing::Chunked(chunk) => return chunk.advance(data, on_data),
+            Framing::UntilClose => (data.len(), false),
+        };
+        if take > 0 {
+            on_data(0..take);
         }
+        Ok((take, whole))
     }
 }
 
 impl Chunk {
-    fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), Malformed> {
+    fn advance(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<(usize, bool), Malformed> {
         let mut i = 0;
         while i < data.len() && *self != Chunk::Done {
             if let Chunk::Data(left) = self {
                 let take = (*left).min((data.len() - i) as u64);
                 *left -= take;
+                if take > 0 {
+                    on_data(i..i + take as usize);
+                }
                 i += take as usize;
                 if *left == 0 {
                     *self = Chunk::DataCr;
@@ -167,6 +188,18 @@ mod tests {
         .concat();
         let mut f = Framing::chunked();
         assert_eq!(feed(&mut f, &body), Ok((body.len(), true)));
+    }
+
+    #[test]
+    fn only_data_bytes_are_reported_as_data() {
+        let body = b"4;x=1\r\nWiki\r\n5\r\npedia\r\n0\r\nT: 1\r\n\r\n";
+        let mut f = Framing::chunked();
+        let mut data = Vec::new();
+        let (taken, done) = f
+            .advance_data(body, |r| data.extend_from_slice(&body[r]))
+            .unwrap();
+        assert!(done && taken == body.len());
+        assert_eq!(data, b"Wikipedia");
     }
 
     #[test]
