@@ -202,12 +202,15 @@ impl Step<'_, '_> {
 impl Drop for Step<'_, '_> {
     fn drop(&mut self) {
         let stream = &mut *self.stream;
-        // A mask that straddles the release goes on into what is held.
+        // A mask that straddles the release goes on into what is held. The
+        // carried one counts even when nothing is released: its match began
+        // in bytes already gone, so no rescan can find it again.
         let covered = (stream.masks.iter())
             .filter(|r| r.start < self.release)
             .map(|r| r.end)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(stream.carry);
         stream.carry = covered.saturating_sub(self.release);
         if self.joined {
             stream.held.drain(..self.release);
