@@ -416,7 +416,7 @@ fn a_path_prefix_holds_on_the_path_the_upstream_would_serve() {
                 "--type",
                 "api-key",
                 "--host",
-                "api.sidekey.test",
+                "http://api.sidekey.test:*",
                 "--path-prefix",
                 "/v1",
             ],
@@ -460,4 +460,220 @@ fn a_path_prefix_holds_on_the_path_the_upstream_would_serve() {
         before,
         "nothing ambiguous reached the upstream"
     );
+}
+
+/// Adds a credential with exactly these bindings and grants it to the agent.
+fn bound_cred(s: &Setup, name: &str, bindings: &[&str], secret: &str) {
+    let mut args = vec!["cred", "add", "--name", name, "--type", "api-key"];
+    for binding in bindings {
+        args.extend(["--host", binding]);
+    }
+    s.home.ctl_stdin(&args, Some(secret)).success();
+    s.home.ctl(&["grant", "agent-1", name]).success();
+}
+
+#[test]
+fn bindings_name_scheme_and_port_and_a_bare_host_means_https_on_443() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    bound_cred(&s, "bare", &["api.sidekey.test"], "sk-bare-INJECTED0001");
+    let placeholder = ["-H", "Authorization: Bearer placeholder"];
+    let api = format!("http://api.sidekey.test:{}/echo", http.port);
+
+    // Cleartext, another port: the bare binding does not reach it.
+    let r = s.curl(&api, &placeholder);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer placeholder")
+    );
+    // Nor may the agent send that secret there itself.
+    let r = s.curl(&api, &["-H", "Authorization: Bearer sk-bare-INJECTED0001"]);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // `cred set --host` rebinds it: this port, in cleartext, now.
+    let exact = format!("http://api.sidekey.test:{}", http.port);
+    let set = s
+        .home
+        .ctl(&["cred", "set", "bare", "--host", &exact])
+        .success();
+    assert!(set.stdout.contains(&exact), "{}", set.stdout);
+    let r = s.curl(&api, &placeholder);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-bare-INJECTED0001")
+    );
+    let info = s
+        .home
+        .ctl(&["cred", "info", "bare", "--json"])
+        .success()
+        .json();
+    assert_eq!(info["hosts"], serde_json::json!([exact]));
+
+    // Another port of the same host is not this binding.
+    let other = Upstream::http();
+    let r = s.curl(
+        &format!("http://api.sidekey.test:{}/echo", other.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        other.last().header("authorization"),
+        Some("Bearer placeholder")
+    );
+
+    for bad in [
+        "ftp://api.sidekey.test",
+        "api.sidekey.test:0",
+        "https://api.sidekey.test/v1",
+    ] {
+        let failed = s
+            .home
+            .ctl(&["cred", "set", "bare", "--host", bad])
+            .failure();
+        assert!(
+            failed.stderr.contains("Invalid binding"),
+            "{bad}: {}",
+            failed.stderr
+        );
+    }
+}
+
+#[test]
+fn the_most_specific_binding_wins_and_ties_are_refused_at_grant_time() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    // Named so that name order would pick the wildcard.
+    bound_cred(
+        &s,
+        "basic",
+        &["http://*.sidekey.test:*"],
+        "sk-wild-INJECTED0001",
+    );
+    bound_cred(
+        &s,
+        "qp",
+        &["http://api.sidekey.test:*"],
+        "sk-exact-INJECTED0002",
+    );
+    let placeholder = ["-H", "Authorization: Bearer placeholder"];
+    let r = s.curl(
+        &format!("http://api.sidekey.test:{}/echo", http.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-exact-INJECTED0002")
+    );
+    let r = s.curl(
+        &format!("http://other.sidekey.test:{}/echo", http.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-wild-INJECTED0001")
+    );
+
+    // A longer path prefix beats a shorter one on the same host.
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "deep",
+                "--type",
+                "api-key",
+                "--host",
+                "http://api.sidekey.test:*",
+                "--path-prefix",
+                "/echo",
+            ],
+            Some("sk-deep-INJECTED0003"),
+        )
+        .success();
+    s.home.ctl(&["grant", "agent-1", "deep"]).success();
+    let r = s.curl(
+        &format!("http://api.sidekey.test:{}/echo/x", http.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-deep-INJECTED0003")
+    );
+
+    // Same binding, same prefix: neither could win.
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "twin",
+                "--type",
+                "api-key",
+                "--host",
+                "http://api.sidekey.test:*",
+            ],
+            Some("sk-twin-INJECTED0004"),
+        )
+        .success();
+    let refused = s.home.ctl(&["grant", "agent-1", "twin"]).failure();
+    assert!(
+        refused.stderr.contains("'qp'") && refused.stderr.contains("conflict"),
+        "{}",
+        refused.stderr
+    );
+    // Rebinding into a tie is refused the same way.
+    let refused = s
+        .home
+        .ctl(&[
+            "cred",
+            "set",
+            "basic",
+            "--host",
+            "http://api.sidekey.test:*",
+        ])
+        .failure();
+    assert!(refused.stderr.contains("'qp'"), "{}", refused.stderr);
+}
+
+#[test]
+fn wildcards_directly_under_a_public_suffix_are_refused() {
+    let s = Setup::new();
+    for wildcard in ["*.github.io", "*.herokuapp.com", "*.co.uk", "*.com"] {
+        let failed = s
+            .home
+            .ctl_stdin(
+                &[
+                    "cred", "add", "--name", "w", "--type", "api-key", "--host", wildcard,
+                ],
+                Some("sk-wild-0000001"),
+            )
+            .failure();
+        assert!(
+            failed.stderr.contains("public suffix"),
+            "{wildcard}: {}",
+            failed.stderr
+        );
+    }
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "ok",
+                "--type",
+                "api-key",
+                "--host",
+                "*.github.com",
+            ],
+            Some("sk-wild-0000001"),
+        )
+        .success();
 }

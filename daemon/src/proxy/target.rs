@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::Uri;
 
 use crate::error::ApiError;
-use crate::hosts::normalize_host;
+use crate::hosts::{Place, Scheme, normalize_host};
 
 /// Where a request goes.
 #[derive(Debug, Clone)]
@@ -74,6 +74,19 @@ impl Target {
             authority.push_str(itoa::Buffer::new().format(self.port));
         }
         authority
+    }
+
+    /// Where it goes, as credential bindings see it.
+    pub fn place(&self) -> Place<'_> {
+        Place {
+            scheme: if self.scheme == "https" {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            },
+            host: &self.host,
+            port: self.port,
+        }
     }
 
     pub fn path(&self) -> &str {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use sidekey_api::ConnKind;
 
 use crate::error::ApiError;
+use crate::hosts::Place;
 use crate::keys::{self, KeyHash};
 
 use super::*;
@@ -124,24 +125,26 @@ impl Registry {
             .flatten()
     }
 
-    /// The first credential granted to the connection that is bound to this
-    /// host and path. `host` must be normalized.
-    pub fn cred_for(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>> {
+    /// The most specific credential granted to the connection that is bound
+    /// to this place and path (grants never tie: see `grant`).
+    pub fn cred_for(&self, conn_id: &str, place: &Place, path: &str) -> Option<Arc<LiveCred>> {
         let index = self.read();
         index
             .granted_names(conn_id)
             .filter_map(|name| index.live_creds.get(name))
-            .find(|cred| cred.binds(host, path))
-            .cloned()
+            .filter_map(|cred| Some((cred.specificity(place, path)?, cred)))
+            .max_by_key(|(specificity, _)| *specificity)
+            .map(|(_, cred)| cred.clone())
     }
 
-    /// Whether any credential granted to the connection is bound to `host`.
-    pub fn host_is_bound(&self, conn_id: &str, host: &str) -> bool {
+    /// Whether any credential granted to the connection is bound to
+    /// `host:port`, over either scheme.
+    pub fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool {
         let index = self.read();
         index
             .granted_names(conn_id)
             .filter_map(|name| index.live_creds.get(name))
-            .any(|cred| cred.binds_host(host))
+            .any(|cred| cred.binds_host_port(host, port))
     }
 
     /// The name of a credential whose secret appears in `texts` while the
@@ -149,13 +152,13 @@ impl Registry {
     pub fn leaked_secret<'t>(
         &self,
         texts: impl Iterator<Item = &'t [u8]> + Clone,
-        host: &str,
+        place: &Place,
     ) -> Option<String> {
         let index = self.read();
         index
             .live_creds
             .values()
-            .filter(|cred| !cred.binds_host(host))
+            .filter(|cred| !cred.bound_at(place))
             .find(|cred| cred.appears_in(texts.clone()))
             .map(|cred| cred.name.clone())
     }
