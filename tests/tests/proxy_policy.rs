@@ -677,3 +677,96 @@ fn wildcards_directly_under_a_public_suffix_are_refused() {
         )
         .success();
 }
+
+/// Opens an untouched tunnel to `target` with `key` and returns its socket,
+/// after the proxy's 200.
+fn untouched_tunnel(s: &Setup, key: &str, target: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(s.proxy()).unwrap();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Bearer {key}\r\n\r\n").as_bytes())
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    let mut rest = [0u8; 1];
+    let mut tail = Vec::new();
+    while !tail.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut rest).unwrap();
+        tail.push(rest[0]);
+    }
+    stream
+}
+
+/// How long until the proxy closes `tunnel` after `revoke` runs: bytes still
+/// pass before it.
+fn closed_after(tunnel: &mut TcpStream, revoke: impl FnOnce()) -> Duration {
+    tunnel.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    tunnel.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping", "the tunnel carries bytes before");
+    let started = std::time::Instant::now();
+    revoke();
+    tunnel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match tunnel.read(&mut byte) {
+        Ok(0) => started.elapsed(),
+        other => panic!("the tunnel stayed open after its key stopped working: {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_that_stops_working_closes_its_untouched_tunnels_within_a_second() {
+    let s = Setup::new();
+    // An echo server nothing is bound to: tunnels to it are untouched.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().take(8).flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let within = Duration::from_millis(1500);
+
+    let mut rotated = untouched_tunnel(&s, &s.key, target);
+    let took = closed_after(&mut rotated, || {
+        s.home
+            .ctl(&["conn", "key", "agent-1", "--regenerate"])
+            .success();
+    });
+    assert!(took < within, "rotation closed the tunnel after {took:?}");
+
+    let (_, key) = s.home.create_conn("agent-2", "agent", &[]);
+    let mut disabled = untouched_tunnel(&s, &key, target);
+    let took = closed_after(&mut disabled, || {
+        s.home.ctl(&["conn", "disable", "agent-2"]).success();
+    });
+    assert!(took < within, "disable closed the tunnel after {took:?}");
+
+    let (_, key) = s.home.create_conn("agent-3", "agent", &[]);
+    let mut deleted = untouched_tunnel(&s, &key, target);
+    let took = closed_after(&mut deleted, || {
+        s.home.ctl(&["conn", "rm", "agent-3", "--yes"]).success();
+    });
+    assert!(took < within, "delete closed the tunnel after {took:?}");
+
+    let (_, key) = s.home.create_conn("agent-4", "agent", &["--expires", "3s"]);
+    let mut expiring = untouched_tunnel(&s, &key, target);
+    let took = closed_after(&mut expiring, || {});
+    assert!(
+        took < Duration::from_secs(4) + within,
+        "expiry closed the tunnel after {took:?}"
+    );
+}

@@ -87,9 +87,9 @@ impl Registry {
         lookup.generation == self.generation.load(Ordering::Acquire)
     }
 
-    /// Admits one request on a looked-up key: its grace, the connection's
-    /// state, expiry and rate, then marks it used.
-    pub fn admit(&self, lookup: &Lookup, used_by: &str) -> Result<Verified, ApiError> {
+    /// Whether a looked-up key may be used now: its grace, the connection's
+    /// state and expiry. No rate token is spent.
+    fn usable(&self, lookup: &Lookup) -> Result<(), ApiError> {
         if lookup.until_ms.is_some_and(|until| now_ms() >= until) {
             return Err(ApiError::invalid_access_key());
         }
@@ -100,6 +100,37 @@ impl Registry {
         if conn.expires_at.is_some_and(|at| now_secs() >= at) {
             return Err(ApiError::key_expired());
         }
+        Ok(())
+    }
+
+    /// Resolves once `key` stops working: rotated out (after any grace),
+    /// revoked, disabled, expired or deleted. What the key opened (an
+    /// untouched tunnel, a WebSocket) ends then, not when its user lets go.
+    pub async fn retired(&self, key: &str, key_use: KeyUse) {
+        let mut changes = self.changed.subscribe();
+        loop {
+            let Ok(lookup) = self.look_up(key, key_use) else {
+                return;
+            };
+            if self.usable(&lookup).is_err() {
+                return;
+            }
+            let expiry = lookup.verified.conn.expires_at.map(|at| at * 1000);
+            let wake_ms = [lookup.until_ms, expiry].into_iter().flatten().min();
+            let wait =
+                wake_ms.map(|at| std::time::Duration::from_millis(at.saturating_sub(now_ms())));
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = sleep_or_forever(wait) => {}
+            }
+        }
+    }
+
+    /// Admits one request on a looked-up key: its grace, the connection's
+    /// state, expiry and rate, then marks it used.
+    pub fn admit(&self, lookup: &Lookup, used_by: &str) -> Result<Verified, ApiError> {
+        self.usable(lookup)?;
+        let conn = &lookup.verified.conn;
         if let Some(limiter) = &conn.limiter {
             limiter
                 .check(Instant::now())
@@ -161,5 +192,12 @@ impl Registry {
             .filter(|cred| !cred.bound_at(place))
             .find(|cred| cred.appears_in(texts.clone()))
             .map(|cred| cred.name.clone())
+    }
+}
+
+async fn sleep_or_forever(wait: Option<std::time::Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
     }
 }
