@@ -770,3 +770,51 @@ fn a_key_that_stops_working_closes_its_untouched_tunnels_within_a_second() {
         "expiry closed the tunnel after {took:?}"
     );
 }
+
+#[test]
+fn framing_is_strict_on_every_engine() {
+    let s = Setup::new();
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-framing-INJECTED0001",
+    );
+    let http = Upstream::http();
+    let key = format!("Proxy-Authorization: Bearer {}", s.key);
+    let head = |fields: &str| {
+        format!(
+            "POST http://api.sidekey.test:{port}/echo HTTP/1.1\r\nHost: api.sidekey.test:{port}\r\n{key}\r\n{fields}Connection: close\r\n\r\n",
+            port = http.port
+        )
+    };
+    for (what, request) in [
+        ("a signed length", head("Content-Length: +5\r\n") + "hello"),
+        (
+            "a length with letters",
+            head("Content-Length: 5x\r\n") + "hello",
+        ),
+        (
+            "a chunk size ending in a space",
+            head("Transfer-Encoding: chunked\r\n") + "5 \r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a signed chunk size",
+            head("Transfer-Encoding: chunked\r\n") + "+5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let answer = raw(&s, &request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
+    assert_eq!(
+        http.count(),
+        0,
+        "no malformed request reached the upstream whole"
+    );
+    // The same bodies, framed properly, go through.
+    let ok = raw(
+        &s,
+        &(head("Transfer-Encoding: chunked\r\n") + "5 ;ext=1\r\nhello\r\n0\r\n\r\n"),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}

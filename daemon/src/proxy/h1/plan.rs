@@ -18,7 +18,7 @@ use crate::proxy::Proxy;
 use crate::proxy::policy::{self, Ask, Decision, Entry, Settings};
 use crate::proxy::target::Target;
 use crate::proxy::wire::framing::Framing;
-use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, is_hop_by_hop, push_field};
+use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, content_length, is_hop_by_hop, push_field};
 use crate::proxy::{authority_matches, is_own_address};
 use crate::registry::{LiveCred, Verified};
 
@@ -151,7 +151,7 @@ impl<'a> Scan<'a> {
             let name = field.name;
             let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
             if is("content-length") {
-                let length = std::str::from_utf8(field.value).ok()?.trim().parse().ok()?;
+                let length = content_length(field.value)?;
                 if scan.length.is_some_and(|seen| seen != length) {
                     return None;
                 }
