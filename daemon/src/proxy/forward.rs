@@ -121,7 +121,7 @@ async fn send(
                 pending,
                 Some(error.status.as_u16()),
                 (0, 0),
-                Outcome::UpstreamError,
+                Outcome::of_error(error.code),
             );
             return boxed(error.to_response());
         }
