@@ -1,6 +1,7 @@
 //! One shared folder on the hub. The hub's folder is itself a replica: its
-//! own edits are journaled by [`Share::scan`], and peers' pushes are applied
-//! only when the hub's file still matches the journal.
+//! own edits are planned by `plan` and journaled by [`Share::scan`], and a
+//! peer's push lands only once any hub edit at its path is journaled, so it
+//! meets that edit as a conflict and never overwrites it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
-//! The loops that keep shares and sessions going: scan on hints and ticks,
-//! run rounds, back off within a bound, and stop for the user when a round
-//! says so.
+//! The loops that keep a session going: rounds on watcher hints, the hub's
+//! long-poll and ticks, backing off within a bound. After a halt or a
+//! refused key they wait for the user; they never retry that on their own.
 
 use std::sync::Arc;
 use std::time::Duration;
