@@ -29,6 +29,11 @@ use crate::sync::replica::{fsops, paths};
 use crate::sync::wire::frames::FrameWriter;
 use crate::sync::wire::model::{Entry, Kind, PushHead, PushResult, Synced};
 
+/// How long deletes seen by a look at some paths wait for the rest of a
+/// burst, before a look at everything decides whether the folder is being
+/// emptied. Edits never wait.
+const DELETE_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What `sync status` shows.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -141,7 +146,23 @@ impl Session {
     }
 
     /// One round: gather, plan, apply.
-    pub async fn round(&self, scope: Scope) -> Result<(), RoundError> {
+    pub async fn round(&self, mut scope: Scope) -> Result<(), RoundError> {
+        loop {
+            let partial = matches!(scope, Scope::Paths(_));
+            let (ops, cursor, first) = self.gather_and_plan(scope).await?;
+            // A look at some paths cannot tell a deleted file from a folder
+            // being emptied (`rm -r` is many events): before a delete leaves,
+            // let the burst settle and judge the whole folder.
+            if partial && ops.iter().any(|op| matches!(op, Op::DeleteRemote { .. })) {
+                tokio::time::sleep(DELETE_SETTLE).await;
+                scope = Scope::Everything;
+                continue;
+            }
+            return self.apply(ops, cursor, first).await;
+        }
+    }
+
+    async fn gather_and_plan(&self, scope: Scope) -> Result<(Vec<Op>, u64, bool), RoundError> {
         self.check_marker().map_err(RoundError::Halt)?;
         self.update(|s| s.state = SessionState::Scanning);
         let ignorer = Ignorer::load(&self.root);
@@ -182,8 +203,7 @@ impl Session {
                 local.insert(path.clone(), here);
             }
         }
-        let ops = plan::plan(&local, &remote, &base);
-        self.apply(ops, cursor, first).await
+        Ok((plan::plan(&local, &remote, &base), cursor, first))
     }
 
     /// The hub's changes since the cursor, every page of them; a later
