@@ -133,10 +133,12 @@ async fn long_poll(
     let mut failures = 0u32;
     loop {
         let since = session.record().cursor;
+        session.polling(Some(since));
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
             outcome = session.client.changes(since, 25) => outcome,
         };
+        session.polling(None);
         match outcome {
             Ok(changes) => {
                 failures = 0;

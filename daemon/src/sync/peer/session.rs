@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -34,6 +35,10 @@ use crate::sync::wire::model::{Entry, Kind, PushHead, PushResult, Synced};
 /// emptied. Edits never wait.
 const DELETE_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long a long-poll must have waited before a round trusts it to mean
+/// the hub has nothing new: long enough for it to have reached the hub.
+const QUIET_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What `sync status` shows.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -58,6 +63,8 @@ pub struct Session {
     pub host: String,
     /// Set when the hub refuses our pushes (a read-only key): pull only.
     read_only: std::sync::atomic::AtomicBool,
+    /// The cursor the long-poll is waiting on, and since when.
+    long_poll: Mutex<Option<(u64, Instant)>>,
     /// The session's branch of the task tree, for its push writers.
     tasks: Tasks,
 }
@@ -94,6 +101,7 @@ impl Session {
             host,
             read_only: std::sync::atomic::AtomicBool::new(false),
             tasks,
+            long_poll: Mutex::new(None),
         }
     }
 
@@ -115,6 +123,21 @@ impl Session {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.state = state;
         status.message = message;
+    }
+
+    /// The long-poll on the hub's changes starts (`Some(cursor)`) or ends.
+    pub fn polling(&self, since: Option<u64>) {
+        *self.long_poll.lock().unwrap_or_else(|p| p.into_inner()) =
+            since.map(|cursor| (cursor, Instant::now()));
+    }
+
+    /// Whether the hub has had nothing past `cursor` for a while: a
+    /// long-poll on it is still waiting. Then a round plans without asking
+    /// again, which saves a round trip on every local edit. It is only an
+    /// economy: a push the hub has moved past is refused with a conflict.
+    fn hub_quiet(&self, cursor: u64) -> bool {
+        let polling = *self.long_poll.lock().unwrap_or_else(|p| p.into_inner());
+        polling.is_some_and(|(since, at)| since == cursor && at.elapsed() >= QUIET_AFTER)
     }
 
     fn update<F: FnOnce(&mut Status)>(&self, f: F) {
@@ -183,7 +206,12 @@ impl Session {
             });
         }
         let first = !self.record().initial_sync_done;
-        let (remote, cursor) = self.remote_changes().await?;
+        let cursor = self.record().cursor;
+        let (remote, cursor) = if !first && self.hub_quiet(cursor) {
+            (BTreeMap::new(), cursor)
+        } else {
+            self.remote_changes().await?
+        };
         let mut base = look.synced;
         for path in remote.keys() {
             if !base.contains_key(path)
