@@ -44,7 +44,7 @@ pub async fn handle(
     };
     let host = normalize_host(authority.host());
     let port = authority.port_u16().unwrap_or(443);
-    let settings = Settings::of(&daemon.live_config());
+    let settings = Settings::of(&daemon.live);
     let tunnel = match policy::decide_connect(
         &*daemon.registry,
         settings,

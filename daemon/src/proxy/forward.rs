@@ -56,7 +56,7 @@ pub async fn forward(
         entry,
         texts: texts.iter().copied(),
     };
-    match policy::decide(&*daemon.registry, Settings::of(&daemon.live_config()), ask) {
+    match policy::decide(&*daemon.registry, Settings::of(&daemon.live), ask) {
         Ok(Decision { cred }) => send(daemon, conn, key, target, req, cred).await,
         Err(e) => {
             tracing::info!(conn = %conn.id, host = %target.host, error = %e.code, "the proxy policy refused a request");

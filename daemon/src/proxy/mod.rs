@@ -58,12 +58,6 @@ pub struct Proxy {
     pub tasks: Tasks,
 }
 
-impl Proxy {
-    fn live_config(&self) -> Arc<crate::config::Config> {
-        self.live.get()
-    }
-}
-
 /// Serves the proxy on one thread per CPU, each a single-threaded runtime.
 /// The first deals accepted connections out in turn; a connection, its
 /// requests and the upstream connections they open then stay on one thread,

@@ -48,10 +48,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn of(config: &crate::config::Config) -> Settings {
+    pub fn of(live: &crate::live::Live) -> Settings {
         Settings {
-            egress: config.egress,
-            intercept: config.intercept,
+            egress: live.egress(),
+            intercept: live.intercept(),
         }
     }
 }

@@ -94,8 +94,7 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
         texts: std::iter::once(request_target.as_bytes()).chain(values),
     };
     // A refusal is answered by the full proxy, which asks the same policy.
-    let Ok(Decision { cred }) =
-        policy::decide(&*daemon.registry, Settings::of(&daemon.live_config()), ask)
+    let Ok(Decision { cred }) = policy::decide(&*daemon.registry, Settings::of(&daemon.live), ask)
     else {
         return Parsed::Leave;
     };
