@@ -197,6 +197,13 @@ impl std::fmt::Debug for CredCreate {
     }
 }
 
+/// New bindings for a credential, replacing the old ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredHosts {
+    pub hosts: Vec<String>,
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredSecret {

@@ -498,7 +498,12 @@ impl Sidekey {
         let cred = CredCreate {
             name: "bench-api".to_string(),
             cred_type: CredType::ApiKey,
-            hosts: vec![HOST.to_string(), format!("*.{NEW_HOST_DOMAIN}")],
+            // The upstreams listen on ephemeral ports, over both schemes.
+            hosts: vec![
+                format!("http://{HOST}:*"),
+                format!("{HOST}:*"),
+                format!("*.{NEW_HOST_DOMAIN}:*"),
+            ],
             path_prefix: None,
             secret: SECRET.to_string(),
         };

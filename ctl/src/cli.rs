@@ -207,8 +207,14 @@ pub enum CredCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replace a credential's secret atomically, from stdin or a hidden prompt.
-    Set { name: String },
+    /// Replace a credential's secret atomically, from stdin or a hidden
+    /// prompt; with --host, replace its bindings instead.
+    Set {
+        name: String,
+        /// New bindings, `[scheme://]host[:port]`, replacing all the old ones.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Remove a credential and every grant of it.
     Rm { name: String },
 }

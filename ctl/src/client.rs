@@ -13,7 +13,7 @@ use interprocess::local_socket::traits::tokio::Stream as _;
 use interprocess::local_socket::{GenericFilePath, ToFsName};
 use serde::{Serialize, de::DeserializeOwned};
 use sidekey_api::{
-    AuditRecord, Conn, ConnCreate, ConnWithKey, Cred, CredCreate, CredSecret, ErrorBody,
+    AuditRecord, Conn, ConnCreate, ConnWithKey, Cred, CredCreate, CredHosts, CredSecret, ErrorBody,
     GrantCreate, GrantCreated, Invite, InviteCreate, KeyRegenerate, Session, SessionCreate,
     SessionKey, Share, ShareCreate, Status,
 };
@@ -132,6 +132,15 @@ impl Client {
         self.call(
             Method::PUT,
             &format!("/v1/creds/{}/secret", seg(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn cred_set_hosts(&self, name: &str, req: &CredHosts) -> ClientResult<Cred> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/creds/{}/hosts", seg(name)),
             Some(req),
         )
         .await

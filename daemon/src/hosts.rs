@@ -1,5 +1,8 @@
-//! Host patterns that bind a credential to the hosts it may be sent to:
-//! exact names, IP literals, and `*.example.com` wildcards one label deep.
+//! Bindings: where a credential may be sent. A binding names a scheme, a
+//! host pattern (an exact name, an IP literal, or a `*.example.com` wildcard
+//! one label deep) and a port. A bare `api.example.com` is https on 443
+//! only: cleartext needs `http://`, another port must be named, and `:*`
+//! allows any port (local development).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -21,9 +24,11 @@ impl HostPattern {
         }
         if let Some(base) = host.strip_prefix("*.") {
             validate_name(base).map_err(|why| format!("'{text}': {why}"))?;
-            if !base.contains('.') {
+            // Under a public suffix (`*.github.io`, `*.herokuapp.com`), every
+            // tenant would get the secret.
+            if !base.contains('.') || psl::suffix_str(base) == Some(base) {
                 return Err(format!(
-                    "'{text}': a wildcard must sit under a registrable name, like *.github.com"
+                    "'{text}': {base} is a public suffix, whose names belong to anyone; a wildcard must sit under a registrable name, like *.github.com"
                 ));
             }
             return Ok(HostPattern::Wildcard(base.to_string()));
@@ -45,6 +50,129 @@ impl HostPattern {
                 .strip_suffix(base.as_str())
                 .and_then(|rest| rest.strip_suffix('.'))
                 .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn of(name: &str) -> Option<Scheme> {
+        match name {
+            "http" => Some(Scheme::Http),
+            "https" => Some(Scheme::Https),
+            _ => None,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// Where a request goes, as bindings see it. `host` is normalized.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub scheme: Scheme,
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// One `[scheme://]host[:port]` a credential is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub scheme: Scheme,
+    pub host: HostPattern,
+    /// `None` for `:*`, any port.
+    pub port: Option<u16>,
+}
+
+impl Binding {
+    pub fn parse(text: &str) -> Result<Binding, String> {
+        let trimmed = text.trim();
+        let (scheme, rest) = match trimmed.split_once("://") {
+            Some((name, rest)) => (
+                Scheme::of(&name.to_ascii_lowercase()).ok_or_else(|| {
+                    format!("'{text}': a binding's scheme is http:// or https://")
+                })?,
+                rest,
+            ),
+            None => (Scheme::Https, trimmed),
+        };
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "'{text}': a binding is [scheme://]host[:port]; bind a path with --path-prefix"
+            ));
+        }
+        let (host, port) = split_port(rest);
+        let port = match port {
+            None => Some(scheme.default_port()),
+            Some("*") => None,
+            Some(digits) => Some(
+                digits
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("'{text}': the port must be 1 to 65535, or *"))?,
+            ),
+        };
+        let host = HostPattern::parse(host).map_err(|why| why.replacen(host, text, 1))?;
+        Ok(Binding { scheme, host, port })
+    }
+
+    pub fn matches(&self, place: &Place) -> bool {
+        self.scheme == place.scheme && self.matches_host_port(place.host, place.port)
+    }
+
+    /// Either scheme: what a `CONNECT host:port` may turn out to carry.
+    pub fn matches_host_port(&self, host: &str, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port) && self.host.matches(host)
+    }
+
+    /// How specific a matching binding is; the most specific one wins. An
+    /// exact host beats a wildcard, and a named port beats `:*`.
+    pub fn specificity(&self) -> (bool, bool) {
+        (
+            matches!(self.host, HostPattern::Exact(_)),
+            self.port.is_some(),
+        )
+    }
+}
+
+/// `host[:port]`, brackets kept on an IPv6 literal.
+fn split_port(rest: &str) -> (&str, Option<&str>) {
+    let after_host = match rest.strip_prefix('[') {
+        Some(inner) => inner.find(']').map_or(rest.len(), |end| end + 2),
+        None => rest.find(':').unwrap_or(rest.len()),
+    };
+    match rest[after_host..].strip_prefix(':') {
+        Some(port) => (&rest[..after_host], Some(port)),
+        None => (rest, None),
+    }
+}
+
+impl std::fmt::Display for Binding {
+    /// The canonical form: the scheme only when it is not https, the port
+    /// only when it is not the scheme's default.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.scheme == Scheme::Http {
+            f.write_str("http://")?;
+        }
+        match &self.host {
+            HostPattern::Exact(name) if name.contains(':') => write!(f, "[{name}]")?,
+            host => write!(f, "{host}")?,
+        }
+        match self.port {
+            None => f.write_str(":*"),
+            Some(port) if port == self.scheme.default_port() => Ok(()),
+            Some(port) => write!(f, ":{port}"),
         }
     }
 }
@@ -204,6 +332,88 @@ mod tests {
         }
     }
 
+    fn place(scheme: Scheme, host: &str, port: u16) -> Place<'_> {
+        Place { scheme, host, port }
+    }
+
+    #[test]
+    fn bindings_name_scheme_host_and_port() {
+        use Scheme::{Http, Https};
+        let cases: &[(&str, Scheme, &str, u16, bool)] = &[
+            ("api.example.com", Https, "api.example.com", 443, true),
+            ("api.example.com", Http, "api.example.com", 80, false),
+            ("api.example.com", Https, "api.example.com", 8443, false),
+            ("api.example.com", Http, "api.example.com", 8080, false),
+            ("http://api.example.com", Http, "api.example.com", 80, true),
+            (
+                "http://api.example.com",
+                Https,
+                "api.example.com",
+                443,
+                false,
+            ),
+            (
+                "https://api.example.com:8443",
+                Https,
+                "api.example.com",
+                8443,
+                true,
+            ),
+            ("api.example.com:8443", Https, "api.example.com", 443, false),
+            ("http://localhost:*", Http, "localhost", 5173, true),
+            ("http://localhost:*", Https, "localhost", 5173, false),
+            ("127.0.0.1:*", Https, "127.0.0.1", 9000, true),
+            ("http://[::1]:8080", Http, "::1", 8080, true),
+            ("*.github.com", Https, "api.github.com", 443, true),
+            (
+                "HTTPS://API.Example.com:443",
+                Https,
+                "api.example.com",
+                443,
+                true,
+            ),
+        ];
+        for (text, scheme, host, port, want) in cases {
+            let binding = Binding::parse(text).unwrap();
+            assert_eq!(
+                binding.matches(&place(*scheme, host, *port)),
+                *want,
+                "{text} ~ {scheme:?}://{host}:{port}"
+            );
+        }
+    }
+
+    #[test]
+    fn bindings_print_in_their_canonical_form() {
+        for (text, canonical) in [
+            ("api.example.com", "api.example.com"),
+            ("https://api.example.com:443", "api.example.com"),
+            ("http://api.example.com:80", "http://api.example.com"),
+            ("http://h:*", "http://h:*"),
+            ("h:8443", "h:8443"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            ("*.Github.com", "*.github.com"),
+        ] {
+            assert_eq!(
+                Binding::parse(text).unwrap().to_string(),
+                canonical,
+                "{text}"
+            );
+        }
+        for bad in [
+            "ftp://h",
+            "h:0",
+            "h:99999",
+            "h:x",
+            "https://h/v1",
+            "user@h",
+            "http://",
+            "h:",
+        ] {
+            assert!(Binding::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
     #[test]
     fn invalid_patterns_say_why() {
         for bad in [
@@ -216,6 +426,9 @@ mod tests {
             "-a.com",
             "a..com",
             "*.*.a.com",
+            "*.github.io",
+            "*.herokuapp.com",
+            "*.co.uk",
         ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad} should be refused");
         }

@@ -64,11 +64,21 @@ impl Setup {
         }
     }
 
-    /// Adds a credential (secret on stdin) and grants it to the agent.
+    /// Adds a credential (secret on stdin) and grants it to the agent. The
+    /// test upstreams listen on ephemeral ports over both schemes, so a bare
+    /// host here binds `http://host:*` and `host:*` (https, any port);
+    /// a binding with a scheme or a port is passed as it is.
     pub fn cred(&self, name: &str, kind: &str, hosts: &[&str], secret: &str) -> String {
+        let bindings: Vec<String> = hosts
+            .iter()
+            .flat_map(|host| match host.contains("://") || host.contains(':') {
+                true => vec![host.to_string()],
+                false => vec![format!("http://{host}:*"), format!("{host}:*")],
+            })
+            .collect();
         let mut args = vec!["cred", "add", "--name", name, "--type", kind];
-        for host in hosts {
-            args.extend(["--host", host]);
+        for binding in &bindings {
+            args.extend(["--host", binding.as_str()]);
         }
         self.home.ctl_stdin(&args, Some(secret)).success();
         self.home

@@ -416,7 +416,7 @@ fn a_path_prefix_holds_on_the_path_the_upstream_would_serve() {
                 "--type",
                 "api-key",
                 "--host",
-                "api.sidekey.test",
+                "http://api.sidekey.test:*",
                 "--path-prefix",
                 "/v1",
             ],
@@ -460,4 +460,361 @@ fn a_path_prefix_holds_on_the_path_the_upstream_would_serve() {
         before,
         "nothing ambiguous reached the upstream"
     );
+}
+
+/// Adds a credential with exactly these bindings and grants it to the agent.
+fn bound_cred(s: &Setup, name: &str, bindings: &[&str], secret: &str) {
+    let mut args = vec!["cred", "add", "--name", name, "--type", "api-key"];
+    for binding in bindings {
+        args.extend(["--host", binding]);
+    }
+    s.home.ctl_stdin(&args, Some(secret)).success();
+    s.home.ctl(&["grant", "agent-1", name]).success();
+}
+
+#[test]
+fn bindings_name_scheme_and_port_and_a_bare_host_means_https_on_443() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    bound_cred(&s, "bare", &["api.sidekey.test"], "sk-bare-INJECTED0001");
+    let placeholder = ["-H", "Authorization: Bearer placeholder"];
+    let api = format!("http://api.sidekey.test:{}/echo", http.port);
+
+    // Cleartext, another port: the bare binding does not reach it.
+    let r = s.curl(&api, &placeholder);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer placeholder")
+    );
+    // Nor may the agent send that secret there itself.
+    let r = s.curl(&api, &["-H", "Authorization: Bearer sk-bare-INJECTED0001"]);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // `cred set --host` rebinds it: this port, in cleartext, now.
+    let exact = format!("http://api.sidekey.test:{}", http.port);
+    let set = s
+        .home
+        .ctl(&["cred", "set", "bare", "--host", &exact])
+        .success();
+    assert!(set.stdout.contains(&exact), "{}", set.stdout);
+    let r = s.curl(&api, &placeholder);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-bare-INJECTED0001")
+    );
+    let info = s
+        .home
+        .ctl(&["cred", "info", "bare", "--json"])
+        .success()
+        .json();
+    assert_eq!(info["hosts"], serde_json::json!([exact]));
+
+    // Another port of the same host is not this binding.
+    let other = Upstream::http();
+    let r = s.curl(
+        &format!("http://api.sidekey.test:{}/echo", other.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        other.last().header("authorization"),
+        Some("Bearer placeholder")
+    );
+
+    for bad in [
+        "ftp://api.sidekey.test",
+        "api.sidekey.test:0",
+        "https://api.sidekey.test/v1",
+    ] {
+        let failed = s
+            .home
+            .ctl(&["cred", "set", "bare", "--host", bad])
+            .failure();
+        assert!(
+            failed.stderr.contains("Invalid binding"),
+            "{bad}: {}",
+            failed.stderr
+        );
+    }
+}
+
+#[test]
+fn the_most_specific_binding_wins_and_ties_are_refused_at_grant_time() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    // Named so that name order would pick the wildcard.
+    bound_cred(
+        &s,
+        "basic",
+        &["http://*.sidekey.test:*"],
+        "sk-wild-INJECTED0001",
+    );
+    bound_cred(
+        &s,
+        "qp",
+        &["http://api.sidekey.test:*"],
+        "sk-exact-INJECTED0002",
+    );
+    let placeholder = ["-H", "Authorization: Bearer placeholder"];
+    let r = s.curl(
+        &format!("http://api.sidekey.test:{}/echo", http.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-exact-INJECTED0002")
+    );
+    let r = s.curl(
+        &format!("http://other.sidekey.test:{}/echo", http.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-wild-INJECTED0001")
+    );
+
+    // A longer path prefix beats a shorter one on the same host.
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "deep",
+                "--type",
+                "api-key",
+                "--host",
+                "http://api.sidekey.test:*",
+                "--path-prefix",
+                "/echo",
+            ],
+            Some("sk-deep-INJECTED0003"),
+        )
+        .success();
+    s.home.ctl(&["grant", "agent-1", "deep"]).success();
+    let r = s.curl(
+        &format!("http://api.sidekey.test:{}/echo/x", http.port),
+        &placeholder,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        http.last().header("authorization"),
+        Some("Bearer sk-deep-INJECTED0003")
+    );
+
+    // Same binding, same prefix: neither could win.
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "twin",
+                "--type",
+                "api-key",
+                "--host",
+                "http://api.sidekey.test:*",
+            ],
+            Some("sk-twin-INJECTED0004"),
+        )
+        .success();
+    let refused = s.home.ctl(&["grant", "agent-1", "twin"]).failure();
+    assert!(
+        refused.stderr.contains("'qp'") && refused.stderr.contains("conflict"),
+        "{}",
+        refused.stderr
+    );
+    // Rebinding into a tie is refused the same way.
+    let refused = s
+        .home
+        .ctl(&[
+            "cred",
+            "set",
+            "basic",
+            "--host",
+            "http://api.sidekey.test:*",
+        ])
+        .failure();
+    assert!(refused.stderr.contains("'qp'"), "{}", refused.stderr);
+}
+
+#[test]
+fn wildcards_directly_under_a_public_suffix_are_refused() {
+    let s = Setup::new();
+    for wildcard in ["*.github.io", "*.herokuapp.com", "*.co.uk", "*.com"] {
+        let failed = s
+            .home
+            .ctl_stdin(
+                &[
+                    "cred", "add", "--name", "w", "--type", "api-key", "--host", wildcard,
+                ],
+                Some("sk-wild-0000001"),
+            )
+            .failure();
+        assert!(
+            failed.stderr.contains("public suffix"),
+            "{wildcard}: {}",
+            failed.stderr
+        );
+    }
+    s.home
+        .ctl_stdin(
+            &[
+                "cred",
+                "add",
+                "--name",
+                "ok",
+                "--type",
+                "api-key",
+                "--host",
+                "*.github.com",
+            ],
+            Some("sk-wild-0000001"),
+        )
+        .success();
+}
+
+/// Opens an untouched tunnel to `target` with `key` and returns its socket,
+/// after the proxy's 200.
+fn untouched_tunnel(s: &Setup, key: &str, target: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(s.proxy()).unwrap();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Bearer {key}\r\n\r\n").as_bytes())
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    let mut rest = [0u8; 1];
+    let mut tail = Vec::new();
+    while !tail.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut rest).unwrap();
+        tail.push(rest[0]);
+    }
+    stream
+}
+
+/// How long until the proxy closes `tunnel` after `revoke` runs: bytes still
+/// pass before it.
+fn closed_after(tunnel: &mut TcpStream, revoke: impl FnOnce()) -> Duration {
+    tunnel.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    tunnel.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping", "the tunnel carries bytes before");
+    let started = std::time::Instant::now();
+    revoke();
+    tunnel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match tunnel.read(&mut byte) {
+        Ok(0) => started.elapsed(),
+        other => panic!("the tunnel stayed open after its key stopped working: {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_that_stops_working_closes_its_untouched_tunnels_within_a_second() {
+    let s = Setup::new();
+    // An echo server nothing is bound to: tunnels to it are untouched.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().take(8).flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let within = Duration::from_millis(1500);
+
+    let mut rotated = untouched_tunnel(&s, &s.key, target);
+    let took = closed_after(&mut rotated, || {
+        s.home
+            .ctl(&["conn", "key", "agent-1", "--regenerate"])
+            .success();
+    });
+    assert!(took < within, "rotation closed the tunnel after {took:?}");
+
+    let (_, key) = s.home.create_conn("agent-2", "agent", &[]);
+    let mut disabled = untouched_tunnel(&s, &key, target);
+    let took = closed_after(&mut disabled, || {
+        s.home.ctl(&["conn", "disable", "agent-2"]).success();
+    });
+    assert!(took < within, "disable closed the tunnel after {took:?}");
+
+    let (_, key) = s.home.create_conn("agent-3", "agent", &[]);
+    let mut deleted = untouched_tunnel(&s, &key, target);
+    let took = closed_after(&mut deleted, || {
+        s.home.ctl(&["conn", "rm", "agent-3", "--yes"]).success();
+    });
+    assert!(took < within, "delete closed the tunnel after {took:?}");
+
+    let (_, key) = s.home.create_conn("agent-4", "agent", &["--expires", "3s"]);
+    let mut expiring = untouched_tunnel(&s, &key, target);
+    let took = closed_after(&mut expiring, || {});
+    assert!(
+        took < Duration::from_secs(4) + within,
+        "expiry closed the tunnel after {took:?}"
+    );
+}
+
+#[test]
+fn framing_is_strict_on_every_engine() {
+    let s = Setup::new();
+    s.cred(
+        "key",
+        "api-key",
+        &["api.sidekey.test"],
+        "sk-framing-INJECTED0001",
+    );
+    let http = Upstream::http();
+    let key = format!("Proxy-Authorization: Bearer {}", s.key);
+    let head = |fields: &str| {
+        format!(
+            "POST http://api.sidekey.test:{port}/echo HTTP/1.1\r\nHost: api.sidekey.test:{port}\r\n{key}\r\n{fields}Connection: close\r\n\r\n",
+            port = http.port
+        )
+    };
+    for (what, request) in [
+        ("a signed length", head("Content-Length: +5\r\n") + "hello"),
+        (
+            "a length with letters",
+            head("Content-Length: 5x\r\n") + "hello",
+        ),
+        (
+            "a chunk size ending in a space",
+            head("Transfer-Encoding: chunked\r\n") + "5 \r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a signed chunk size",
+            head("Transfer-Encoding: chunked\r\n") + "+5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let answer = raw(&s, &request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
+    assert_eq!(
+        http.count(),
+        0,
+        "no malformed request reached the upstream whole"
+    );
+    // The same bodies, framed properly, go through.
+    let ok = raw(
+        &s,
+        &(head("Transfer-Encoding: chunked\r\n") + "5 ;ext=1\r\nhello\r\n0\r\n\r\n"),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }

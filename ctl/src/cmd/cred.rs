@@ -1,4 +1,4 @@
-use sidekey_api::{Cred, CredCreate, CredSecret, CredType, GrantCreate};
+use sidekey_api::{Cred, CredCreate, CredHosts, CredSecret, CredType, GrantCreate};
 
 use crate::cli::CredCommand;
 use crate::client::{Client, ClientResult};
@@ -78,7 +78,15 @@ pub async fn run(client: &Client, command: CredCommand) -> ClientResult<()> {
                 print_cred(&cred);
             }
         }
-        CredCommand::Set { name } => {
+        CredCommand::Set { name, hosts } if !hosts.is_empty() => {
+            let cred = client.cred_set_hosts(&name, &CredHosts { hosts }).await?;
+            println!(
+                "{} is now bound to {}; the next request follows them.",
+                cred.name,
+                cred.hosts.join(", ")
+            );
+        }
+        CredCommand::Set { name, .. } => {
             let secret = read_secret(&format!("New secret for {name}"))?;
             let cred = client.cred_set(&name, &CredSecret { secret }).await?;
             println!(

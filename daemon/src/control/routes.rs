@@ -4,8 +4,8 @@
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use sidekey_api::{
-    ConnCreate, CredCreate, CredSecret, GrantCreate, InviteCreate, KeyRegenerate, SessionCreate,
-    SessionKey, ShareCreate, Status,
+    ConnCreate, CredCreate, CredHosts, CredSecret, GrantCreate, InviteCreate, KeyRegenerate,
+    SessionCreate, SessionKey, ShareCreate, Status,
 };
 
 use std::sync::Arc;
@@ -78,6 +78,11 @@ async fn route(req: Request<Incoming>, control: &Arc<Control>) -> Result<Respons
             ok(&registry
                 .set_cred_secret(&name, Secret::new(body.secret))
                 .await?)
+        }
+        (&Method::PUT, ["v1", "creds", name, "hosts"]) => {
+            let name = name.to_string();
+            let body: CredHosts = read_json(req.into_body(), BODY_LIMIT).await?;
+            ok(&registry.set_cred_hosts(&name, &body.hosts).await?)
         }
         (&Method::DELETE, ["v1", "creds", name]) => ok(&registry.remove_cred(name).await?),
 

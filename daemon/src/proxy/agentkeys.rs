@@ -14,6 +14,7 @@ use super::policy::Entry;
 use super::target::Target;
 use crate::error::ApiError;
 use crate::http_util::{ProxyBody, boxed};
+use crate::keys::Secret;
 use crate::proxy::Proxy;
 use crate::registry::{KeyUse, Verified};
 
@@ -22,7 +23,7 @@ const CREDENTIAL_NAME: HeaderName = HeaderName::from_static("x-credential-name")
 const TARGET_METHOD: HeaderName = HeaderName::from_static("x-target-method");
 
 pub async fn handle(daemon: Arc<Proxy>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    let (verified, target, named) = match prepare(&daemon, &mut req) {
+    let (key, verified, target, named) = match prepare(&daemon, &mut req) {
         Ok(prepared) => prepared,
         Err(e) => return boxed(e.to_response()),
     };
@@ -30,12 +31,20 @@ pub async fn handle(daemon: Arc<Proxy>, mut req: Request<Incoming>) -> Response<
         token_cred: verified.grant_cred.as_deref(),
         named: named.as_deref(),
     };
-    forward(daemon.clone(), verified.conn.clone(), target, req, entry).await
+    forward(
+        daemon.clone(),
+        verified.conn.clone(),
+        key,
+        target,
+        req,
+        entry,
+    )
+    .await
 }
 
 /// The key, the target and the named credential, with the headers that
 /// carried them taken out of the request.
-type Prepared = (Verified, Target, Option<String>);
+type Prepared = (Secret, Verified, Target, Option<String>);
 
 fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiError> {
     let key = auth::bearer(req.headers());
@@ -84,5 +93,10 @@ fn prepare(daemon: &Proxy, req: &mut Request<Incoming>) -> Result<Prepared, ApiE
     if let Some(method) = method {
         *req.method_mut() = method;
     }
-    Ok((verified, target, wanted))
+    Ok((
+        Secret::new(key.unwrap_or_default()),
+        verified,
+        target,
+        wanted,
+    ))
 }

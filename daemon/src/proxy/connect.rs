@@ -20,7 +20,7 @@ use super::policy::{self, Connect, Entry, Settings};
 use super::target::Target;
 use super::wire::rewind::Rewind;
 use super::wire::smuggling::HeadGuard;
-use super::{auth_failure, authority_matches, refuse_smuggled};
+use super::{auth_failure, authority_matches, refuse_smuggled, relay_while_key_holds};
 use crate::error::ApiError;
 use crate::hosts::normalize_host;
 use crate::http_util::{ProxyBody, boxed, empty_body};
@@ -44,7 +44,7 @@ pub async fn handle(
     };
     let host = normalize_host(authority.host());
     let port = authority.port_u16().unwrap_or(443);
-    let settings = Settings::of(&daemon.live_config());
+    let settings = Settings::of(&daemon.live);
     let tunnel = match policy::decide_connect(
         &*daemon.registry,
         settings,
@@ -64,11 +64,12 @@ pub async fn handle(
         };
         tracing::debug!(conn = %conn.id, %host, port, "tunnelling without interception");
         let upgrade = hyper::upgrade::on(&mut req);
+        let (registry, key) = (daemon.registry.clone(), key.clone());
         daemon.tasks.spawn(async move {
             if let Ok(client) = upgrade.await {
                 let mut client = TokioIo::new(client);
                 let mut upstream = upstream;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                relay_while_key_holds(&registry, &key, &mut client, &mut upstream).await;
             }
         });
         return ok_response();
@@ -291,7 +292,15 @@ async fn inner_request(
     let entry = Entry::Forward {
         token_cred: verified.grant_cred.as_deref(),
     };
-    forward(daemon.clone(), verified.conn.clone(), target, req, entry).await
+    forward(
+        daemon.clone(),
+        verified.conn.clone(),
+        key.clone(),
+        target,
+        req,
+        entry,
+    )
+    .await
 }
 
 async fn connect(daemon: &Proxy, host: &str, port: u16) -> Result<TcpStream, ApiError> {

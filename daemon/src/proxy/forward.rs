@@ -20,7 +20,8 @@ use super::wire::headers::{is_upgrade, strip_hop_by_hop};
 use crate::audit::Outcome;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed};
-use crate::proxy::Proxy;
+use crate::keys::Secret;
+use crate::proxy::{Proxy, relay_while_key_holds};
 use crate::registry::{LiveConn, LiveCred};
 
 /// How long to wait for the upstream's response head.
@@ -29,6 +30,7 @@ pub(crate) const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 pub async fn forward(
     daemon: Arc<Proxy>,
     conn: Arc<LiveConn>,
+    key: Secret,
     target: Target,
     req: Request<Incoming>,
     entry: Entry<'_>,
@@ -55,8 +57,8 @@ pub async fn forward(
         entry,
         texts: texts.iter().copied(),
     };
-    match policy::decide(&*daemon.registry, Settings::of(&daemon.live_config()), ask) {
-        Ok(Decision { cred }) => send(daemon, conn, target, req, cred).await,
+    match policy::decide(&*daemon.registry, Settings::of(&daemon.live), ask) {
+        Ok(Decision { cred }) => send(daemon, conn, key, target, req, cred).await,
         Err(e) => {
             tracing::info!(conn = %conn.id, host = %target.host, error = %e.code, "the proxy policy refused a request");
             boxed(e.to_response())
@@ -67,6 +69,7 @@ pub async fn forward(
 async fn send(
     daemon: Arc<Proxy>,
     conn: Arc<LiveConn>,
+    key: Secret,
     target: Target,
     mut req: Request<Incoming>,
     cred: Option<Arc<LiveCred>>,
@@ -137,7 +140,7 @@ async fn send(
                 pending,
                 Some(error.status.as_u16()),
                 (0, 0),
-                Outcome::UpstreamError,
+                Outcome::of_error(error.code),
             );
             return boxed(error.to_response());
         }
@@ -155,11 +158,12 @@ async fn send(
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let registry = daemon.registry.clone();
         daemon.tasks.spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                relay_while_key_holds(&registry, &key, &mut client, &mut upstream).await;
             }
         });
     } else {

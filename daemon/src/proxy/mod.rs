@@ -60,12 +60,6 @@ pub struct Proxy {
     pub tasks: Tasks,
 }
 
-impl Proxy {
-    fn live_config(&self) -> Arc<crate::config::Config> {
-        self.live.get()
-    }
-}
-
 /// Serves the proxy on one thread per CPU, each a single-threaded runtime.
 /// The first deals accepted connections out in turn; a connection, its
 /// requests and the upstream connections they open then stay on one thread,
@@ -287,7 +281,7 @@ async fn route(
 
 /// An absolute-form request: `GET http://host/path` through the forward proxy.
 async fn forward_absolute(daemon: Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (_, verified) = match verify_proxy_key(&daemon, &req) {
+    let (key, verified) = match verify_proxy_key(&daemon, &req) {
         Ok(verified) => verified,
         Err(e) => return auth_failure(e),
     };
@@ -298,7 +292,15 @@ async fn forward_absolute(daemon: Arc<Proxy>, req: Request<Incoming>) -> Respons
     let entry = Entry::Forward {
         token_cred: verified.grant_cred.as_deref(),
     };
-    forward::forward(daemon.clone(), verified.conn.clone(), target, req, entry).await
+    forward::forward(
+        daemon.clone(),
+        verified.conn.clone(),
+        key,
+        target,
+        req,
+        entry,
+    )
+    .await
 }
 
 /// The forward proxy's key check, from `Proxy-Authorization`.
@@ -324,6 +326,27 @@ fn verify_proxy_key(
             .registry
             .verify(key.as_ref().map(Secret::expose), KeyUse::Proxy, "proxy")?;
     Ok((key.expect("verified keys were present"), verified))
+}
+
+/// Relays bytes both ways until either side closes, or until the key that
+/// opened the relay stops working: an untouched tunnel or a WebSocket of a
+/// rotated, disabled, deleted or expired key ends then, not when its agent
+/// lets go.
+pub(crate) async fn relay_while_key_holds<A, B>(
+    registry: &Registry,
+    key: &Secret,
+    a: &mut A,
+    b: &mut B,
+) where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(a, b) => {}
+        () = registry.retired(key.expose(), KeyUse::Proxy) => {
+            tracing::info!("closed a relay whose key stopped working");
+        }
+    }
 }
 
 /// 407 with `Proxy-Authenticate` when the key is missing or unusable, so

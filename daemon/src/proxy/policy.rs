@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::audit::Opening;
 use crate::config::{Egress, Intercept};
 use crate::error::{ApiError, ErrorCode};
+use crate::hosts::Place;
 use crate::proxy::target::{NormalPath, Target, forbidden_name};
 use crate::registry::{LiveCred, Registry};
 
@@ -47,10 +48,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn of(config: &crate::config::Config) -> Settings {
+    pub fn of(live: &crate::live::Live) -> Settings {
         Settings {
-            egress: config.egress,
-            intercept: config.intercept,
+            egress: live.egress(),
+            intercept: live.intercept(),
         }
     }
 }
@@ -75,15 +76,15 @@ pub enum Connect {
 pub trait Grants {
     /// The credential `name`, if it is granted to the connection.
     fn granted(&self, conn_id: &str, name: &str) -> Option<Arc<LiveCred>>;
-    /// The granted credential bound to this host and path.
-    fn bound(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>>;
-    /// Whether some granted credential is bound to this host.
-    fn host_is_bound(&self, conn_id: &str, host: &str) -> bool;
-    /// A credential whose secret is in `texts` though it is not bound to `host`.
+    /// The most specific granted credential bound to this place and path.
+    fn bound(&self, conn_id: &str, place: &Place, path: &str) -> Option<Arc<LiveCred>>;
+    /// Whether some granted credential is bound to `host:port`, either scheme.
+    fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool;
+    /// A credential whose secret is in `texts` though it is not bound to `place`.
     fn leaked<'t>(
         &self,
         texts: impl Iterator<Item = &'t [u8]> + Clone,
-        host: &str,
+        place: &Place,
     ) -> Option<String>;
 }
 
@@ -91,18 +92,18 @@ impl Grants for Registry {
     fn granted(&self, conn_id: &str, name: &str) -> Option<Arc<LiveCred>> {
         self.granted_cred(conn_id, name)
     }
-    fn bound(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>> {
-        self.cred_for(conn_id, host, path)
+    fn bound(&self, conn_id: &str, place: &Place, path: &str) -> Option<Arc<LiveCred>> {
+        self.cred_for(conn_id, place, path)
     }
-    fn host_is_bound(&self, conn_id: &str, host: &str) -> bool {
-        Registry::host_is_bound(self, conn_id, host)
+    fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool {
+        Registry::host_is_bound(self, conn_id, host, port)
     }
     fn leaked<'t>(
         &self,
         texts: impl Iterator<Item = &'t [u8]> + Clone,
-        host: &str,
+        place: &Place,
     ) -> Option<String> {
-        self.leaked_secret(texts, host)
+        self.leaked_secret(texts, place)
     }
 }
 
@@ -140,6 +141,7 @@ where
         ));
     }
     let host = check_target(target)?;
+    let place = target.place();
     let path = NormalPath::of(&target.path_and_query);
     let cred = match entry {
         Entry::AgentKeys { token_cred, named } => Some(agentkeys_cred(
@@ -149,8 +151,8 @@ where
             let cred = match token_cred {
                 Some(name) => grants
                     .granted(conn_id, name)
-                    .filter(|cred| cred.binds(host, &path.path)),
-                None => grants.bound(conn_id, host, &path.path),
+                    .filter(|cred| cred.binds(&place, &path.path)),
+                None => grants.bound(conn_id, &place, &path.path),
             };
             if cred.is_none() && settings.egress == Egress::Deny {
                 return Err(egress_denied(host));
@@ -166,7 +168,7 @@ where
         )));
     }
     // A secret's value may only ever travel to its own hosts.
-    if let Some(leaked) = grants.leaked(texts, host) {
+    if let Some(leaked) = grants.leaked(texts, &place) {
         return Err(ApiError::permission_denied(format!(
             "This request carries the secret of credential '{leaked}' toward {host}, a host it is not bound to; it was not sent."
         )));
@@ -186,8 +188,8 @@ pub fn decide_connect(
     let bound = match token_cred {
         Some(name) => grants
             .granted(conn_id, name)
-            .is_some_and(|cred| cred.binds_host(host)),
-        None => grants.host_is_bound(conn_id, host),
+            .is_some_and(|cred| cred.binds_host_port(host, target.port)),
+        None => grants.host_is_bound(conn_id, host, target.port),
     };
     if settings.intercept == Intercept::All || bound {
         return Ok(Connect::Intercept);
@@ -236,14 +238,14 @@ fn agentkeys_cred(
                 "The credential '{name}' is not granted to this connection; grant it with: sidekeyctl grant {conn_name} {name}"
             ))
         })?,
-        (None, None) => grants.bound(conn_id, &target.host, path).ok_or_else(|| {
+        (None, None) => grants.bound(conn_id, &target.place(), path).ok_or_else(|| {
             ApiError::permission_denied(format!(
                 "No credential granted to this connection is bound to {}; bind one with --host, or name it in X-Credential-Name.",
                 target.host
             ))
         })?,
     };
-    if !cred.binds(&target.host, path) {
+    if !cred.binds(&target.place(), path) {
         return Err(ApiError::permission_denied(format!(
             "The credential '{}' is not bound to {}{path}; bind it with --host (and --path-prefix), or pick another credential.",
             cred.name, target.host,
@@ -320,21 +322,24 @@ mod tests {
         fn granted(&self, conn_id: &str, name: &str) -> Option<Arc<LiveCred>> {
             self.creds(conn_id).find(|c| c.name == name).cloned()
         }
-        fn bound(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>> {
-            self.creds(conn_id).find(|c| c.binds(host, path)).cloned()
+        fn bound(&self, conn_id: &str, place: &Place, path: &str) -> Option<Arc<LiveCred>> {
+            self.creds(conn_id)
+                .filter_map(|c| Some((c.specificity(place, path)?, c)))
+                .max_by_key(|(specificity, _)| *specificity)
+                .map(|(_, c)| c.clone())
         }
-        fn host_is_bound(&self, conn_id: &str, host: &str) -> bool {
-            self.creds(conn_id).any(|c| c.binds_host(host))
+        fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool {
+            self.creds(conn_id).any(|c| c.binds_host_port(host, port))
         }
         fn leaked<'t>(
             &self,
             texts: impl Iterator<Item = &'t [u8]> + Clone,
-            host: &str,
+            place: &Place,
         ) -> Option<String> {
             self.0
                 .iter()
                 .map(|(_, cred)| cred)
-                .find(|cred| !cred.binds_host(host) && cred.appears_in(texts.clone()))
+                .find(|cred| !cred.bound_at(place) && cred.appears_in(texts.clone()))
                 .map(|cred| cred.name.clone())
         }
     }

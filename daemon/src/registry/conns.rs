@@ -194,6 +194,7 @@ impl Registry {
         self.store.put_conn(&record)?;
         self.store.flush().await?;
         live.disabled.store(disabled, Ordering::Release);
+        self.changed.send_replace(());
         tracing::info!(conn = %record.id, disabled, "connection state changed");
         Ok(self.read().view(&record, &live))
     }

@@ -79,6 +79,36 @@ impl Registry {
         Ok(index.cred_view(&record))
     }
 
+    /// Replaces a credential's bindings; refused when it would then tie with
+    /// another credential granted to one of its connections.
+    pub async fn set_cred_hosts(&self, name: &str, hosts: &[String]) -> Result<Cred, ApiError> {
+        let _change = self.change.lock().await;
+        let mut record = self.read().find_cred(name)?.clone();
+        record.hosts = validate_hosts(hosts)?;
+        record.updated_at = now_secs();
+        let secret = self.read().live_creds[name].secret.clone();
+        let live = Arc::new(LiveCred::new(&record, secret));
+        {
+            let index = self.read();
+            let conns: Vec<String> = index
+                .grants
+                .keys()
+                .filter(|(_, cred)| cred == name)
+                .map(|(conn, _)| conn.clone())
+                .collect();
+            for conn in conns {
+                index.refuse_tie(&conn, &live)?;
+            }
+        }
+        self.store.put_cred(&record)?;
+        self.store.flush().await?;
+        let mut index = self.write();
+        index.live_creds.insert(record.name.clone(), live);
+        index.creds.insert(record.name.clone(), record.clone());
+        tracing::info!(cred = %record.name, hosts = ?record.hosts, "credential bindings replaced");
+        Ok(index.cred_view(&record))
+    }
+
     /// Removes a credential and every grant of it.
     pub async fn remove_cred(&self, name: &str) -> Result<Cred, ApiError> {
         let _change = self.change.lock().await;
@@ -155,6 +185,7 @@ impl Registry {
                     conn.name
                 )));
             }
+            index.refuse_tie(&conn.id, &index.live_creds[cred])?;
             (conn.id.clone(), conn.name.clone())
         };
         let token = keys::mint(KeyPrefix::Pxr);

@@ -85,6 +85,27 @@ impl Index {
             .map(|(_, grant)| grant)
     }
 
+    /// Refuses `cred` for a connection where another granted credential
+    /// would be chosen for exactly the same requests: neither could win.
+    pub(super) fn refuse_tie(&self, conn_id: &str, cred: &LiveCred) -> Result<(), ApiError> {
+        for other in self.granted_names(conn_id) {
+            if *other == cred.name {
+                continue;
+            }
+            if let Some(binding) = self
+                .live_creds
+                .get(other)
+                .and_then(|other| cred.ties_with(other))
+            {
+                return Err(ApiError::conflict(format!(
+                    "'{}' and '{other}' are both bound to {binding} with the same path prefix, so neither could be chosen over the other; narrow one with: sidekeyctl cred set <name> --host …",
+                    cred.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A grant whose token was reissued: the old token no longer opens it.
     pub(super) fn replace_grant(&mut self, record: GrantRecord) {
         self.remove_grant(&record.conn_id, &record.cred);

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use sidekey_api::ConnKind;
 
-use crate::hosts::HostPattern;
+use crate::hosts::{Binding, Place};
 use crate::keys::Secret;
 use crate::ratelimit::TokenBucket;
 use crate::store::CredRecord;
@@ -57,11 +57,11 @@ impl Holder {
     }
 }
 
-/// A credential ready for injection: parsed host patterns and the secret.
+/// A credential ready for injection: parsed bindings and the secret.
 pub struct LiveCred {
     pub name: String,
     pub cred_type: sidekey_api::CredType,
-    pub(super) patterns: Vec<HostPattern>,
+    pub(super) bindings: Vec<Binding>,
     pub(super) path_prefix: Option<String>,
     pub secret: Secret,
     /// The header fields it sets, rendered once rather than per request.
@@ -82,10 +82,12 @@ impl LiveCred {
         LiveCred {
             name: record.name.clone(),
             cred_type: record.cred_type,
-            patterns: record
+            // A record from before bindings named schemes and ports holds bare
+            // hosts, which parse as https on 443: the safe reading.
+            bindings: record
                 .hosts
                 .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
+                .filter_map(|h| Binding::parse(h).ok())
                 .collect(),
             path_prefix: record.path_prefix.clone(),
             matcher: crate::proxy::scrub::Needles::new(&crate::inject::needles(
@@ -97,9 +99,17 @@ impl LiveCred {
         }
     }
 
-    /// `host` must be normalized.
-    pub fn binds_host(&self, host: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(host))
+    /// Whether a `CONNECT host:port` may carry requests it is bound to, over
+    /// either scheme. `host` must be normalized.
+    pub fn binds_host_port(&self, host: &str, port: u16) -> bool {
+        self.bindings
+            .iter()
+            .any(|b| b.matches_host_port(host, port))
+    }
+
+    /// Whether it is bound to `place`, whatever the path.
+    pub fn bound_at(&self, place: &Place) -> bool {
+        self.bindings.iter().any(|b| b.matches(place))
     }
 
     /// Whether its secret, or a common encoding of it, is in one of `texts`,
@@ -113,12 +123,40 @@ impl LiveCred {
     }
 
     /// `path` must be normalized ([`crate::proxy`]'s `NormalPath`).
-    pub fn binds(&self, host: &str, path: &str) -> bool {
-        self.binds_host(host)
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|prefix| path_under(path, prefix))
+    pub fn binds(&self, place: &Place, path: &str) -> bool {
+        self.specificity(place, path).is_some()
+    }
+
+    /// How specifically it is bound to a request, if at all: an exact host
+    /// beats a wildcard, then a longer path prefix a shorter one, then a
+    /// named port `:*`. The most specific credential is the one sent.
+    pub fn specificity(&self, place: &Place, path: &str) -> Option<(bool, usize, bool)> {
+        let prefix = match self.path_prefix.as_deref() {
+            Some(prefix) if !path_under(path, prefix) => return None,
+            Some(prefix) => prefix.trim_end_matches('/').len(),
+            None => 0,
+        };
+        self.bindings
+            .iter()
+            .filter(|b| b.matches(place))
+            .map(|b| {
+                let (exact_host, exact_port) = b.specificity();
+                (exact_host, prefix, exact_port)
+            })
+            .max()
+    }
+
+    /// Whether it and `other` would be chosen for exactly the same requests,
+    /// so neither could win: some binding of each is the same, and so are
+    /// their path prefixes.
+    pub fn ties_with(&self, other: &LiveCred) -> Option<String> {
+        if self.path_prefix != other.path_prefix {
+            return None;
+        }
+        self.bindings
+            .iter()
+            .find(|b| other.bindings.contains(b))
+            .map(|b| b.to_string())
     }
 }
 

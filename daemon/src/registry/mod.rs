@@ -41,6 +41,9 @@ pub struct Registry {
     /// Moves on with every change to the index, so a [`Lookup`] can tell
     /// that it still holds.
     generation: AtomicU64,
+    /// Told of every change, so that what a key opened can end when the key
+    /// stops working (see [`Registry::retired`]).
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 /// Which connection a key names, as of one state of the index.
@@ -108,6 +111,7 @@ impl Registry {
             change: tokio::sync::Mutex::new(()),
             default_rates: DefaultRates::default(),
             generation: AtomicU64::new(0),
+            changed: tokio::sync::watch::Sender::new(()),
         })
     }
 
@@ -129,6 +133,7 @@ impl Registry {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
         let index = self.index.write().unwrap_or_else(|p| p.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.send_replace(());
         index
     }
 

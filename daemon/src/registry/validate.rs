@@ -1,7 +1,7 @@
 //! What a name, a host list and a path prefix must look like.
 
 use crate::error::ApiError;
-use crate::hosts::HostPattern;
+use crate::hosts::Binding;
 
 pub(super) const MAX_NAME_LEN: usize = 64;
 
@@ -33,9 +33,9 @@ pub(super) fn validate_hosts(hosts: &[String]) -> Result<Vec<String>, ApiError> 
     }
     let mut out = Vec::with_capacity(hosts.len());
     for host in hosts {
-        let pattern = HostPattern::parse(host)
-            .map_err(|why| ApiError::bad_request(format!("Invalid host pattern {why}.")))?;
-        let text = pattern.to_string();
+        let binding = Binding::parse(host)
+            .map_err(|why| ApiError::bad_request(format!("Invalid binding {why}.")))?;
+        let text = binding.to_string();
         if !out.contains(&text) {
             out.push(text);
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use sidekey_api::ConnKind;
 
 use crate::error::ApiError;
+use crate::hosts::Place;
 use crate::keys::{self, KeyHash};
 
 use super::*;
@@ -86,9 +87,9 @@ impl Registry {
         lookup.generation == self.generation.load(Ordering::Acquire)
     }
 
-    /// Admits one request on a looked-up key: its grace, the connection's
-    /// state, expiry and rate, then marks it used.
-    pub fn admit(&self, lookup: &Lookup, used_by: &str) -> Result<Verified, ApiError> {
+    /// Whether a looked-up key may be used now: its grace, the connection's
+    /// state and expiry. No rate token is spent.
+    fn usable(&self, lookup: &Lookup) -> Result<(), ApiError> {
         if lookup.until_ms.is_some_and(|until| now_ms() >= until) {
             return Err(ApiError::invalid_access_key());
         }
@@ -99,6 +100,37 @@ impl Registry {
         if conn.expires_at.is_some_and(|at| now_secs() >= at) {
             return Err(ApiError::key_expired());
         }
+        Ok(())
+    }
+
+    /// Resolves once `key` stops working: rotated out (after any grace),
+    /// revoked, disabled, expired or deleted. What the key opened (an
+    /// untouched tunnel, a WebSocket) ends then, not when its user lets go.
+    pub async fn retired(&self, key: &str, key_use: KeyUse) {
+        let mut changes = self.changed.subscribe();
+        loop {
+            let Ok(lookup) = self.look_up(key, key_use) else {
+                return;
+            };
+            if self.usable(&lookup).is_err() {
+                return;
+            }
+            let expiry = lookup.verified.conn.expires_at.map(|at| at * 1000);
+            let wake_ms = [lookup.until_ms, expiry].into_iter().flatten().min();
+            let wait =
+                wake_ms.map(|at| std::time::Duration::from_millis(at.saturating_sub(now_ms())));
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = sleep_or_forever(wait) => {}
+            }
+        }
+    }
+
+    /// Admits one request on a looked-up key: its grace, the connection's
+    /// state, expiry and rate, then marks it used.
+    pub fn admit(&self, lookup: &Lookup, used_by: &str) -> Result<Verified, ApiError> {
+        self.usable(lookup)?;
+        let conn = &lookup.verified.conn;
         if let Some(limiter) = &conn.limiter {
             limiter
                 .check(Instant::now())
@@ -124,24 +156,26 @@ impl Registry {
             .flatten()
     }
 
-    /// The first credential granted to the connection that is bound to this
-    /// host and path. `host` must be normalized.
-    pub fn cred_for(&self, conn_id: &str, host: &str, path: &str) -> Option<Arc<LiveCred>> {
+    /// The most specific credential granted to the connection that is bound
+    /// to this place and path (grants never tie: see `grant`).
+    pub fn cred_for(&self, conn_id: &str, place: &Place, path: &str) -> Option<Arc<LiveCred>> {
         let index = self.read();
         index
             .granted_names(conn_id)
             .filter_map(|name| index.live_creds.get(name))
-            .find(|cred| cred.binds(host, path))
-            .cloned()
+            .filter_map(|cred| Some((cred.specificity(place, path)?, cred)))
+            .max_by_key(|(specificity, _)| *specificity)
+            .map(|(_, cred)| cred.clone())
     }
 
-    /// Whether any credential granted to the connection is bound to `host`.
-    pub fn host_is_bound(&self, conn_id: &str, host: &str) -> bool {
+    /// Whether any credential granted to the connection is bound to
+    /// `host:port`, over either scheme.
+    pub fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool {
         let index = self.read();
         index
             .granted_names(conn_id)
             .filter_map(|name| index.live_creds.get(name))
-            .any(|cred| cred.binds_host(host))
+            .any(|cred| cred.binds_host_port(host, port))
     }
 
     /// The name of a credential whose secret appears in `texts` while the
@@ -161,14 +195,21 @@ impl Registry {
     pub fn leaked_secret<'t>(
         &self,
         texts: impl Iterator<Item = &'t [u8]> + Clone,
-        host: &str,
+        place: &Place,
     ) -> Option<String> {
         let index = self.read();
         index
             .live_creds
             .values()
-            .filter(|cred| !cred.binds_host(host))
+            .filter(|cred| !cred.bound_at(place))
             .find(|cred| cred.appears_in(texts.clone()))
             .map(|cred| cred.name.clone())
+    }
+}
+
+async fn sleep_or_forever(wait: Option<std::time::Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
     }
 }

@@ -2,10 +2,16 @@
 //! folder in sync with one share. notify events are only hints: every round
 //! compares stat data with the last-synced state and hashes only what changed.
 //!
+//! Sync never sees the daemon or the proxy: the engine is built from the
+//! registry, the hub's identity and the task tree, and every task it starts
+//! runs in that tree.
+//!
 //! - this module: the engine that adds, lists and removes shares and sessions
+//! - `plan`: the one pure decision, `plan(local, remote, base) -> Vec<Op>`
 //! - `hub`: the hub's listener (`server`) and its shared folders (`share`)
 //! - `peer`: a peer's rounds (`session`), its pinned connection (`client`), its loops (`runner`)
-//! - `replica`: one folder: `scan`, `watcher`, `fsops`, `paths`, `ignore`, and `journal`
+//! - `replica`: one folder: `scan` (and gathering for the planner), `apply` (landing
+//!   received files), `watcher`, `fsops`, `paths`, `ignore`, and `journal`
 //!   (per-path state with versions: the hub's journal, a peer's index)
 //! - `wire`: what goes between replicas (`model`), batch framing (`frames`), the hub's TLS `identity`
 

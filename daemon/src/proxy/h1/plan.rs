@@ -18,7 +18,7 @@ use crate::proxy::Proxy;
 use crate::proxy::policy::{self, Ask, Decision, Entry, Settings};
 use crate::proxy::target::Target;
 use crate::proxy::wire::framing::Framing;
-use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, is_hop_by_hop, push_field};
+use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, content_length, is_hop_by_hop, push_field};
 use crate::proxy::{authority_matches, is_own_address};
 use crate::registry::{LiveConn, LiveCred, Verified};
 use std::sync::Arc;
@@ -98,8 +98,7 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
         texts: std::iter::once(request_target.as_bytes()).chain(values),
     };
     // A refusal is answered by the full proxy, which asks the same policy.
-    let Ok(Decision { cred }) =
-        policy::decide(&*daemon.registry, Settings::of(&daemon.live_config()), ask)
+    let Ok(Decision { cred }) = policy::decide(&*daemon.registry, Settings::of(&daemon.live), ask)
     else {
         return Parsed::Leave;
     };
@@ -156,7 +155,7 @@ impl<'a> Scan<'a> {
             let name = field.name;
             let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
             if is("content-length") {
-                let length = std::str::from_utf8(field.value).ok()?.trim().parse().ok()?;
+                let length = content_length(field.value)?;
                 if scan.length.is_some_and(|seen| seen != length) {
                     return None;
                 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 
 use crate::proxy::wire::framing::{Framing, Malformed};
-use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, is_hop_by_hop, push_field};
+use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, content_length, is_hop_by_hop, push_field};
 
 pub struct ResponseHead {
     /// Bytes of the upstream's head.
@@ -47,8 +47,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
     for field in res.headers.iter() {
         let is = |wanted: &str| field.name.eq_ignore_ascii_case(wanted);
         if is("content-length") {
-            let value = std::str::from_utf8(field.value).map_err(|_| Malformed)?;
-            let value: u64 = value.trim().parse().map_err(|_| Malformed)?;
+            let value = content_length(field.value).ok_or(Malformed)?;
             if length.is_some_and(|seen| seen != value) {
                 return Err(Malformed);
             }

@@ -20,6 +20,8 @@ pub enum Chunk {
         value: u64,
         digits: u8,
     },
+    /// Whitespace after the size, which must lead to `;`.
+    SizeBws(u64),
     Extension(u64),
     SizeLf(u64),
     Data(u64),
@@ -116,9 +118,12 @@ impl Chunk {
                     digits: digits + 1,
                 }
             }
-            (Chunk::Size { value, digits }, b';' | b' ' | b'\t') if digits > 0 => {
-                Chunk::Extension(value)
-            }
+            // Whitespace after the size may only lead to an extension
+            // (RFC 9112's BWS before `;`), never end the line.
+            (Chunk::Size { value, digits }, b' ' | b'\t') if digits > 0 => Chunk::SizeBws(value),
+            (Chunk::SizeBws(value), b' ' | b'\t') => Chunk::SizeBws(value),
+            (Chunk::Size { value, digits }, b';') if digits > 0 => Chunk::Extension(value),
+            (Chunk::SizeBws(value), b';') => Chunk::Extension(value),
             (Chunk::Size { value, digits }, b'\r') if digits > 0 => Chunk::SizeLf(value),
             (Chunk::Extension(value), b'\r') => Chunk::SizeLf(value),
             (Chunk::Extension(_), b'\n') => return Err(Malformed),
@@ -178,6 +183,13 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_may_only_lead_to_an_extension() {
+        let body = b"5 ;ext\r\nhello\r\n0\r\n\r\n";
+        let mut f = Framing::chunked();
+        assert_eq!(feed(&mut f, body), Ok((body.len(), true)));
+    }
+
+    #[test]
     fn header_like_lines_inside_chunks_are_data() {
         let data = b"Transfer-Encoding: chunked\r\n\r\n";
         let body = [
@@ -211,6 +223,9 @@ mod tests {
             b"4\r\nWikiX",
             b"ffffffffffffffff\r\n",
             b"0\r\nbad\ntrailer",
+            b"5 \r\nhello\r\n",
+            b"5\t\r\nhello\r\n",
+            b"+5\r\nhello\r\n",
         ] {
             let mut f = Framing::chunked();
             assert_eq!(feed(&mut f, body), Err(Malformed), "{body:?}");

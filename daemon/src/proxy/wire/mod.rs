@@ -26,6 +26,17 @@ pub const POOL_IDLE_FOR: Duration = Duration::from_secs(90);
 /// Idle upstream connections kept per origin, in either pool.
 pub const POOL_IDLE_PER_HOST: usize = 256;
 
+/// A `Content-Length` value: `1*DIGIT` between optional whitespace, and
+/// nothing else. Rust's own parser takes `+5`, which one engine would read as
+/// 5 and another refuse: a body framed two ways is how requests are smuggled.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 pub fn push_field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.extend_from_slice(name);
     head.extend_from_slice(b": ");

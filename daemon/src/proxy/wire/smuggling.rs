@@ -143,7 +143,7 @@ impl<T> HeadGuard<T> {
             self.request_line = false;
             self.connect = line.starts_with(b"connect ");
         } else if let Some(value) = line.strip_prefix(b"content-length:") {
-            self.length = parse_length(value).or(Some(u64::MAX));
+            self.length = super::content_length(value).or(Some(u64::MAX));
         } else if line.starts_with(b"transfer-encoding:") {
             self.saw_encoding = true;
         }
@@ -170,10 +170,6 @@ impl<T> HeadGuard<T> {
         self.length = None;
         self.saw_encoding = false;
     }
-}
-
-fn parse_length(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {

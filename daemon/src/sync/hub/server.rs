@@ -1,6 +1,7 @@
 //! The hub's side of the wire: a TLS 1.3 + h2 listener (off unless
 //! `sync_listen` is set) serving shares to peers that present a `cli_` key
-//! scoped to the share.
+//! scoped to the share. It decides nothing itself: a push lands only where
+//! `plan::accepts` says, and through the same landing as a peer's fetch.
 
 use std::convert::Infallible;
 use std::path::PathBuf;

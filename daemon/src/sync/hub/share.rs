@@ -1,6 +1,7 @@
 //! One shared folder on the hub. The hub's folder is itself a replica: its
-//! own edits are journaled by [`Share::scan`], and peers' pushes are applied
-//! only when the hub's file still matches the journal.
+//! own edits are planned by `plan` and journaled by [`Share::scan`], and a
+//! peer's push lands only once any hub edit at its path is journaled, so it
+//! meets that edit as a conflict and never overwrites it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -118,7 +119,10 @@ impl Share {
                 }
                 Op::Remember { path, synced } => self.journal.put(&path, &synced)?,
                 Op::Forget { .. } => {}
-                other => unreachable!("a plan without the hub's changes has no {other:?}"),
+                // A plan made without news from a hub only journals.
+                other => {
+                    tracing::warn!(op = ?other, "the hub's own plan asked for more than journaling")
+                }
             }
         }
         Ok(())

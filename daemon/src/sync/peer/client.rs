@@ -1,6 +1,7 @@
 //! A peer's connection to its hub: TLS 1.3 pinned to the invite's
 //! fingerprint, one h2 connection shared by the long-poll and the pushes,
-//! re-dialled when it drops.
+//! re-dialled when it drops. It never trusts another certificate, and never
+//! retries a refused key on its own.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
-//! The loops that keep shares and sessions going: scan on hints and ticks,
-//! run rounds, back off within a bound, and stop for the user when a round
-//! says so.
+//! The loops that keep a session going: rounds on watcher hints, the hub's
+//! long-poll and ticks, backing off within a bound. After a halt or a
+//! refused key they wait for the user; they never retry that on their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,10 +135,12 @@ async fn long_poll(
     let mut failures = 0u32;
     loop {
         let since = session.record().cursor;
+        session.polling(Some(since));
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
             outcome = session.client.changes(since, 25) => outcome,
         };
+        session.polling(None);
         match outcome {
             Ok(changes) => {
                 failures = 0;

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -28,6 +29,15 @@ use crate::sync::replica::scan::{self, Scope, Stat};
 use crate::sync::replica::{fsops, paths};
 use crate::sync::wire::frames::FrameWriter;
 use crate::sync::wire::model::{Entry, Kind, PushHead, PushResult, Synced};
+
+/// How long deletes seen by a look at some paths wait for the rest of a
+/// burst, before a look at everything decides whether the folder is being
+/// emptied. Edits never wait.
+const DELETE_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long a long-poll must have waited before a round trusts it to mean
+/// the hub has nothing new: long enough for it to have reached the hub.
+const QUIET_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What `sync status` shows.
 #[derive(Debug, Clone)]
@@ -53,6 +63,8 @@ pub struct Session {
     pub host: String,
     /// Set when the hub refuses our pushes (a read-only key): pull only.
     read_only: std::sync::atomic::AtomicBool,
+    /// The cursor the long-poll is waiting on, and since when.
+    long_poll: Mutex<Option<(u64, Instant)>>,
     /// The session's branch of the task tree, for its push writers.
     tasks: Tasks,
 }
@@ -89,6 +101,7 @@ impl Session {
             host,
             read_only: std::sync::atomic::AtomicBool::new(false),
             tasks,
+            long_poll: Mutex::new(None),
         }
     }
 
@@ -110,6 +123,21 @@ impl Session {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.state = state;
         status.message = message;
+    }
+
+    /// The long-poll on the hub's changes starts (`Some(cursor)`) or ends.
+    pub fn polling(&self, since: Option<u64>) {
+        *self.long_poll.lock().unwrap_or_else(|p| p.into_inner()) =
+            since.map(|cursor| (cursor, Instant::now()));
+    }
+
+    /// Whether the hub has had nothing past `cursor` for a while: a
+    /// long-poll on it is still waiting. Then a round plans without asking
+    /// again, which saves a round trip on every local edit. It is only an
+    /// economy: a push the hub has moved past is refused with a conflict.
+    fn hub_quiet(&self, cursor: u64) -> bool {
+        let polling = *self.long_poll.lock().unwrap_or_else(|p| p.into_inner());
+        polling.is_some_and(|(since, at)| since == cursor && at.elapsed() >= QUIET_AFTER)
     }
 
     fn update<F: FnOnce(&mut Status)>(&self, f: F) {
@@ -141,7 +169,23 @@ impl Session {
     }
 
     /// One round: gather, plan, apply.
-    pub async fn round(&self, scope: Scope) -> Result<(), RoundError> {
+    pub async fn round(&self, mut scope: Scope) -> Result<(), RoundError> {
+        loop {
+            let partial = matches!(scope, Scope::Paths(_));
+            let (ops, cursor, first) = self.gather_and_plan(scope).await?;
+            // A look at some paths cannot tell a deleted file from a folder
+            // being emptied (`rm -r` is many events): before a delete leaves,
+            // let the burst settle and judge the whole folder.
+            if partial && ops.iter().any(|op| matches!(op, Op::DeleteRemote { .. })) {
+                tokio::time::sleep(DELETE_SETTLE).await;
+                scope = Scope::Everything;
+                continue;
+            }
+            return self.apply(ops, cursor, first).await;
+        }
+    }
+
+    async fn gather_and_plan(&self, scope: Scope) -> Result<(Vec<Op>, u64, bool), RoundError> {
         self.check_marker().map_err(RoundError::Halt)?;
         self.update(|s| s.state = SessionState::Scanning);
         let ignorer = Ignorer::load(&self.root);
@@ -162,7 +206,12 @@ impl Session {
             });
         }
         let first = !self.record().initial_sync_done;
-        let (remote, cursor) = self.remote_changes().await?;
+        let cursor = self.record().cursor;
+        let (remote, cursor) = if !first && self.hub_quiet(cursor) {
+            (BTreeMap::new(), cursor)
+        } else {
+            self.remote_changes().await?
+        };
         let mut base = look.synced;
         for path in remote.keys() {
             if !base.contains_key(path)
@@ -182,8 +231,7 @@ impl Session {
                 local.insert(path.clone(), here);
             }
         }
-        let ops = plan::plan(&local, &remote, &base);
-        self.apply(ops, cursor, first).await
+        Ok((plan::plan(&local, &remote, &base), cursor, first))
     }
 
     /// The hub's changes since the cursor, every page of them; a later

@@ -749,7 +749,11 @@ fn without_stat(ops: Vec<Op>) -> Vec<Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // Failures print their minimal input; nothing is written beside the crate.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(4000)
+    })]
 
     #[test]
     fn rounds_converge_keep_every_edit_and_then_plan_nothing(

@@ -6,7 +6,8 @@
 //! The entries are the one thing persisted (one write per change, so a crash
 //! cannot leave two tables disagreeing); the order is rebuilt from them at
 //! start. Both live in memory, so a scan never re-reads the table, and the
-//! feed reads one consistent view under a lock.
+//! feed reads one consistent view under a lock. It reaches sled only through
+//! `store::PathTable`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

@@ -1,6 +1,7 @@
-//! Walks a replica's folder without following symlinks: stat data for every
-//! file and directory, and what it skipped and why. Hashing happens later,
-//! only for files whose stat data changed.
+//! Reads a replica's folder for the planner, without following symlinks:
+//! stat data for every file and directory, what it skipped and why, and
+//! [`gather`], which hashes only files whose stat data changed. It never
+//! writes, and decides nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,6 +1,7 @@
 //! Watching a folder: notify events name the paths the next round looks
 //! at; a jittered periodic rescan of the whole folder catches what they
-//! miss, and when the watcher fails the loop falls back to polling.
+//! miss, and when the watcher fails the loop falls back to polling. Events
+//! are hints only: a lost one costs a rescan, never a change.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

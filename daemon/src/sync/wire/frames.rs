@@ -1,6 +1,7 @@
 //! Batches on the wire: a stream of frames, each a 4-byte big-endian length,
 //! a JSON head of that length, then the head's `size` bytes of content (for
-//! files). One request carries many small files; a large file streams.
+//! files). One request carries many small files; a large file streams. A
+//! head is never read past 64 KiB, whatever its length says.
 
 use std::path::Path;
 

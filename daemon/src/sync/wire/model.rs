@@ -1,4 +1,5 @@
-//! What replicas say to each other, and what each keeps per path.
+//! What replicas say to each other, and what each keeps per path. Plain
+//! data: no I/O.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
