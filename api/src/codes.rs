@@ -23,6 +23,8 @@ pub enum ErrorCode {
     UpstreamUnreachable,
     UpstreamTimeout,
     UpstreamTls,
+    /// The upstream compressed an answer that had to be scrubbed.
+    UpstreamEncoding,
     AuditUnavailable,
     ShareHalted,
     Internal,
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamTls => "upstream_tls",
+            ErrorCode::UpstreamEncoding => "upstream_encoding",
             ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::ShareHalted => "share_halted",
             ErrorCode::Internal => "internal",

@@ -277,6 +277,9 @@ pub struct AuditRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub outcome: Outcome,
+    /// The response carried the injected secret, and sidekey masked it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scrubbed: bool,
 }
 
 /// What `/v1/whoami` on the proxy port answers for a valid key.

@@ -28,6 +28,23 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
 }
 
+/// Fields a custom-header credential may never set, and a trailer may never
+/// carry: the body's framing, hop-by-hop fields, the target's `Host`, the
+/// proxy's own `Proxy-*` fields and h2 pseudo-headers. One of them could
+/// reframe a message (a `Content-Length: 5` cut a body and left the rest on
+/// a pooled upstream connection) or send it elsewhere.
+pub fn is_reserved_field(name: &str) -> bool {
+    let is = |reserved: &str| name.eq_ignore_ascii_case(reserved);
+    is_hop_by_hop(name)
+        || ["host", "content-length", "transfer-encoding", "expect"]
+            .into_iter()
+            .any(is)
+        || name.starts_with(':')
+        || name
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
+}
+
 pub type Body = Full<Bytes>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -41,7 +41,7 @@ pub fn header_fields(cred_type: CredType, secret: &Secret) -> Vec<(HeaderName, H
         // Reserved names are skipped too, for records made before they were
         // refused at add time.
         CredType::CustomHeader => header_lines(value)
-            .filter(|(name, _)| !is_reserved_field(name))
+            .filter(|(name, _)| !crate::http_util::is_reserved_field(name))
             .filter_map(|(name, v)| field(HeaderName::from_bytes(name.as_bytes()).ok()?, v))
             .collect(),
         CredType::QueryParam => Vec::new(),
@@ -160,23 +160,6 @@ pub fn with_query(path_and_query: &str, params: &str) -> String {
 }
 
 /// Checks that a secret has the shape its type needs.
-/// Fields a custom-header credential may never set: the body's framing,
-/// hop-by-hop fields, the target's `Host`, the proxy's own `Proxy-*` fields
-/// and h2 pseudo-headers. One of them could reframe the request (a
-/// `Content-Length: 5` cut a body and left the rest on a pooled upstream
-/// connection) or send it elsewhere.
-fn is_reserved_field(name: &str) -> bool {
-    let is = |reserved: &str| name.eq_ignore_ascii_case(reserved);
-    crate::http_util::is_hop_by_hop(name)
-        || ["host", "content-length", "transfer-encoding", "expect"]
-            .into_iter()
-            .any(is)
-        || name.starts_with(':')
-        || name
-            .get(..6)
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
-}
-
 pub fn validate_secret(cred_type: CredType, secret: &Secret) -> Result<(), String> {
     let value = secret.expose();
     if value.is_empty() {
@@ -224,7 +207,9 @@ pub fn validate_secret(cred_type: CredType, secret: &Secret) -> Result<(), Strin
                     "A custom-header secret must be one or more 'Name: value' lines.".into(),
                 );
             }
-            if let Some((name, _)) = header_lines(value).find(|(name, _)| is_reserved_field(name)) {
+            if let Some((name, _)) =
+                header_lines(value).find(|(name, _)| crate::http_util::is_reserved_field(name))
+            {
                 return Err(format!(
                     "A custom-header credential cannot set {name}: framing (Content-Length, Transfer-Encoding, Expect), hop-by-hop (Connection, Keep-Alive, TE, Trailer, Upgrade), Host, Proxy-* and pseudo-header fields are the proxy's own. Any other header name is allowed, like X-Api-Key or Authorization."
                 ));

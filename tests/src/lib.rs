@@ -9,6 +9,7 @@ pub mod http;
 pub mod netns;
 pub mod sync;
 pub mod upstream;
+pub mod websocket;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -266,3 +266,151 @@ fn an_upload_carrying_a_secret_toward_an_unbound_host_is_cut_before_the_secret_l
         }
     }
 }
+
+/// The audit records of the requests to `path`, oldest first.
+fn records_of(s: &Setup, path: &str) -> Vec<serde_json::Value> {
+    let out = s
+        .home
+        .ctl(&["audit", "--json", "--limit", "1000"])
+        .success();
+    (out.stdout.lines())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["url"].as_str().is_some_and(|u| u.ends_with(path)))
+        .collect()
+}
+
+#[test]
+fn each_scrub_is_in_the_audit_record_and_clean_answers_are_not_marked() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    let key = "sk-proj-AUDITEDscrubVALUE01";
+    s.cred("cred", "api-key", &[HOST], key);
+    for (what, _, flags) in PATHS.iter().filter(|(_, scheme, _)| *scheme == "http") {
+        let r = s.curl(&format!("http://{HOST}:{}/mirror", http.port), flags);
+        assert_scrubbed(what, &r, &[key.to_string()]);
+        let r = s.curl(&format!("http://{HOST}:{}/status/200", http.port), flags);
+        assert_eq!(r.status, 200, "{what}: {r:?}");
+    }
+    let mirrored = records_of(&s, "/mirror");
+    let plain = records_of(&s, "/status/200");
+    assert_eq!(mirrored.len(), 2, "{mirrored:?}");
+    assert_eq!(plain.len(), 2, "{plain:?}");
+    assert!(
+        mirrored.iter().all(|r| r["scrubbed"] == true),
+        "{mirrored:?}"
+    );
+    assert!(
+        plain.iter().all(|r| r.get("scrubbed").is_none()),
+        "{plain:?}"
+    );
+    let audit = s
+        .home
+        .ctl(&["audit", "--json", "--limit", "1000"])
+        .success();
+    assert!(!audit.stdout.contains(key), "the audit holds the secret");
+}
+
+#[test]
+fn a_compressed_answer_that_could_hide_the_secret_is_refused_on_every_engine() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    let tls = Upstream::https(&s.certs);
+    let key = "sk-proj-GZIPPEDechoVALUE001";
+    s.cred("cred", "api-key", &[HOST], key);
+    for (what, scheme, flags) in PATHS {
+        let port = if *scheme == "https" {
+            tls.port
+        } else {
+            http.port
+        };
+        let url = format!("{scheme}://{HOST}:{port}/gzip");
+        let r = s.curl(&url, flags);
+        assert_eq!(r.status, 502, "{what}: {r:?}");
+        assert!(
+            r.body.contains("upstream_encoding") && r.body.contains("identity"),
+            "{what}: {}",
+            r.body
+        );
+    }
+    // Without a credential there is nothing to scrub, and gzip passes.
+    let r = s.curl(
+        &format!("http://{OTHER}:{}/gzip", http.port),
+        &["--compressed"],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("headers"), "{r:?}");
+}
+
+#[test]
+fn websocket_frames_from_the_upstream_are_scrubbed_even_across_fragments() {
+    let s = Setup::new();
+    let tls = Upstream::https(&s.certs);
+    let key = "sk-proj-WEBSOCKETechoVALUE1";
+    s.cred("cred", "api-key", &[HOST], key);
+    let result = sidekey_tests::websocket::client(&s, HOST, tls.port, "probe");
+    assert!(
+        result["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 101"),
+        "{result}"
+    );
+    let frames: Vec<&str> = (result["frames"].as_array().unwrap().iter())
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(frames.len(), 3, "{result}");
+    let whole = frames[0];
+    let fragmented = format!("{}{}", frames[1], frames[2]);
+    for said in [whole, fragmented.as_str()] {
+        assert!(!said.contains(key), "the secret reached the agent: {said}");
+        assert_eq!(said, format!("auth=Bearer {}", "*".repeat(key.len())));
+    }
+    assert_eq!(
+        result["fins"],
+        serde_json::json!([true, false, true]),
+        "{result}"
+    );
+    // The upstream did get it, on the handshake, with no compression offered.
+    let seen = tls.last();
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {key}").as_str())
+    );
+    assert_eq!(seen.header("sec-websocket-extensions"), None);
+}
+
+#[test]
+fn framing_fields_in_trailers_never_reach_the_upstream() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    s.cred("cred", "api-key", &[HOST], "sk-proj-TRAILERSvalue00001");
+    let proxy_auth = format!("Basic {}", STANDARD.encode(format!("agent:{}", s.key)));
+    let send = |trailer: &str| {
+        let raw = format!(
+            "POST http://{HOST}:{}/upload HTTP/1.1\r\nHost: {HOST}:{}\r\nProxy-Authorization: {proxy_auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n{trailer}\r\n\r\n",
+            http.port, http.port
+        );
+        let mut conn = sidekey_tests::http::Conn::open(s.proxy());
+        conn.send_raw(raw.as_bytes())
+    };
+    for trailer in [
+        "Content-Length: 2",
+        "Transfer-Encoding: chunked",
+        "Host: elsewhere",
+    ] {
+        let before = http.count();
+        let answer = send(trailer);
+        assert!(
+            answer.as_ref().is_ok_and(|r| r.status == 400) || answer.is_err(),
+            "{trailer}: {answer:?}"
+        );
+        assert_eq!(
+            http.count(),
+            before,
+            "{trailer}: the upstream took the request"
+        );
+    }
+    let r = send("Server-Timing: db;dur=5").expect("an answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["len"], 5);
+}

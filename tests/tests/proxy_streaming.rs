@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,19 +55,6 @@ fn setup() -> Setup {
     let token = setup.cred("openai", "api-key", &[HOST], SECRET);
     assert!(token.starts_with("pxr_"), "grant printed {token:?}");
     setup
-}
-
-/// The real interpreter: pyenv shims depend on `HOME`.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        assert!(out.status.success(), "python3 does not run");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
 }
 
 /// curl through the proxy, trusting the bundle, with a clean environment.
@@ -433,101 +420,11 @@ fn sse_events_arrive_one_by_one_over_plain_http() {
     sse_events_arrive_one_by_one("http", &[]);
 }
 
-/// A WebSocket client written out by hand: CONNECT, TLS with the bundle,
-/// the upgrade handshake with a placeholder key, then echoed frames.
-const WEBSOCKET_CLIENT: &str = r#"
-import base64, hashlib, json, os, socket, ssl, struct, sys
-
-proxy_port, host, port, proxy_key, cafile = sys.argv[1:6]
-sock = socket.create_connection(("127.0.0.1", int(proxy_port)), timeout=20)
-auth = base64.b64encode(("agent:" + proxy_key).encode()).decode()
-sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
-head = b""
-while not head.endswith(b"\r\n\r\n") and len(head) < 65536:
-    byte = sock.recv(1)
-    if not byte:
-        break
-    head += byte
-assert head.startswith(b"HTTP/1.1 200"), head
-
-context = ssl.create_default_context(cafile=cafile)
-context.set_alpn_protocols(["http/1.1"])
-tls = context.wrap_socket(sock, server_hostname=host)
-reader = tls.makefile("rb")
-
-key = base64.b64encode(os.urandom(16)).decode()
-tls.sendall((
-    f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer placeholder\r\n\r\n"
-).encode())
-status = reader.readline().decode().strip()
-headers = {}
-while True:
-    line = reader.readline().decode().strip()
-    if not line:
-        break
-    name, _, value = line.partition(":")
-    headers[name.strip().lower()] = value.strip()
-expected = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
-
-def send(opcode, data):
-    mask = os.urandom(4)
-    n = len(data)
-    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
-    tls.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-
-def recv():
-    head = reader.read(2)
-    n = head[1] & 0x7F
-    if n == 126:
-        n = struct.unpack(">H", reader.read(2))[0]
-    elif n == 127:
-        n = struct.unpack(">Q", reader.read(8))[0]
-    return head[0] & 0x0F, reader.read(n)
-
-messages = [(1, b"hello through sidekey"), (2, os.urandom(3000)), (1, "ünïcode ✓".encode())]
-echoed = []
-for opcode, data in messages:
-    send(opcode, data)
-    got_opcode, got = recv()
-    echoed.append(got_opcode == opcode and got == data)
-send(8, b"")
-close_opcode, _ = recv()
-print(json.dumps({
-    "status": status,
-    "accept_ok": headers.get("sec-websocket-accept") == expected,
-    "upgrade": headers.get("upgrade", ""),
-    "echoed": echoed,
-    "close_opcode": close_opcode,
-}))
-"#;
-
 #[test]
 fn websocket_echo_works_through_intercepted_tunnel_with_credential_on_handshake() {
     let setup = setup();
     let upstream = Upstream::https(&setup.certs);
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("ws.py");
-    std::fs::write(&script, WEBSOCKET_CLIENT).unwrap();
-    let mut cmd = Command::new(python());
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .arg(&script)
-        .arg(setup.proxy().port().to_string())
-        .arg(HOST)
-        .arg(upstream.port.to_string())
-        .arg(&setup.key)
-        .arg(&setup.bundle)
-        .stdin(Stdio::null());
-    let out = output_within(cmd, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    let result = sidekey_tests::websocket::client(&setup, HOST, upstream.port, "echo");
     assert!(
         result["status"]
             .as_str()

@@ -11,7 +11,8 @@ SHA-256) as one JSON line in --log, and answers:
   /bytes?n=N          N bytes, streamed in 64 KiB chunks
   /upload             consumes the body; answers its length and SHA-256
   /slow?ms=M          waits M ms, then 200
-  /ws                 WebSocket echo
+  /gzip               the request's headers, gzip-compressed whatever it accepts
+  /ws                 WebSocket echo; "tell me the key" gets the Authorization back
   /mirror?chunk=N     echoes the request's headers and target into its
                       response headers (X-Echo-*, Link) and into a chunked
                       body sent N bytes a chunk, as a misbehaving API would
@@ -23,6 +24,7 @@ Only ever binds 127.0.0.1.
 """
 import argparse
 import base64
+import gzip
 import hashlib
 import json
 import socketserver
@@ -121,6 +123,15 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(gap)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if url.path == "/gzip":
+            # An upstream that compresses whatever the client accepts.
+            body = gzip.compress(json.dumps({"headers": dict(self.headers.items())}).encode())
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if url.path == "/mirror":
             chunk = int(query.get("chunk", ["7"])[0])
             echo = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
@@ -198,6 +209,15 @@ class Handler(BaseHTTPRequestHandler):
             if opcode == 8:
                 self.wfile.write(b"\x88\x00")
                 return
+            if data == b"tell me the key":
+                # An upstream that repeats the credential it was sent: whole,
+                # then fragmented so that it straddles two frames.
+                said = ("auth=" + self.headers.get("Authorization", "")).encode()
+                half = len(said) // 2
+                for first, part in ((0x81, said), (0x01, said[:half]), (0x80, said[half:])):
+                    self.wfile.write(bytes([first, len(part)]) + part)
+                self.wfile.flush()
+                continue
             frame = bytes([0x80 | opcode])
             if len(data) < 126:
                 frame += bytes([len(data)])

@@ -24,6 +24,8 @@ pub struct Closing {
     pub latency_ms: Option<u64>,
     pub bytes: (u64, u64),
     pub outcome: Outcome,
+    /// The scrub masked an injected secret in the response.
+    pub scrubbed: bool,
 }
 
 pub const STARTED: Closing = Closing {
@@ -31,6 +33,7 @@ pub const STARTED: Closing = Closing {
     latency_ms: None,
     bytes: (0, 0),
     outcome: Outcome::Started,
+    scrubbed: false,
 };
 
 /// `{"id":…,"url":"…"`: the record up to and including its URL.
@@ -69,6 +72,9 @@ pub fn push_tail(out: &mut Vec<u8>, closing: &Closing) {
     push_u64(out, closing.bytes.1);
     out.extend_from_slice(b",\"outcome\":");
     push_str(out, &[closing.outcome.as_str()]);
+    if closing.scrubbed {
+        out.extend_from_slice(b",\"scrubbed\":true");
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -144,6 +150,7 @@ mod tests {
             latency_ms: Some(u64::MAX),
             bytes: (0, 12_345),
             outcome: Outcome::UpstreamError,
+            scrubbed: true,
         };
         let record: AuditRecord = serde_json::from_slice(&line(&opening, &closing)).unwrap();
         assert_eq!(
@@ -161,6 +168,7 @@ mod tests {
                 bytes_up: 0,
                 bytes_down: 12_345,
                 outcome: Outcome::UpstreamError,
+                scrubbed: true,
             }
         );
     }

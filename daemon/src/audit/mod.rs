@@ -107,6 +107,14 @@ pub struct Pending {
     /// The part both lines share; see [`line::head`].
     head: Vec<u8>,
     started: Instant,
+    scrubbed: bool,
+}
+
+impl Pending {
+    /// The response carried an injected secret, and the scrub masked it.
+    pub fn mark_scrubbed(&mut self) {
+        self.scrubbed = true;
+    }
 }
 
 impl Audit {
@@ -128,6 +136,7 @@ impl Audit {
         Pending {
             head: line::head((time_ms << SEQ_BITS) | seq, time_ms, opening),
             started: Instant::now(),
+            scrubbed: false,
         }
     }
 
@@ -148,6 +157,7 @@ impl Audit {
             latency_ms: Some(pending.started.elapsed().as_millis() as u64),
             bytes,
             outcome,
+            scrubbed: pending.scrubbed,
         };
         let held = self.segments.hold(|held| {
             held.extend_from_slice(&pending.head);

@@ -238,6 +238,7 @@ mod tests {
             bytes_up: 0,
             bytes_down: 0,
             outcome,
+            scrubbed: false,
         })
         .unwrap();
         line.push(b'\n');

@@ -13,7 +13,7 @@ use crate::audit::Outcome;
 use crate::audit::Pending;
 use crate::http_util::{BoxError, ProxyBody};
 use crate::proxy::Proxy;
-use crate::proxy::scrub_body::Masked;
+use crate::proxy::scrub_body::{Masked, mask_headers};
 
 /// Counts the bytes an agent uploads.
 pub struct Counted {
@@ -35,11 +35,14 @@ impl Body for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+            match frame.data_ref() {
+                Some(data) => {
+                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                None => drop_reserved_trailers(frame),
+            }
         }
         polled
     }
@@ -61,7 +64,10 @@ pub struct Audited {
     finish: Option<(Arc<Proxy>, Pending, u16)>,
     /// The response scrub, when a credential was injected into the request.
     scrub: Option<Box<Masked>>,
-    /// The end of the body, behind the bytes the scrub held.
+    /// The trailers (or the end, `None`) that wait behind the bytes the
+    /// scrub held.
+    after: Option<Option<Frame<Bytes>>>,
+    /// The inner body has ended; nothing more comes from it.
     ended: bool,
 }
 
@@ -80,6 +86,7 @@ impl Audited {
             up,
             finish: Some((daemon, pending, status)),
             scrub,
+            after: None,
             ended: false,
         };
         if audited.inner.is_end_stream() {
@@ -89,12 +96,26 @@ impl Audited {
     }
 
     fn complete(&mut self, outcome: Outcome) {
-        if let Some((daemon, pending, status)) = self.finish.take() {
-            if let Some(scrub) = &self.scrub {
-                scrub.warn_if_scrubbed();
+        if let Some((daemon, mut pending, status)) = self.finish.take() {
+            if self.scrub.as_ref().is_some_and(|scrub| scrub.scrubbed) {
+                pending.mark_scrubbed();
             }
             let bytes = (self.up.load(Ordering::Relaxed), self.down);
             daemon.audit.finish(pending, Some(status), bytes, outcome);
+        }
+    }
+}
+
+/// Drops the fields a trailer may not carry (framing, hop-by-hop, `Host`,
+/// `Proxy-*`), whichever way the body goes.
+pub fn drop_reserved_trailers(frame: &mut Frame<Bytes>) {
+    if let Some(trailers) = frame.trailers_mut() {
+        let reserved: Vec<_> = (trailers.keys())
+            .filter(|name| crate::http_util::is_reserved_field(name.as_str()))
+            .cloned()
+            .collect();
+        for name in reserved {
+            trailers.remove(name);
         }
     }
 }
@@ -110,11 +131,12 @@ impl Body for Audited {
         if self.scrub.is_some() {
             return self.poll_scrubbed(cx);
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.down += data.len() as u64;
+                match frame.data_ref() {
+                    Some(data) => self.down += data.len() as u64,
+                    None => drop_reserved_trailers(frame),
                 }
                 // hyper stops polling once a body says it has ended.
                 if self.inner.is_end_stream() {
@@ -129,7 +151,14 @@ impl Body for Audited {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.scrub {
+            None => self.inner.is_end_stream(),
+            Some(scrub) => {
+                self.after.is_none()
+                    && scrub.held() == 0
+                    && (self.ended || self.inner.is_end_stream())
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -139,56 +168,62 @@ impl Body for Audited {
 
 impl Audited {
     /// Frames through the scrub: what it holds goes out before the end or
-    /// the trailers.
+    /// the trailers, which wait in `after` for the next poll.
     fn poll_scrubbed(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let scrub = self.scrub.as_mut().expect("scrubbed bodies have a scrub");
+        if let Some(after) = self.after.take() {
+            return Poll::Ready(after.map(Ok));
+        }
         if self.ended {
             return Poll::Ready(None);
         }
+        let scrub = self.scrub.as_mut().expect("scrubbed bodies have a scrub");
         loop {
-            let polled = Pin::new(&mut self.inner).poll_frame(cx);
-            let frame = match polled {
-                Poll::Ready(Some(Ok(frame))) => frame,
-                Poll::Ready(None) => {
-                    if let Some(held) = scrub.flush() {
-                        self.ended = true;
-                        self.down += held.len() as u64;
-                        self.complete(Outcome::Ok);
-                        return Poll::Ready(Some(Ok(Frame::data(held))));
+            let after = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let last = self.inner.is_end_stream();
+                        let Some(out) = scrub.frame(data, last) else {
+                            continue;
+                        };
+                        self.down += out.len() as u64;
+                        if last {
+                            self.ended = true;
+                            self.complete(Outcome::Ok);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
-                    self.complete(Outcome::Ok);
-                    return Poll::Ready(None);
-                }
+                    Err(mut trailers) => {
+                        drop_reserved_trailers(&mut trailers);
+                        if let Some(fields) = trailers.trailers_mut() {
+                            scrub.scrubbed |= mask_headers(scrub.cred(), fields);
+                        }
+                        Some(trailers)
+                    }
+                },
+                Poll::Ready(None) => None,
                 Poll::Ready(Some(Err(e))) => {
                     self.complete(Outcome::UpstreamError);
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Pending => return Poll::Pending,
             };
-            let last = self.inner.is_end_stream();
-            let out = match frame.into_data() {
-                Ok(data) => match scrub.frame(data, last) {
-                    Some(out) => Frame::data(out),
-                    None => continue,
-                },
-                // Trailers end the body; a secret cannot straddle them.
-                Err(trailers) => {
-                    if let Some(held) = scrub.flush() {
-                        self.down += held.len() as u64;
-                    }
-                    trailers
+            // The end, or trailers: what is held goes first.
+            self.ended = true;
+            let held = scrub.flush();
+            if let Some(held) = &held {
+                self.down += held.len() as u64;
+            }
+            self.complete(Outcome::Ok);
+            return match held {
+                Some(held) => {
+                    self.after = Some(after);
+                    Poll::Ready(Some(Ok(Frame::data(held))))
                 }
+                None => Poll::Ready(after.map(Ok)),
             };
-            if let Some(data) = out.data_ref() {
-                self.down += data.len() as u64;
-            }
-            if last {
-                self.complete(Outcome::Ok);
-            }
-            return Poll::Ready(Some(Ok(out)));
         }
     }
 }

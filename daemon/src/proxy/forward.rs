@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::body::{Audited, Counted};
 use super::policy::{self, Ask, Decision, Entry, Settings};
-use super::scrub_body::{Masked, Scanned, mask_headers};
+use super::scrub_body::{Masked, Scanned, encoded_answer, is_encoded, mask_headers};
 use super::target::Target;
 use super::upstream::{Failure, classify};
 use super::wire::headers::{is_upgrade, strip_hop_by_hop};
@@ -21,7 +21,7 @@ use crate::audit::Outcome;
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed};
 use crate::keys::Secret;
-use crate::proxy::{Proxy, relay_while_key_holds};
+use crate::proxy::{Proxy, relay_scrubbed_while_key_holds, relay_while_key_holds};
 use crate::registry::{LiveConn, LiveCred};
 
 /// How long to wait for the upstream's response head.
@@ -86,11 +86,13 @@ async fn send(
     parts.headers.remove(header::HOST);
     if let Some(cred) = &cred {
         crate::inject::apply(cred.cred_type, &cred.secret, &mut parts.headers, &mut uri);
-        // A compressed response would hide an echoed secret from the scrub.
+        // A compressed response, or compressed WebSocket frames, would hide
+        // an echoed secret from the scrub.
         parts.headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     if let Ok(host) = HeaderValue::from_str(&authority) {
         parts.headers.insert(header::HOST, host);
@@ -115,7 +117,7 @@ async fn send(
     // Other credentials' secrets must not leave in the body either.
     let mut leaked = None;
     if !hyper::body::Body::is_end_stream(&body) {
-        let creds = daemon.registry.unbound_creds(&target.host);
+        let creds = daemon.registry.unbound_creds(&target.place());
         if !creds.is_empty() {
             let scanned = Scanned::new(body, creds);
             leaked = Some(scanned.leaked.clone());
@@ -154,16 +156,38 @@ async fn send(
 
     let mut response = response;
     let status = response.status();
+    if cred.is_some()
+        && is_encoded(response.headers())
+        && !hyper::body::Body::is_end_stream(response.body())
+    {
+        let error = encoded_answer(&target.host);
+        daemon.audit.finish(
+            pending,
+            Some(error.status.as_u16()),
+            (0, 0),
+            Outcome::of_error(error.code),
+        );
+        return boxed(error.to_response());
+    }
     if status == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let registry = daemon.registry.clone();
+        let scrub_cred = cred.clone();
         daemon.tasks.spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                relay_while_key_holds(&registry, &key, &mut client, &mut upstream).await;
+                match scrub_cred {
+                    Some(cred) => {
+                        relay_scrubbed_while_key_holds(&registry, &key, cred, client, upstream)
+                            .await;
+                    }
+                    None => {
+                        relay_while_key_holds(&registry, &key, &mut client, &mut upstream).await;
+                    }
+                }
             }
         });
     } else {
@@ -171,7 +195,7 @@ async fn send(
     }
     let scrub = cred.map(|cred| {
         let head = mask_headers(&cred, response.headers_mut());
-        Box::new(Masked::new(cred, conn, &target.host, head))
+        Box::new(Masked::new(cred, head))
     });
     let (parts, body) = response.into_parts();
     let body = Audited::new(

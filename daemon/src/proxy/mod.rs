@@ -14,8 +14,11 @@ pub(crate) mod scrub;
 mod scrub_body;
 mod target;
 pub mod tls;
+mod upgraded;
 pub mod upstream;
 mod wire;
+
+pub(crate) use upgraded::{relay_scrubbed_while_key_holds, relay_while_key_holds};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -326,27 +329,6 @@ fn verify_proxy_key(
             .registry
             .verify(key.as_ref().map(Secret::expose), KeyUse::Proxy, "proxy")?;
     Ok((key.expect("verified keys were present"), verified))
-}
-
-/// Relays bytes both ways until either side closes, or until the key that
-/// opened the relay stops working: an untouched tunnel or a WebSocket of a
-/// rotated, disabled, deleted or expired key ends then, not when its agent
-/// lets go.
-pub(crate) async fn relay_while_key_holds<A, B>(
-    registry: &Registry,
-    key: &Secret,
-    a: &mut A,
-    b: &mut B,
-) where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(a, b) => {}
-        () = registry.retired(key.expose(), KeyUse::Proxy) => {
-            tracing::info!("closed a relay whose key stopped working");
-        }
-    }
 }
 
 /// 407 with `Proxy-Authenticate` when the key is missing or unusable, so

@@ -9,18 +9,41 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::scrub::Stream;
+use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{BoxError, ProxyBody};
-use crate::registry::{LiveConn, LiveCred};
+use crate::registry::LiveCred;
 
-/// The record of a scrub: which connection, credential and host, never the
-/// value. A warning rather than an audit field: it is rare, and it is the
-/// upstream's misbehaviour, not the agent's.
-pub fn scrubbed(conn_id: &str, cred: &str, host: &str) {
-    tracing::warn!(conn = %conn_id, cred = %cred, host = %host, "the response carried the injected secret; sidekey masked it");
+/// Whether a response's body is in a coding the scrub cannot read. sidekey
+/// asks for `identity` whenever it injects a secret, so only an upstream that
+/// ignores the ask sends one.
+pub fn is_encoded(headers: &HeaderMap) -> bool {
+    let coded = |value: &HeaderValue, allowed: &[&[u8]]| {
+        (value.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|coding| !allowed.iter().any(|a| coding.eq_ignore_ascii_case(a)))
+    };
+    let content = headers.get_all(http::header::CONTENT_ENCODING);
+    let transfer = headers.get_all(http::header::TRANSFER_ENCODING);
+    content.iter().any(|v| coded(v, &[b"identity"]))
+        || transfer
+            .iter()
+            .any(|v| coded(v, &[b"identity", b"chunked"]))
+}
+
+/// The answer when the upstream compressed a body that had to be scrubbed:
+/// passing it on unread could hand the agent an echoed secret.
+pub fn encoded_answer(host: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UpstreamEncoding,
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "{host} sent a compressed answer though sidekey asked for identity; sidekey cannot check a compressed body for the injected secret, so it passed nothing on. Configure the upstream to honour Accept-Encoding: identity."
+        ),
+    )
 }
 
 /// Masks a response's header values that carry the secret; says whether any did.
@@ -43,27 +66,16 @@ pub fn mask_headers(cred: &LiveCred, headers: &mut HeaderMap) -> bool {
 pub struct Masked {
     cred: Arc<LiveCred>,
     stream: Stream,
-    /// Whether a mask was applied, for the warning when the body ends.
+    /// Whether a mask was applied, head included, for the audit record.
     pub scrubbed: bool,
-    /// For the warning: the connection and the host, never the value.
-    conn: Arc<LiveConn>,
-    host: Box<str>,
 }
 
 impl Masked {
-    pub fn new(cred: Arc<LiveCred>, conn: Arc<LiveConn>, host: &str, head: bool) -> Masked {
+    pub fn new(cred: Arc<LiveCred>, head: bool) -> Masked {
         Masked {
             cred,
             stream: Stream::default(),
             scrubbed: head,
-            conn,
-            host: host.into(),
-        }
-    }
-
-    pub fn warn_if_scrubbed(&self) {
-        if self.scrubbed {
-            scrubbed(&self.conn.id, &self.cred.name, &self.host);
         }
     }
 
@@ -83,6 +95,14 @@ impl Masked {
         let mut out = Vec::with_capacity(step.release);
         step.write_released(&mut out);
         Some(Bytes::from(out))
+    }
+
+    pub fn cred(&self) -> &LiveCred {
+        &self.cred
+    }
+
+    pub fn held(&self) -> usize {
+        self.stream.held()
     }
 
     /// What is still held, at the end of the body.

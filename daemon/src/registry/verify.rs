@@ -178,20 +178,20 @@ impl Registry {
             .any(|cred| cred.binds_host_port(host, port))
     }
 
-    /// The name of a credential whose secret appears in `texts` while the
-    /// request goes to a host that credential is not bound to.
-    /// Every credential not bound to `host` that has needles: the secrets an
-    /// upload toward `host` must not carry.
-    pub fn unbound_creds(&self, host: &str) -> Vec<Arc<LiveCred>> {
+    /// Every credential not bound to `place` that has needles: the secrets an
+    /// upload toward it must not carry.
+    pub fn unbound_creds(&self, place: &Place) -> Vec<Arc<LiveCred>> {
         let index = self.read();
         index
             .live_creds
             .values()
-            .filter(|cred| !cred.matcher.is_empty() && !cred.binds_host(host))
+            .filter(|cred| !cred.matcher.is_empty() && !cred.bound_at(place))
             .cloned()
             .collect()
     }
 
+    /// The name of a credential whose secret appears in `texts` while the
+    /// request goes to a place that credential is not bound to.
     pub fn leaked_secret<'t>(
         &self,
         texts: impl Iterator<Item = &'t [u8]> + Clone,

@@ -68,7 +68,7 @@ where
     }
     // Other credentials' secrets must not leave in the body either.
     let mut scan = (body != Framing::Empty)
-        .then(|| daemon.registry.unbound_creds(&target.host))
+        .then(|| daemon.registry.unbound_creds(&target.place()))
         .filter(|creds| !creds.is_empty())
         .map(|creds| Raw::new(Mode::Detect(creds)));
     // Whatever of the body is here already (and may go) goes out with the head.
@@ -171,7 +171,7 @@ where
     // query in a Link.
     let mut scrubbed_head = false;
     let mut mask_head = |head: &mut Vec<u8>| {
-        if let Some((cred, _)) = &scrub
+        if let Some(cred) = &scrub
             && cred.matcher.found_in(head)
         {
             cred.matcher.mask_in(head);
@@ -193,13 +193,16 @@ where
         };
         mask_head(&mut answer.head);
     }
+    if scrub.is_some() && answer.encoded {
+        return fail(daemon, agent, pending, (up, 0), encoded_answer(&target)).await;
+    }
     let status = Some(answer.status);
     incoming.drain(..answer.len);
     let mut framing = answer.body;
     let mut raw = scrub
         .as_ref()
         .filter(|_| framing != Framing::Empty)
-        .map(|(cred, _)| Raw::new(Mode::Mask(cred.clone())));
+        .map(|cred| Raw::new(Mode::Mask(cred.clone())));
     let advanced = match &mut raw {
         None => framing.advance(&incoming).map_err(Stop::from),
         Some(raw) => raw.take(&mut framing, &mut incoming),
@@ -246,10 +249,9 @@ where
             }
         }
     }
-    if let Some((cred, conn)) = &scrub
-        && (scrubbed_head || raw.as_ref().is_some_and(|raw| raw.masked > 0))
-    {
-        crate::proxy::scrub_body::scrubbed(&conn.id, &cred.name, &target.host);
+    let mut pending = pending;
+    if scrubbed_head || raw.as_ref().is_some_and(|raw| raw.masked > 0) {
+        pending.mark_scrubbed();
     }
     daemon
         .audit
@@ -376,6 +378,10 @@ fn broken_chunks() -> ApiError {
     ApiError::bad_request(
         "The request body's chunked framing is broken; send a valid chunked body or a Content-Length.",
     )
+}
+
+fn encoded_answer(target: &Target) -> ApiError {
+    crate::proxy::scrub_body::encoded_answer(&target.host)
 }
 
 fn malformed_answer(target: &Target) -> ApiError {

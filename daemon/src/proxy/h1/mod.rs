@@ -11,7 +11,7 @@ mod known;
 mod plan;
 mod pool;
 mod response;
-mod scrubbed;
+pub(crate) mod scrubbed;
 
 use std::time::Duration;
 

@@ -20,7 +20,7 @@ use crate::proxy::target::Target;
 use crate::proxy::wire::framing::Framing;
 use crate::proxy::wire::{MAX_FIELDS, MAX_HEADER_BYTES, content_length, is_hop_by_hop, push_field};
 use crate::proxy::{authority_matches, is_own_address};
-use crate::registry::{LiveConn, LiveCred, Verified};
+use crate::registry::{LiveCred, Verified};
 use std::sync::Arc;
 
 /// Where requests on a connection come from.
@@ -49,9 +49,8 @@ pub struct Plan {
     pub head_only: bool,
     /// The agent asked to close after this exchange.
     pub close: bool,
-    /// The credential injected, whose secret the response is scrubbed of,
-    /// and the connection, for the warning when it is.
-    pub scrub: Option<(Arc<LiveCred>, Arc<LiveConn>)>,
+    /// The credential injected, whose secret the response is scrubbed of.
+    pub scrub: Option<Arc<LiveCred>>,
 }
 
 pub enum Parsed {
@@ -131,7 +130,7 @@ pub fn plan(daemon: &Proxy, front: &Front, known: &mut Option<KnownKey>, buf: &[
         head_len,
         head_only: method == "HEAD",
         close: scan.close,
-        scrub: cred.map(|cred| (cred, conn)),
+        scrub: cred,
     })
 }
 

@@ -20,6 +20,9 @@ pub struct ResponseHead {
     pub reusable: bool,
     /// The agent's connection closes after this response.
     pub close: bool,
+    /// The body is in a content or transfer coding other than identity and
+    /// chunked, which the scrub could not read.
+    pub encoded: bool,
 }
 
 /// `Ok(None)` until the head is whole. `head_only` is a HEAD request, and
@@ -43,6 +46,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
     let mut length: Option<u64> = None;
     let mut encoding: Option<&[u8]> = None;
     let mut upstream_closes = version == 0;
+    let mut encoded = false;
     let mut named: Vec<&str> = Vec::new();
     for field in res.headers.iter() {
         let is = |wanted: &str| field.name.eq_ignore_ascii_case(wanted);
@@ -54,6 +58,13 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
             length = Some(value);
         } else if is("transfer-encoding") {
             encoding = Some(field.value);
+            encoded |= field.value.split(|&b| b == b',').any(|coding| {
+                let coding = coding.trim_ascii();
+                !coding.eq_ignore_ascii_case(b"chunked")
+                    && !coding.eq_ignore_ascii_case(b"identity")
+            });
+        } else if is("content-encoding") {
+            encoded |= !field.value.trim_ascii().eq_ignore_ascii_case(b"identity");
         } else if is("connection") {
             let value = std::str::from_utf8(field.value).map_err(|_| Malformed)?;
             for token in value.split(',').map(str::trim) {
@@ -109,6 +120,7 @@ pub fn parse(buf: &[u8], head_only: bool, close: bool) -> Result<Option<Response
         interim,
         reusable: !upstream_closes && body != Framing::UntilClose,
         close,
+        encoded: encoded && body != Framing::Empty,
     }))
 }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::io::{read_some, send};
 use crate::proxy::scrub::{MASK, Stream};
-use crate::proxy::wire::framing::{Framing, Malformed};
+use crate::proxy::wire::framing::{Frames, Malformed};
 use crate::registry::LiveCred;
 
 /// What the scrub does with one body.
@@ -65,7 +65,11 @@ impl Raw {
     /// Returns how many bytes from the front of `buf` may go now (the caller
     /// sends them, drains them and calls [`Raw::sent`]), and whether the body
     /// is whole, in which case every byte of it may go.
-    pub fn take(&mut self, framing: &mut Framing, buf: &mut [u8]) -> Result<(usize, bool), Stop> {
+    pub fn take(
+        &mut self,
+        framing: &mut impl Frames,
+        buf: &mut [u8],
+    ) -> Result<(usize, bool), Stop> {
         let start = self.framed;
         let mut leaked = None;
         let (taken, whole) = {
@@ -232,7 +236,7 @@ pub async fn relay<R, W>(
     from: &mut R,
     to: &mut W,
     buf: &mut Vec<u8>,
-    framing: &mut Framing,
+    framing: &mut impl Frames,
     raw: &mut Raw,
     prefix: &mut Vec<u8>,
 ) -> Result<u64, Relayed>
@@ -249,7 +253,7 @@ where
             }
             let read = read_some(from, buf).await.map_err(|_| Relayed::Read)?;
             if read == 0 {
-                if *framing != Framing::UntilClose {
+                if !framing.ends_with_close() {
                     return Err(Relayed::Read);
                 }
                 (raw.end(buf).map_err(Relayed::Stop)?, true)

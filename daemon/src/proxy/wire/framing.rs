@@ -29,10 +29,81 @@ pub enum Chunk {
     DataLf,
     /// At the start of a trailer line, or of the final empty line.
     LineStart,
+    /// In a trailer field's name: its first bytes, and how many there were.
+    Name(TrailerName),
     Line,
     LineLf,
     EndLf,
     Done,
+}
+
+/// The beginning of a trailer field's name: long enough for every reserved
+/// name, and for the `proxy-` prefix of longer ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailerName {
+    first: [u8; TrailerName::KEPT],
+    /// Saturates past `KEPT`: all that matters then is that it is longer.
+    len: u8,
+}
+
+impl TrailerName {
+    const KEPT: usize = 20;
+
+    fn new(byte: u8) -> TrailerName {
+        let mut first = [0; TrailerName::KEPT];
+        first[0] = byte;
+        TrailerName { first, len: 1 }
+    }
+
+    fn push(mut self, byte: u8) -> TrailerName {
+        if let Some(slot) = self.first.get_mut(usize::from(self.len)) {
+            *slot = byte;
+        }
+        self.len = self.len.saturating_add(1);
+        self
+    }
+
+    /// Whether the field may not be a trailer. Framing fields there would
+    /// reframe the message for an upstream that reads trailers as headers.
+    fn is_reserved(&self) -> bool {
+        let len = usize::from(self.len);
+        let name = std::str::from_utf8(&self.first[..len.min(TrailerName::KEPT)]).unwrap_or("");
+        if len > TrailerName::KEPT {
+            // Longer than every reserved name; only the prefix can matter.
+            return name
+                .get(..6)
+                .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"));
+        }
+        crate::http_util::is_reserved_field(name)
+    }
+}
+
+/// A stream whose data bytes can be told from its framing, for the scrub.
+pub trait Frames {
+    /// Takes bytes from the front of `data`, telling `on_data` which are
+    /// data: how many were taken, and whether the message is now whole.
+    fn advance_data(
+        &mut self,
+        data: &[u8],
+        on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<(usize, bool), Malformed>;
+
+    /// Whether the stream may end when its connection closes.
+    fn ends_with_close(&self) -> bool;
+}
+
+impl Frames for Framing {
+    fn advance_data(
+        &mut self,
+        data: &[u8],
+        on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<(usize, bool), Malformed> {
+        Framing::advance_data(self, data, on_data)
+    }
+
+    fn ends_with_close(&self) -> bool {
+        *self == Framing::UntilClose
+    }
 }
 
 /// A body whose framing is broken: neither side can be trusted after it.
@@ -136,9 +207,14 @@ impl Chunk {
                 digits: 0,
             },
             (Chunk::LineStart, b'\r') => Chunk::EndLf,
-            (Chunk::LineStart | Chunk::Line, b'\n') => return Err(Malformed),
+            (Chunk::LineStart | Chunk::Name(_) | Chunk::Line, b'\n') => return Err(Malformed),
+            (Chunk::Name(_), b'\r') => return Err(Malformed),
+            (Chunk::Name(name), b':') if name.is_reserved() => return Err(Malformed),
+            (Chunk::Name(_), b':') => Chunk::Line,
+            (Chunk::Name(name), _) => Chunk::Name(name.push(byte)),
+            (Chunk::LineStart, _) => Chunk::Name(TrailerName::new(byte)),
             (Chunk::Line, b'\r') => Chunk::LineLf,
-            (Chunk::LineStart | Chunk::Line, _) => Chunk::Line,
+            (Chunk::Line, _) => Chunk::Line,
             (Chunk::LineLf, b'\n') => Chunk::LineStart,
             (Chunk::EndLf, b'\n') => Chunk::Done,
             _ => return Err(Malformed),
@@ -212,6 +288,30 @@ mod tests {
             .unwrap();
         assert!(done && taken == body.len());
         assert_eq!(data, b"Wikipedia");
+    }
+
+    #[test]
+    fn framing_fields_in_trailers_are_refused_and_others_pass() {
+        for trailer in [
+            "Content-Length: 5",
+            "transfer-encoding: chunked",
+            "Host: elsewhere",
+            "Proxy-Authorization: Basic x",
+            "proxy-a-name-longer-than-twenty-bytes: 1",
+            "Connection: close",
+        ] {
+            let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
+            let mut f = Framing::chunked();
+            assert_eq!(feed(&mut f, body.as_bytes()), Err(Malformed), "{trailer}");
+        }
+        for trailer in [
+            "Server-Timing: db;dur=53",
+            "a-name-much-longer-than-twenty: 1",
+        ] {
+            let body = format!("1\r\na\r\n0\r\n{trailer}\r\n\r\n");
+            let mut f = Framing::chunked();
+            assert_eq!(feed(&mut f, body.as_bytes()), Ok((body.len(), true)));
+        }
     }
 
     #[test]

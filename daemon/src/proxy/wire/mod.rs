@@ -6,6 +6,7 @@ pub mod framing;
 pub mod headers;
 pub mod rewind;
 pub mod smuggling;
+pub mod websocket;
 
 use std::time::Duration;
 
