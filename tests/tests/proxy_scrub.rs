@@ -414,3 +414,45 @@ fn framing_fields_in_trailers_never_reach_the_upstream() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["len"], 5);
 }
+
+#[test]
+fn a_secret_in_the_head_toward_an_unbound_host_is_refused_in_any_form_or_split() {
+    let s = Setup::new();
+    let http = Upstream::http();
+    s.cred("upload-key", "api-key", &[HOST], UPLOAD_KEY);
+    let half = UPLOAD_KEY.len() / 2;
+    let (first, second) = UPLOAD_KEY.split_at(half);
+    let b64 = STANDARD.encode(format!("k={UPLOAD_KEY}"));
+    let lower_hex: String = UPLOAD_KEY.bytes().map(|b| format!("{b:02x}")).collect();
+    let header_a = format!("X-Note: {}", percent(UPLOAD_KEY));
+    let header_b = format!("X-Part-1: {first}");
+    let header_c = format!("X-Part-2: {second}");
+    let cases: [(&str, String, Vec<&str>); 4] = [
+        ("percent-encoded header", "/h".into(), vec!["-H", &header_a]),
+        ("base64 query", format!("/q?d={b64}"), vec![]),
+        ("hex query", format!("/q?d={lower_hex}"), vec![]),
+        (
+            "split over two headers",
+            "/s".into(),
+            vec!["-H", &header_b, "-H", &header_c],
+        ),
+    ];
+    for (what, path, flags) in &cases {
+        for engine in [
+            &[][..],
+            &["-H", "Expect: 100-continue", "--data-binary", "x"][..],
+        ] {
+            let before = http.count();
+            let mut args = flags.clone();
+            args.extend_from_slice(engine);
+            let r = s.curl(&format!("http://{OTHER}:{}{path}", http.port), &args);
+            assert_eq!(r.status, 403, "{what} {engine:?}: {r:?}");
+            assert!(r.body.contains("upload-key"), "{what}: {}", r.body);
+            assert!(
+                !r.body.contains(UPLOAD_KEY),
+                "{what}: the refusal holds the secret"
+            );
+            assert_eq!(http.count(), before, "{what}: the upstream got the request");
+        }
+    }
+}

@@ -112,12 +112,6 @@ impl LiveCred {
         self.bindings.iter().any(|b| b.matches(place))
     }
 
-    /// Whether its secret, or a common encoding of it, is in one of `texts`,
-    /// in any ASCII case.
-    pub fn appears_in<'t>(&self, mut texts: impl Iterator<Item = &'t [u8]>) -> bool {
-        texts.any(|text| self.matcher.found_in(text))
-    }
-
     pub fn has_path_prefix(&self) -> bool {
         self.path_prefix.is_some()
     }

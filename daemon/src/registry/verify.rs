@@ -10,6 +10,7 @@ use sidekey_api::ConnKind;
 use crate::error::ApiError;
 use crate::hosts::Place;
 use crate::keys::{self, KeyHash};
+use crate::proxy::scrub::Stream;
 
 use super::*;
 
@@ -191,19 +192,27 @@ impl Registry {
     }
 
     /// The name of a credential whose secret appears in `texts` while the
-    /// request goes to a place that credential is not bound to.
+    /// request goes to a place that credential is not bound to. The texts
+    /// are read as one stream, so a secret split over two header values is
+    /// found as one split over two body chunks is.
     pub fn leaked_secret<'t>(
         &self,
-        texts: impl Iterator<Item = &'t [u8]> + Clone,
+        texts: impl Iterator<Item = &'t [u8]>,
         place: &Place,
     ) -> Option<String> {
-        let index = self.read();
-        index
-            .live_creds
-            .values()
-            .filter(|cred| !cred.bound_at(place))
-            .find(|cred| cred.appears_in(texts.clone()))
-            .map(|cred| cred.name.clone())
+        let unbound = self.unbound_creds(place);
+        if unbound.is_empty() {
+            return None;
+        }
+        let mut stream = Stream::default();
+        let mut texts = texts.peekable();
+        while let Some(text) = texts.next() {
+            let last = texts.peek().is_none();
+            if let Err(hit) = stream.detect(&unbound, text, last) {
+                return Some(unbound[hit.set].name.clone());
+            }
+        }
+        None
     }
 }
 
