@@ -14,7 +14,8 @@
 //! - `inject`    the credential types and the shape of their secrets
 //! - `control`   the Unix-socket API and its routes
 //! - `proxy`     the injecting proxy: one pure policy, the forwarder, the hyper
-//!   path, CONNECT interception, /v1/proxy; `proxy::wire` holds the wire rules once
+//!   path, CONNECT interception, /v1/proxy; `proxy::wire` holds the wire rules once;
+//!   `proxy::scrub` the streaming matcher that masks responses and scans uploads
 //! - `audit`     one record per proxied request, and its retention
 //! - `sync`      two-way folder sync: shares on a hub, sessions on peers
 //! - `shutdown`  the one task tree: every task is spawned there and drained at exit
@@ -54,6 +55,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Args, Config};
+/// The streaming secret matcher, public for its fuzz target (`fuzz/`).
+pub use proxy::scrub;
 use registry::Registry;
 use store::Store;
 

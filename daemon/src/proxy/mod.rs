@@ -10,7 +10,7 @@ pub mod dial;
 mod forward;
 mod h1;
 mod policy;
-pub(crate) mod scrub;
+pub mod scrub;
 mod scrub_body;
 mod target;
 pub mod tls;

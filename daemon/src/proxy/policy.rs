@@ -81,11 +81,7 @@ pub trait Grants {
     /// Whether some granted credential is bound to `host:port`, either scheme.
     fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool;
     /// A credential whose secret is in `texts` though it is not bound to `place`.
-    fn leaked<'t>(
-        &self,
-        texts: impl Iterator<Item = &'t [u8]> + Clone,
-        place: &Place,
-    ) -> Option<String>;
+    fn leaked<'t>(&self, texts: impl Iterator<Item = &'t [u8]>, place: &Place) -> Option<String>;
 }
 
 impl Grants for Registry {
@@ -98,11 +94,7 @@ impl Grants for Registry {
     fn host_is_bound(&self, conn_id: &str, host: &str, port: u16) -> bool {
         Registry::host_is_bound(self, conn_id, host, port)
     }
-    fn leaked<'t>(
-        &self,
-        texts: impl Iterator<Item = &'t [u8]> + Clone,
-        place: &Place,
-    ) -> Option<String> {
+    fn leaked<'t>(&self, texts: impl Iterator<Item = &'t [u8]>, place: &Place) -> Option<String> {
         self.leaked_secret(texts, place)
     }
 }
@@ -333,13 +325,14 @@ mod tests {
         }
         fn leaked<'t>(
             &self,
-            texts: impl Iterator<Item = &'t [u8]> + Clone,
+            texts: impl Iterator<Item = &'t [u8]>,
             place: &Place,
         ) -> Option<String> {
+            let joined: Vec<u8> = texts.flatten().copied().collect();
             self.0
                 .iter()
                 .map(|(_, cred)| cred)
-                .find(|cred| !cred.bound_at(place) && cred.appears_in(texts.clone()))
+                .find(|cred| !cred.bound_at(place) && cred.matcher.found_in(&joined))
                 .map(|cred| cred.name.clone())
         }
     }
