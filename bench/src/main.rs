@@ -14,6 +14,8 @@
 //! - `report`       tables and formatting
 //! - `proxy`        the proxy side by side with direct, nginx, nginx-tls, mitmproxy
 //! - `proxy_load`   plain, TLS and CONNECT+TLS clients: load, handshakes, idle
+//! - `proxy_bodies` big answers and an upload, sidekey beside nginx
+//! - `proxy_sse`    per-event latency of a server-sent event stream
 //! - `proxy_upstream` the upstream API (plain and TLS) and its test CA
 //! - `proxy_nginx`  nginx injecting the header, plain or TLS on both legs
 //! - `proxy_mitm`   mitmdump with a header addon, in a venv under `bench/out/`
@@ -31,9 +33,11 @@ mod daemon;
 mod foundation;
 mod load;
 mod proxy;
+mod proxy_bodies;
 mod proxy_load;
 mod proxy_mitm;
 mod proxy_nginx;
+mod proxy_sse;
 mod proxy_upstream;
 mod report;
 mod store_cache;

@@ -2,8 +2,11 @@
 //! tools people would otherwise use. Plain HTTP against nginx injecting the
 //! same header, HTTPS interception against mitmproxy with a header addon and
 //! against nginx terminating and re-encrypting TLS (the fair anchor), the
+//! same against nginx with big answers and an upload (`proxy_bodies`), the
+//! latency each server-sent event gains through sidekey (`proxy_sse`), the
 //! cost of a first CONNECT to a new host (leaf minting) and of a repeat one,
-//! and the daemon's RSS while it holds 10,000 idle proxied connections. Everything runs on loopback; every loop is bounded.
+//! and the daemon's RSS while it holds 10,000 idle proxied connections.
+//! Everything runs on loopback; every loop is bounded.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,9 +26,11 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::cli::DaemonOpts;
 use crate::control::Control;
 use crate::daemon::{self, Daemon};
+use crate::proxy_bodies::{self, Bodies, Contender};
 use crate::proxy_load::{self, Dial, IdleConns, Spec, Tls};
 use crate::proxy_mitm::{self, Mitm};
 use crate::proxy_nginx::{self, Nginx, TlsFront};
+use crate::proxy_sse::{self, Sse};
 use crate::proxy_upstream::{Certs, Upstream};
 use crate::report::{
     self, command_line, duration, megabytes, micros, micros_figure, rate, ratio, today, verdict,
@@ -39,7 +44,15 @@ const HOST: &str = "api.sidekey.test";
 const NEW_HOST_DOMAIN: &str = "bench.sidekey.test";
 /// What the upstream must receive; a dummy, never a real secret.
 const SECRET: &str = "sk-bench-5f0c2a9e8d7b6a5f4e3d2c1b0a998877";
-const PATH: &str = "/v1/models";
+/// A second credential's, bound to another host: uploads toward the bench
+/// host are scanned for it. Also a dummy.
+const OTHER_SECRET: &str = "sk-other-0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e";
+const OTHER_HOST: &str = "other.sidekey.test";
+/// The default request's path; the other parts' requests replace it.
+pub const PATH: &str = "/v1/models";
+/// Bounds on the `sse` part's streams; the upstream holds to the same.
+const MAX_SSE_GAP_US: u64 = 1_000_000;
+const MAX_SSE_EVENTS: usize = 1_000_000;
 const UNLOADED_WARMUP: Duration = Duration::from_millis(200);
 /// File descriptors the bench asks for: 10,000 idle connections need one
 /// each in the bench and in the daemon, which inherits this limit.
@@ -87,13 +100,28 @@ pub struct ProxyArgs {
     /// Seconds the idle connections sit before the daemon's RSS is read.
     #[arg(long, default_value_t = 3)]
     pub idle: u64,
-    /// Which parts to run, comma-separated: plain, https, handshakes, idle.
+    /// Which parts to run, comma-separated: plain, https, bodies, sse,
+    /// handshakes, idle.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "plain,https,handshakes,idle"
+        default_value = "plain,https,bodies,sse,handshakes,idle"
     )]
     pub parts: Vec<Part>,
+    /// Answer sizes of the `bodies` part, comma-separated, in bytes or with
+    /// k (KiB) or m (MiB); 0 is the default run's small JSON answer.
+    #[arg(long, value_delimiter = ',', default_value = "0,64k,1m", value_parser = proxy_bodies::parse_size)]
+    pub bodies: Vec<usize>,
+    /// Request body of the `bodies` part's upload (POST, plain HTTP), which
+    /// sidekey scans for the other credential's secret; 0 leaves it out.
+    #[arg(long, default_value = "64k", value_parser = proxy_bodies::parse_size)]
+    pub upload: usize,
+    /// Events per stream of the `sse` part.
+    #[arg(long, default_value_t = 2000)]
+    pub sse_events: usize,
+    /// Microseconds between the `sse` part's events (0: as fast as they go).
+    #[arg(long, default_value_t = 2000)]
+    pub sse_gap_us: u64,
     /// Skip nginx (the plain-HTTP comparison and the TLS-terminating one).
     #[arg(long)]
     pub no_nginx: bool,
@@ -106,6 +134,8 @@ pub struct ProxyArgs {
 pub enum Part {
     Plain,
     Https,
+    Bodies,
+    Sse,
     Handshakes,
     Idle,
 }
@@ -152,7 +182,8 @@ impl Target {
 }
 
 /// A sidekeyd with an upstream-trusting config, one agent connection and
-/// one api-key credential bound to the bench hosts, granted to it.
+/// two api-key credentials granted to it: one bound to the bench hosts, one
+/// to another host.
 struct Sidekey {
     daemon: Daemon,
     key: String,
@@ -169,6 +200,13 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         eprintln!("warning: this is a debug build of the bench; run it with --release");
     }
     let nofile = raise_nofile_limit()?;
+    let wants = |part: Part| args.parts.contains(&part);
+    if args.sse_gap_us > MAX_SSE_GAP_US {
+        bail!("--sse-gap-us is at most {MAX_SSE_GAP_US}");
+    }
+    if args.sse_events > MAX_SSE_EVENTS {
+        bail!("--sse-events is at most {MAX_SSE_EVENTS}");
+    }
     let new_hosts: Vec<String> = (1..=args.new_hosts)
         .map(|i| format!("h{i:02}.{NEW_HOST_DOMAIN}"))
         .collect();
@@ -185,7 +223,12 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         &[HOST.to_string(), format!("*.{NEW_HOST_DOMAIN}")],
     )?;
     let authorization = format!("Bearer {SECRET}");
-    let upstream = Upstream::spawn(&certs, &authorization).await?;
+    let blob = if wants(Part::Bodies) {
+        args.bodies.iter().copied().max().unwrap_or(0)
+    } else {
+        0
+    };
+    let upstream = Upstream::spawn(&certs, &authorization, blob).await?;
     let threads = args
         .load_threads
         .unwrap_or_else(|| Machine::describe().cpus);
@@ -261,6 +304,8 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         uri: PATH.to_string(),
         host: format!("{HOST}:{}", upstream.plain.port()),
         headers: Vec::new(),
+        method: Method::GET,
+        body: Bytes::new(),
         connections: args.connections,
         threads,
         warmup: Duration::from_secs(args.warmup),
@@ -364,7 +409,6 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         ));
     }
 
-    let wants = |part: Part| args.parts.contains(&part);
     let mut negotiated = Vec::new();
     if wants(Part::Https) {
         for target in &https {
@@ -384,6 +428,25 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         }
         outcome?;
     }
+    let bodies = if wants(Part::Bodies) {
+        eprintln!("body sizes, {} connections ...", args.connections);
+        Some(run_bodies(&args, &plain, &https, upstream_pid).await?)
+    } else {
+        None
+    };
+    let sse = if wants(Part::Sse) {
+        eprintln!("server-sent events, {} per stream ...", args.sse_events);
+        let routes =
+            [("plain HTTP", &plain), ("HTTPS", &https)].map(|(name, targets)| proxy_sse::Route {
+                name,
+                direct: targets[0].spec.clone(),
+                sidekey: targets[1].spec.clone(),
+            });
+        let gap = Duration::from_micros(args.sse_gap_us);
+        Some(proxy_sse::run(&routes, args.sse_events, gap, args.rounds).await?)
+    } else {
+        None
+    };
     let handshakes = if wants(Part::Handshakes) {
         eprintln!(
             "CONNECT + TLS handshakes to {} new hosts ...",
@@ -447,6 +510,19 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         println!("TLS the load client agreed on: {}", negotiated.join("; "));
         println!();
     }
+    if let Some(bodies) = &bodies {
+        println!(
+            "## Body sizes side by side ({} keep-alive connections, loaded runs only)",
+            args.connections
+        );
+        println!();
+        bodies.print();
+        println!();
+    }
+    if let Some(sse) = &sse {
+        sse.print();
+        println!();
+    }
     if let Some(handshakes) = &handshakes {
         print_handshakes(handshakes);
         println!();
@@ -457,7 +533,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         println!();
     }
     println!(
-        "sidekeyd's RSS after the load and handshake runs: {}",
+        "sidekeyd's RSS after the runs above (the idle ones use fresh daemons): {}",
         megabytes(rss_after_load)
     );
     println!();
@@ -465,6 +541,7 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         ran(&plain).then_some(&plain[..]),
         ran(&https).then_some(&https[..]),
         handshakes.as_ref(),
+        sse.as_ref(),
         &idle,
     );
     for (tool, skipped) in [
@@ -478,6 +555,43 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `bodies` part, on the plain and HTTPS targets already set up:
+/// sidekey, and nginx or nginx-tls when they run.
+async fn run_bodies(
+    args: &ProxyArgs,
+    plain: &[Target],
+    https: &[Target],
+    upstream_pid: u32,
+) -> Result<Bodies> {
+    let contender = |label, target: &Target| Contender {
+        label,
+        spec: target.spec.clone(),
+        pids: target.proxy_pids.clone(),
+    };
+    let routes = [
+        proxy_bodies::Route {
+            name: "plain HTTP",
+            direct: plain[0].spec.clone(),
+            sidekey: contender("sidekey", &plain[1]),
+            nginx: find_rival(plain, "nginx").map(|t| contender("nginx", t)),
+        },
+        proxy_bodies::Route {
+            name: "HTTPS",
+            direct: https[0].spec.clone(),
+            sidekey: contender("sidekey", &https[1]),
+            nginx: find_rival(https, "nginx-tls").map(|t| contender("nginx-tls", t)),
+        },
+    ];
+    proxy_bodies::run(
+        &routes,
+        &args.bodies,
+        args.upload,
+        args.rounds,
+        upstream_pid,
+    )
+    .await
 }
 
 fn header_pair(name: HeaderName, value: &str) -> Result<(HeaderName, HeaderValue)> {
@@ -508,12 +622,22 @@ impl Sidekey {
             secret: SECRET.to_string(),
         };
         post(daemon.socket(), "/v1/creds", serde_json::to_vec(&cred)?).await?;
-        let grant = GrantCreate {
-            conn: "bench-agent".to_string(),
-            cred: "bench-api".to_string(),
-            regenerate: false,
+        let other = CredCreate {
+            name: "bench-other".to_string(),
+            cred_type: CredType::ApiKey,
+            hosts: vec![format!("http://{OTHER_HOST}:*"), format!("{OTHER_HOST}:*")],
+            path_prefix: None,
+            secret: OTHER_SECRET.to_string(),
         };
-        post(daemon.socket(), "/v1/grants", serde_json::to_vec(&grant)?).await?;
+        post(daemon.socket(), "/v1/creds", serde_json::to_vec(&other)?).await?;
+        for cred in ["bench-api", "bench-other"] {
+            let grant = GrantCreate {
+                conn: "bench-agent".to_string(),
+                cred: cred.to_string(),
+                regenerate: false,
+            };
+            post(daemon.socket(), "/v1/grants", serde_json::to_vec(&grant)?).await?;
+        }
         Ok(Sidekey {
             ca: data.path().join("ca.pem"),
             daemon,
@@ -728,6 +852,8 @@ async fn idle_rss(
             uri: PATH.to_string(),
             host: authority,
             headers: Vec::new(),
+            method: Method::GET,
+            body: Bytes::new(),
             connections: 1,
             threads: 1,
             warmup: Duration::ZERO,
@@ -741,6 +867,8 @@ async fn idle_rss(
             uri: format!("http://{HOST}:{}{PATH}", upstream.plain.port()),
             host: format!("{HOST}:{}", upstream.plain.port()),
             headers: vec![header_pair(header::PROXY_AUTHORIZATION, &proxy_auth)?],
+            method: Method::GET,
+            body: Bytes::new(),
             connections: 1,
             threads: 1,
             warmup: Duration::ZERO,
@@ -915,6 +1043,7 @@ fn print_targets(
     plain: Option<&[Target]>,
     https: Option<&[Target]>,
     handshakes: Option<&Handshakes>,
+    sse: Option<&Sse>,
     idle: &[&IdleRss],
 ) {
     println!("## Targets");
@@ -969,6 +1098,9 @@ fn print_targets(
             format!("< {}", duration(TARGET_REPEAT_CONNECT)),
             verdict(repeat.saturating_sub(direct) < TARGET_REPEAT_CONNECT).to_string(),
         ]);
+    }
+    for row in sse.map(Sse::target_rows).unwrap_or_default() {
+        table.add_row(row);
     }
     for i in idle {
         table.add_row(vec![

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -99,6 +100,10 @@ pub struct Spec {
     pub uri: String,
     pub host: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub method: Method,
+    /// The request body: empty (none is sent) but for the upload run. A
+    /// `Bytes`, so each request shares it rather than copying it.
+    pub body: Bytes,
     pub connections: usize,
     pub threads: usize,
     pub warmup: Duration,
@@ -218,6 +223,8 @@ pub async fn negotiated(addr: SocketAddr, how: &Dial) -> Result<String> {
 pub struct Report {
     pub load: LoadReport,
     pub window_cpu: Vec<Duration>,
+    /// Body bytes of the measured requests, both ways.
+    pub body_bytes: u64,
 }
 
 /// Runs the load, as [`crate::load::run`] does, except that the warm-up
@@ -288,6 +295,8 @@ fn sample_window(clock: &Clock, groups: &[Vec<u32>]) -> Result<Vec<Duration>> {
 #[derive(Default)]
 struct Tally {
     nanos: Vec<u64>,
+    /// Body bytes of the measured requests, both ways.
+    bytes: u64,
     all: u64,
     errors: u64,
     first_error: Option<String>,
@@ -327,10 +336,11 @@ fn run_threads(spec: &Arc<Spec>, cpu_groups: &[Vec<u32>]) -> Result<Report> {
     });
     let (tallies, window_cpu) = (tallies?, window_cpu??);
     let mut nanos = Vec::new();
-    let (mut all, mut errors) = (0, 0);
+    let (mut all, mut errors, mut body_bytes) = (0, 0, 0);
     let mut first_error = None;
     for tally in tallies.into_iter().flatten() {
         nanos.extend(tally.nanos);
+        body_bytes += tally.bytes;
         all += tally.all;
         errors += tally.errors;
         first_error = first_error.or(tally.first_error);
@@ -354,6 +364,7 @@ fn run_threads(spec: &Arc<Spec>, cpu_groups: &[Vec<u32>]) -> Result<Report> {
             latency: Latency::of(nanos),
         },
         window_cpu,
+        body_bytes,
     })
 }
 
@@ -399,18 +410,60 @@ async fn drive(spec: &Spec, clock: &Clock) -> Result<Tally> {
     tally
 }
 
-fn request(spec: &Spec) -> Result<Request<Empty<Bytes>>> {
-    let mut request = Request::get(spec.uri.as_str()).header(hyper::header::HOST, &spec.host);
+/// An empty `Full` is sent as no body at all, as `Empty` was: a GET goes
+/// out with no `Content-Length`, byte for byte the request of earlier runs.
+pub fn request(spec: &Spec) -> Result<Request<Full<Bytes>>> {
+    let mut request = Request::builder()
+        .method(spec.method.clone())
+        .uri(spec.uri.as_str())
+        .header(hyper::header::HOST, &spec.host);
     for (name, value) in &spec.headers {
         request = request.header(name, value);
     }
     request
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(spec.body.clone()))
         .context("building a request")
 }
 
+/// Reads an answer's body to its end, keeping only its length and, for an
+/// error's report, its first bytes.
+async fn drain(mut body: Incoming, keep: usize) -> Result<(u64, Vec<u8>), hyper::Error> {
+    let (mut len, mut kept) = (0, Vec::new());
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            len += data.len() as u64;
+            let room = keep.saturating_sub(kept.len()).min(data.len());
+            kept.extend_from_slice(&data[..room]);
+        }
+    }
+    Ok((len, kept))
+}
+
+/// One request on a fresh connection: its status and whole body, to check
+/// what a target answers before it is timed.
+pub async fn fetch(spec: &Spec) -> Result<(StatusCode, Bytes)> {
+    let io = dial(spec.addr, &spec.dial)
+        .await
+        .with_context(|| spec.label.clone())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .context("HTTP/1.1 handshake")?;
+    let exchange = async move {
+        let response = sender.send_request(request(spec)?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        drop(sender);
+        Ok::<_, anyhow::Error>((status, body))
+    };
+    let (answer, _) =
+        tokio::time::timeout(DIAL_TIMEOUT, async { tokio::join!(exchange, connection) })
+            .await
+            .with_context(|| format!("{}: no answer within {DIAL_TIMEOUT:?}", spec.label))?;
+    answer.with_context(|| spec.label.clone())
+}
+
 async fn send_until(
-    mut sender: SendRequest<Empty<Bytes>>,
+    mut sender: SendRequest<Full<Bytes>>,
     spec: &Spec,
     measure_from: Instant,
     until: Instant,
@@ -428,7 +481,9 @@ async fn send_until(
             .await
             .with_context(|| format!("{}: the server closed a connection", spec.label))?;
         let status = response.status();
-        let body = response.into_body().collect().await;
+        // Counted as it streams, never gathered: a 1 MiB answer costs the
+        // client no copy.
+        let body = drain(response.into_body(), 300).await;
         let done = Instant::now();
         if done >= until {
             break;
@@ -437,14 +492,8 @@ async fn send_until(
         if body.is_err() || status != StatusCode::OK {
             tally.errors += 1;
             if tally.first_error.is_none() {
-                tally.first_error = Some(match body {
-                    Ok(body) => format!(
-                        "{status}: {}",
-                        String::from_utf8_lossy(&body.to_bytes())
-                            .chars()
-                            .take(300)
-                            .collect::<String>()
-                    ),
+                tally.first_error = Some(match &body {
+                    Ok((_, start)) => format!("{status}: {}", String::from_utf8_lossy(start)),
                     Err(e) => format!("{status}, body failed: {e}"),
                 });
             }
@@ -453,6 +502,8 @@ async fn send_until(
             tally
                 .nanos
                 .push(done.duration_since(sent).as_nanos() as u64);
+            let down = body.as_ref().map_or(0, |(len, _)| *len);
+            tally.bytes += down + spec.body.len() as u64;
         }
     }
     Ok(tally)

@@ -239,6 +239,15 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     keepalive_requests 1000000;
+    # For the body-size runs: answers buffered in memory in 64 KiB pieces
+    # (sidekey reads in 64 KiB too) and never spilled to a temp file, and a
+    # 64 KiB upload kept in memory; none of it touches a small answer, which
+    # fits the default 4 KiB head buffer.
+    proxy_buffers 8 64k;
+    proxy_busy_buffers_size 128k;
+    proxy_max_temp_file_size 0;
+    client_body_buffer_size 128k;
+    client_max_body_size 16m;
     upstream api {{
         server {upstream};
         keepalive {UPSTREAM_KEEPALIVE};
