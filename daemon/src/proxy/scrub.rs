@@ -7,49 +7,74 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind, Span, packed};
 
 /// The byte a masked secret byte becomes: same length, so Content-Length and
 /// chunk sizes stay true.
 pub const MASK: u8 = b'*';
 
 /// One credential's needles, compiled once (when the credential is loaded).
+/// Matching is ASCII case-insensitive: the needles are kept lowercased and
+/// the text is folded before the search. Folding costs a copy, but leaves a
+/// case-sensitive search, which a vectorised searcher runs at memory speed.
 pub struct Needles {
     /// `None` when there is nothing to look for.
-    automaton: Option<AhoCorasick>,
-    /// The needles lowercased, for the check of a chunk's tail.
+    finder: Option<Finder>,
+    /// The needles lowercased.
     lower: Vec<Box<[u8]>>,
-    /// Whether a byte (lowercased) begins some needle.
+    /// Whether a (lowercase) byte begins some needle.
     first: [bool; 256],
     longest: usize,
 }
 
+/// Finds where the next needle begins.
+enum Finder {
+    /// Teddy, where the CPU has the vector instructions for it.
+    Packed(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl Finder {
+    fn new(needles: &[Box<[u8]>]) -> Option<Finder> {
+        if needles.is_empty() {
+            return None;
+        }
+        if let Some(searcher) = packed::Config::new().builder().extend(needles).build() {
+            return Some(Finder::Packed(searcher));
+        }
+        AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(needles)
+            .ok()
+            .map(Finder::Automaton)
+    }
+
+    /// Where the first needle that begins at or after `at` begins.
+    fn next(&self, folded: &[u8], at: usize) -> Option<usize> {
+        let span = Span::from(at..folded.len());
+        let found = match self {
+            Finder::Packed(searcher) => searcher.find_in(folded, span),
+            Finder::Automaton(automaton) => automaton.find(Input::new(folded).span(span)),
+        };
+        found.map(|m| m.start())
+    }
+}
+
 impl Needles {
     pub fn new<T: AsRef<[u8]>>(needles: &[T]) -> Needles {
-        let needles: Vec<&[u8]> = needles
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|n| !n.is_empty())
-            .collect();
-        let automaton = (!needles.is_empty())
-            .then(|| {
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .build(&needles)
-                    .ok()
-            })
-            .flatten();
-        let lower: Vec<Box<[u8]>> = needles
-            .iter()
-            .map(|n| n.to_ascii_lowercase().into_boxed_slice())
-            .collect();
+        let mut lower: Vec<Box<[u8]>> = Vec::new();
+        for needle in needles.iter().map(AsRef::as_ref) {
+            let needle = needle.to_ascii_lowercase().into_boxed_slice();
+            if !needle.is_empty() && !lower.contains(&needle) {
+                lower.push(needle);
+            }
+        }
         let mut first = [false; 256];
         for n in &lower {
             first[usize::from(n[0])] = true;
         }
         Needles {
-            automaton,
+            finder: Finder::new(&lower),
             longest: lower.iter().map(|n| n.len()).max().unwrap_or(0),
             lower,
             first,
@@ -57,38 +82,41 @@ impl Needles {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.automaton.is_none()
+        self.finder.is_none()
     }
 
     /// Whether some needle is in `text`, in any ASCII case.
     pub fn found_in(&self, text: &[u8]) -> bool {
-        self.automaton.as_ref().is_some_and(|a| a.is_match(text))
+        (self.finder.as_ref()).is_some_and(|f| f.next(&text.to_ascii_lowercase(), 0).is_some())
     }
 
-    /// Every match in `text`, overlapping ones included, in order of end.
-    fn each_match(&self, text: &[u8], mut found: impl FnMut(Range<usize>) -> bool) {
-        if let Some(automaton) = &self.automaton {
-            for m in automaton.find_overlapping_iter(text) {
-                if !found(m.range()) {
+    /// Every match in `folded` (lowercased text), overlapping ones
+    /// included, in order of start; `found` returns whether to go on.
+    fn each_match(&self, folded: &[u8], mut found: impl FnMut(Range<usize>) -> bool) {
+        let Some(finder) = &self.finder else {
+            return;
+        };
+        let mut at = 0;
+        while let Some(start) = finder.next(folded, at) {
+            for needle in &self.lower {
+                if folded[start..].starts_with(needle) && !found(start..start + needle.len()) {
                     return;
                 }
             }
+            at = start + 1;
         }
     }
 
-    /// The length of the longest tail of `text` that is a proper beginning
-    /// of some needle: the bytes that must wait for the next chunk.
-    fn pending(&self, text: &[u8]) -> usize {
-        let from = text.len().saturating_sub(self.longest.saturating_sub(1));
-        for start in from..text.len() {
-            if !self.first[usize::from(text[start].to_ascii_lowercase())] {
+    /// The length of the longest tail of `folded` that is a proper
+    /// beginning of some needle: the bytes that must wait for the next chunk.
+    fn pending(&self, folded: &[u8]) -> usize {
+        let from = folded.len().saturating_sub(self.longest.saturating_sub(1));
+        for start in from..folded.len() {
+            if !self.first[usize::from(folded[start])] {
                 continue;
             }
-            let tail = &text[start..];
-            let begins = self
-                .lower
-                .iter()
-                .any(|n| n.len() > tail.len() && n[..tail.len()].eq_ignore_ascii_case(tail));
+            let tail = &folded[start..];
+            let begins = (self.lower.iter()).any(|n| n.len() > tail.len() && n.starts_with(tail));
             if begins {
                 return tail.len();
             }
@@ -98,8 +126,9 @@ impl Needles {
 
     /// Every byte of every match in `text`, masked in place.
     pub fn mask_in(&self, text: &mut [u8]) {
+        let folded = text.to_ascii_lowercase();
         let mut ranges = Vec::new();
-        self.each_match(text, |r| {
+        self.each_match(&folded, |r| {
             ranges.push(r);
             true
         });
@@ -132,10 +161,18 @@ impl<T: Secrets> Secrets for &T {
     }
 }
 
+/// `text` lowercased into `scratch`.
+fn fold<'a>(scratch: &'a mut Vec<u8>, text: &[u8]) -> &'a [u8] {
+    scratch.clear();
+    scratch.extend_from_slice(text);
+    scratch.make_ascii_lowercase();
+    scratch
+}
+
 /// The longest tail any of `sets` must hold back.
-fn pending<S: Secrets>(sets: &[S], text: &[u8]) -> usize {
+fn pending<S: Secrets>(sets: &[S], folded: &[u8]) -> usize {
     sets.iter()
-        .map(|s| s.needles().pending(text))
+        .map(|s| s.needles().pending(folded))
         .max()
         .unwrap_or(0)
 }
@@ -159,6 +196,8 @@ pub struct Stream {
     offset: u64,
     /// Reused, so that a chunk costs no allocation once warm.
     masks: Vec<Range<usize>>,
+    /// The chunk's text lowercased, for the search; reused likewise.
+    folded: Vec<u8>,
 }
 
 /// One chunk's scan. Its text is the held bytes, then the chunk:
@@ -244,8 +283,9 @@ impl Stream {
             self.held.extend_from_slice(data);
         }
         let text: &[u8] = if joined { &self.held } else { data };
+        let folded = fold(&mut self.folded, text);
         for set in sets {
-            set.needles().each_match(text, |r| {
+            set.needles().each_match(folded, |r| {
                 self.masks.push(r);
                 true
             });
@@ -253,7 +293,7 @@ impl Stream {
         let release = if last {
             text.len()
         } else {
-            text.len() - pending(sets, text)
+            text.len() - pending(sets, folded)
         };
         Step {
             before: if joined { text.len() - data.len() } else { 0 },
@@ -278,14 +318,20 @@ impl Stream {
             self.held.extend_from_slice(data);
         }
         let text: &[u8] = if joined { &self.held } else { data };
+        let folded = fold(&mut self.folded, text);
         let mut first: Option<(usize, usize)> = None;
         for (i, set) in sets.iter().enumerate() {
-            set.needles().each_match(text, |r| {
-                if first.is_none_or(|(end, _)| r.end < end) {
+            set.needles().each_match(folded, |r| {
+                let earliest = first.map_or(usize::MAX, |(end, _)| end);
+                // Matches come in order of start: one that begins after the
+                // earliest end so far cannot end before it.
+                if r.start >= earliest {
+                    return false;
+                }
+                if r.end < earliest {
                     first = Some((r.end, i));
                 }
-                // Matches come in order of end: the set's first is its earliest.
-                false
+                true
             });
         }
         if let Some((end, set)) = first {
@@ -297,7 +343,7 @@ impl Stream {
         let release = if last {
             text.len()
         } else {
-            text.len() - pending(sets, text)
+            text.len() - pending(sets, folded)
         };
         Ok(Step {
             before: if joined { text.len() - data.len() } else { 0 },
@@ -449,7 +495,7 @@ mod tests {
             prop_assert!(!n.found_in(&out) || needles.iter().any(|x| x.contains(&MASK)));
             // Bytes outside every match are unchanged.
             let mut inside = vec![false; body.len()];
-            n.each_match(&body, |r| { inside[r].fill(true); true });
+            n.each_match(&body.to_ascii_lowercase(), |r| { inside[r].fill(true); true });
             for (i, (o, b)) in out.iter().zip(&body).enumerate() {
                 if !inside[i] {
                     prop_assert_eq!(o, b);
