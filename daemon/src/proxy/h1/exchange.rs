@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{error_response, read_some, recycle, send};
+use super::io::{error_response, read_body, read_some, recycle, send};
 use super::plan::Plan;
 use super::pool::{self, Stream};
 use super::response::{self, ResponseHead};
@@ -330,7 +330,7 @@ where
     let mut moved = 0;
     loop {
         if buf.is_empty() {
-            let read = read_some(from, buf).await.map_err(|_| Relay::Read)?;
+            let read = read_body(from, buf).await.map_err(|_| Relay::Read)?;
             if read == 0 {
                 return match framing {
                     Framing::UntilClose => Ok(moved),

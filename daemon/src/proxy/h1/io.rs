@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::ApiError;
 
@@ -59,6 +59,16 @@ pub async fn read_some<S: AsyncRead + Unpin>(
         })
     })
     .await
+}
+
+/// Appends what `stream` has to `buf`, read straight into it: a body relay
+/// keeps a buffer of its own while it runs, which saves a copy per read.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    buf.reserve(SCRATCH_BYTES);
+    stream.read_buf(buf).await
 }
 
 /// Writes all of `data` and pushes it out (TLS holds records until flushed).

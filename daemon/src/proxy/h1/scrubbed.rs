@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{read_some, send};
+use super::io::{read_body, send};
 use crate::proxy::scrub::{MASK, Stream};
 use crate::proxy::wire::framing::{Frames, Malformed};
 use crate::registry::LiveCred;
@@ -251,7 +251,7 @@ where
                 send(to, prefix).await.map_err(Relayed::Write)?;
                 prefix.clear();
             }
-            let read = read_some(from, buf).await.map_err(|_| Relayed::Read)?;
+            let read = read_body(from, buf).await.map_err(|_| Relayed::Read)?;
             if read == 0 {
                 if !framing.ends_with_close() {
                     return Err(Relayed::Read);
