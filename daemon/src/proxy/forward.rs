@@ -17,7 +17,7 @@ use super::scrub_body::{Masked, Scanned, encoded_answer, is_encoded, mask_header
 use super::target::Target;
 use super::upstream::{Failure, classify};
 use super::wire::headers::{is_upgrade, strip_hop_by_hop};
-use crate::audit::Outcome;
+use crate::audit::{Outcome, Pending};
 use crate::error::{ApiError, ErrorCode};
 use crate::http_util::{ProxyBody, boxed};
 use crate::keys::Secret;
@@ -138,13 +138,7 @@ async fn send(
                 Some(name) => leak_refused(name, &target.host),
                 None => upstream_failure(&e, &target),
             };
-            daemon.audit.finish(
-                pending,
-                Some(error.status.as_u16()),
-                (0, 0),
-                Outcome::of_error(error.code),
-            );
-            return boxed(error.to_response());
+            return refused(&daemon, pending, error);
         }
         Err(_) => {
             daemon
@@ -160,14 +154,7 @@ async fn send(
         && is_encoded(response.headers())
         && !hyper::body::Body::is_end_stream(response.body())
     {
-        let error = encoded_answer(&target.host);
-        daemon.audit.finish(
-            pending,
-            Some(error.status.as_u16()),
-            (0, 0),
-            Outcome::of_error(error.code),
-        );
-        return boxed(error.to_response());
+        return refused(&daemon, pending, encoded_answer(&target.host));
     }
     if status == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -207,6 +194,17 @@ async fn send(
         scrub,
     );
     Response::from_parts(parts, body.boxed())
+}
+
+/// Records the request as refused with `error`, and answers with it.
+fn refused(daemon: &Proxy, pending: Pending, error: ApiError) -> Response<ProxyBody> {
+    daemon.audit.finish(
+        pending,
+        Some(error.status.as_u16()),
+        (0, 0),
+        Outcome::of_error(error.code),
+    );
+    boxed(error.to_response())
 }
 
 /// The answer to an upload cut for carrying another credential's secret.
