@@ -453,6 +453,32 @@ mod tests {
         assert_eq!(step.release, 2);
     }
 
+    #[test]
+    fn many_needles_fall_back_to_the_automaton_and_match_the_same() {
+        // A cookie of many pairs gives more needles than the vectorised
+        // searcher takes; the automaton must find exactly what it would.
+        let needles: Vec<String> = (0..100).map(|i| format!("cookie-value-{i:03}-x")).collect();
+        let n = Needles::new(&needles);
+        assert!(matches!(n.finder, Some(Finder::Automaton(_))));
+        let few = Needles::new(&needles[..3]);
+        assert!(matches!(few.finder, Some(Finder::Packed(_))));
+        let body = b"a COOKIE-value-007-x b cookie-value-099-xcookie-value-000-x c".to_vec();
+        let whole = whole_mask(&n, &body);
+        assert_eq!(
+            whole,
+            b"a ****************** b ************************************ c"
+        );
+        for cut in 0..body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(masked(&[&n], &[a, b]), whole, "cut at {cut}");
+        }
+        // `007` is only in the second set; it ends first.
+        assert_eq!(
+            detected(&[&few, &n], &[&body[..10], &body[10..]]),
+            Some(Hit { set: 1, end: 20 })
+        );
+    }
+
     fn splits(len: usize) -> impl Strategy<Value = Vec<usize>> {
         proptest::collection::vec(0..=len, 0..6).prop_map(|mut cuts| {
             cuts.sort_unstable();

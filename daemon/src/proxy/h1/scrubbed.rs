@@ -36,27 +36,35 @@ impl From<Malformed> for Stop {
 
 /// One body's scan on the wire.
 pub struct Raw {
-    mode: Mode,
-    stream: Stream,
+    scan: Scan,
     /// Raw bytes at the front of the buffer already framed but not sent.
     framed: usize,
+    /// Bytes masked so far.
+    pub masked: u64,
+}
+
+/// The matching half of [`Raw`]: what a data range of the buffer is
+/// scanned with, borrowed apart from the framing state.
+struct Scan {
+    mode: Mode,
+    stream: Stream,
     /// The raw ranges of the data bytes the stream holds back, oldest first;
     /// empty (and unallocated) in the common case where nothing waits.
     seen: Vec<Range<usize>>,
     /// Raw ranges to mask, gathered while the buffer is borrowed.
     masks: Vec<Range<usize>>,
-    /// Bytes masked so far.
-    pub masked: u64,
 }
 
 impl Raw {
     pub fn new(mode: Mode) -> Raw {
         Raw {
-            mode,
-            stream: Stream::default(),
+            scan: Scan {
+                mode,
+                stream: Stream::default(),
+                seen: Vec::new(),
+                masks: Vec::new(),
+            },
             framed: 0,
-            seen: Vec::new(),
-            masks: Vec::new(),
             masked: 0,
         }
     }
@@ -74,17 +82,11 @@ impl Raw {
         let mut leaked = None;
         let (taken, whole) = {
             let text: &[u8] = buf;
-            let Raw {
-                mode,
-                stream,
-                seen,
-                masks,
-                ..
-            } = self;
+            let scan = &mut self.scan;
             framing.advance_data(&text[start..], |r| {
                 let r = start + r.start..start + r.end;
                 if leaked.is_none() {
-                    leaked = scan(mode, stream, seen, masks, text, r, false);
+                    leaked = scan.scan(text, r, false);
                 }
             })?
         };
@@ -97,7 +99,7 @@ impl Raw {
             return Ok((self.framed, true));
         }
         self.apply(buf);
-        let go = match self.seen.first() {
+        let go = match self.scan.seen.first() {
             Some(first) => first.start,
             None => self.framed,
         };
@@ -111,23 +113,16 @@ impl Raw {
     }
 
     fn finish(&mut self, buf: &mut [u8]) -> Result<(), Stop> {
-        let Raw {
-            mode,
-            stream,
-            seen,
-            masks,
-            ..
-        } = self;
-        if let Some(cred) = scan(mode, stream, seen, masks, buf, 0..0, true) {
+        if let Some(cred) = self.scan.scan(buf, 0..0, true) {
             return Err(Stop::Leaked(cred));
         }
         self.apply(buf);
-        self.seen.clear();
+        self.scan.seen.clear();
         Ok(())
     }
 
     fn apply(&mut self, buf: &mut [u8]) {
-        for r in self.masks.drain(..) {
+        for r in self.scan.masks.drain(..) {
             self.masked += r.len() as u64;
             buf[r].fill(MASK);
         }
@@ -136,60 +131,60 @@ impl Raw {
     /// `n` bytes were sent from the front of the buffer and drained from it.
     pub fn sent(&mut self, n: usize) {
         self.framed -= n;
-        for r in &mut self.seen {
+        for r in &mut self.scan.seen {
             *r = r.start - n..r.end - n;
         }
     }
 }
 
-/// Scans the data bytes at `r` of `buf`: a match in detect mode is the
-/// credential leaked; in mask mode the raw ranges to mask go to `masks`.
-fn scan(
-    mode: &Mode,
-    stream: &mut Stream,
-    seen: &mut Vec<Range<usize>>,
-    masks: &mut Vec<Range<usize>>,
-    buf: &[u8],
-    r: Range<usize>,
-    last: bool,
-) -> Option<Arc<LiveCred>> {
-    let data = &buf[r.clone()];
-    match mode {
-        Mode::Mask(cred) => {
-            let step = stream.mask(std::slice::from_ref(cred), data, last);
-            for m in step.masks() {
-                raw_ranges(seen, step.before, &r, m.clone(), |raw| masks.push(raw));
+impl Scan {
+    /// Scans the data bytes at `r` of `buf`: a match in detect mode is the
+    /// credential leaked; in mask mode the raw ranges to mask go to `masks`.
+    fn scan(&mut self, buf: &[u8], r: Range<usize>, last: bool) -> Option<Arc<LiveCred>> {
+        let Scan {
+            mode,
+            stream,
+            seen,
+            masks,
+        } = self;
+        let data = &buf[r.clone()];
+        match mode {
+            Mode::Mask(cred) => {
+                let step = stream.mask(std::slice::from_ref(cred), data, last);
+                for m in step.masks() {
+                    raw_ranges(seen, step.before, &r, m.clone(), |raw| masks.push(raw));
+                }
+            }
+            Mode::Detect(creds) => {
+                if let Err(hit) = stream.detect(creds, data, last) {
+                    return Some(creds[hit.set].clone());
+                }
             }
         }
-        Mode::Detect(creds) => {
-            if let Err(hit) = stream.detect(creds, data, last) {
-                return Some(creds[hit.set].clone());
+        // Keep the raw places of exactly the bytes still held.
+        let held = stream.held();
+        if held == 0 {
+            seen.clear();
+            return None;
+        }
+        if !r.is_empty() {
+            seen.push(r);
+        }
+        let mut keep = held;
+        let mut from = seen.len();
+        while from > 0 && keep > 0 {
+            from -= 1;
+            let len = seen[from].len();
+            if len >= keep {
+                seen[from].start = seen[from].end - keep;
+                keep = 0;
+            } else {
+                keep -= len;
             }
         }
+        seen.drain(..from);
+        None
     }
-    // Keep the raw places of exactly the bytes still held.
-    let held = stream.held();
-    if held == 0 {
-        seen.clear();
-        return None;
-    }
-    if !r.is_empty() {
-        seen.push(r);
-    }
-    let mut keep = held;
-    let mut from = seen.len();
-    while from > 0 && keep > 0 {
-        from -= 1;
-        let len = seen[from].len();
-        if len >= keep {
-            seen[from].start = seen[from].end - keep;
-            keep = 0;
-        } else {
-            keep -= len;
-        }
-    }
-    seen.drain(..from);
-    None
 }
 
 /// Maps the stream's text range `m` (held bytes, then the data at `r`) to
