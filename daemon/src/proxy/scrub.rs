@@ -14,9 +14,9 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Input, MatchKind, Span, pack
 pub const MASK: u8 = b'*';
 
 /// One credential's needles, compiled once (when the credential is loaded).
-/// Matching is ASCII case-insensitive: the needles are kept lowercased and
-/// the text is folded before the search. Folding costs a copy, but leaves a
-/// case-sensitive search, which a vectorised searcher runs at memory speed.
+/// Matching is ASCII case-insensitive without folding the text first: the
+/// vectorised searcher looks for every letter case of each needle's first
+/// bytes, and each place it finds is compared whole, in any case.
 pub struct Needles {
     /// `None` when there is nothing to look for.
     finder: Option<Finder>,
@@ -27,37 +27,83 @@ pub struct Needles {
     longest: usize,
 }
 
-/// Finds where the next needle begins.
+/// The most bytes of each needle the vectorised searcher looks for: three
+/// keep chance finds in ordinary text rare.
+const PREFIX_BYTES: usize = 3;
+/// The most letter-case prefixes it is given: past this a shorter prefix
+/// (fewer cases) searches faster.
+const MOST_PREFIXES: usize = 32;
+
+/// Finds where the next needle may begin.
 enum Finder {
-    /// Teddy, where the CPU has the vector instructions for it.
+    /// Teddy over the needles' prefixes in every letter case, where the CPU
+    /// has the vector instructions for it. Its finds are only candidates.
     Packed(packed::Searcher),
+    /// The whole needles, ASCII case-insensitive.
     Automaton(AhoCorasick),
 }
 
 impl Finder {
     fn new(needles: &[Box<[u8]>]) -> Option<Finder> {
-        if needles.is_empty() {
-            return None;
-        }
-        if let Some(searcher) = packed::Config::new().builder().extend(needles).build() {
-            return Some(Finder::Packed(searcher));
+        let shortest = needles.iter().map(|n| n.len()).min()?;
+        // One byte would stop the search at every common letter.
+        for bytes in (2..=PREFIX_BYTES.min(shortest)).rev() {
+            let prefixes = case_variants(needles, bytes);
+            if prefixes.len() > MOST_PREFIXES {
+                continue;
+            }
+            if let Some(searcher) = packed::Config::new().builder().extend(&prefixes).build() {
+                return Some(Finder::Packed(searcher));
+            }
         }
         AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostFirst)
             .build(needles)
             .ok()
             .map(Finder::Automaton)
     }
 
-    /// Where the first needle that begins at or after `at` begins.
-    fn next(&self, folded: &[u8], at: usize) -> Option<usize> {
-        let span = Span::from(at..folded.len());
+    /// The first place at or after `at` where a needle may begin.
+    fn next(&self, text: &[u8], at: usize) -> Option<usize> {
+        let span = Span::from(at..text.len());
         let found = match self {
-            Finder::Packed(searcher) => searcher.find_in(folded, span),
-            Finder::Automaton(automaton) => automaton.find(Input::new(folded).span(span)),
+            Finder::Packed(searcher) => searcher.find_in(text, span),
+            Finder::Automaton(automaton) => automaton.find(Input::new(text).span(span)),
         };
         found.map(|m| m.start())
     }
+}
+
+/// The first `bytes` of each (lowercase) needle in every letter case.
+fn case_variants(needles: &[Box<[u8]>], bytes: usize) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for needle in needles {
+        let mut cases = vec![Vec::with_capacity(bytes)];
+        for &b in &needle[..bytes] {
+            let upper = b.to_ascii_uppercase();
+            for i in 0..cases.len() {
+                if upper != b {
+                    let mut other = cases[i].clone();
+                    other.push(upper);
+                    cases.push(other);
+                }
+                cases[i].push(b);
+            }
+        }
+        for case in cases {
+            if !out.contains(&case) {
+                out.push(case);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `text` begins with the lowercase `needle`, in any ASCII case.
+fn begins_with(text: &[u8], needle: &[u8]) -> bool {
+    text.get(..needle.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(needle))
 }
 
 impl Needles {
@@ -87,19 +133,24 @@ impl Needles {
 
     /// Whether some needle is in `text`, in any ASCII case.
     pub fn found_in(&self, text: &[u8]) -> bool {
-        (self.finder.as_ref()).is_some_and(|f| f.next(&text.to_ascii_lowercase(), 0).is_some())
+        let mut found = false;
+        self.each_match(text, |_| {
+            found = true;
+            false
+        });
+        found
     }
 
-    /// Every match in `folded` (lowercased text), overlapping ones
-    /// included, in order of start; `found` returns whether to go on.
-    fn each_match(&self, folded: &[u8], mut found: impl FnMut(Range<usize>) -> bool) {
+    /// Every match in `text`, in any ASCII case, overlapping ones included,
+    /// in order of start; `found` returns whether to go on.
+    fn each_match(&self, text: &[u8], mut found: impl FnMut(Range<usize>) -> bool) {
         let Some(finder) = &self.finder else {
             return;
         };
         let mut at = 0;
-        while let Some(start) = finder.next(folded, at) {
+        while let Some(start) = finder.next(text, at) {
             for needle in &self.lower {
-                if folded[start..].starts_with(needle) && !found(start..start + needle.len()) {
+                if begins_with(&text[start..], needle) && !found(start..start + needle.len()) {
                     return;
                 }
             }
@@ -107,16 +158,16 @@ impl Needles {
         }
     }
 
-    /// The length of the longest tail of `folded` that is a proper
-    /// beginning of some needle: the bytes that must wait for the next chunk.
-    fn pending(&self, folded: &[u8]) -> usize {
-        let from = folded.len().saturating_sub(self.longest.saturating_sub(1));
-        for start in from..folded.len() {
-            if !self.first[usize::from(folded[start])] {
+    /// The length of the longest tail of `text` that is a proper beginning
+    /// of some needle: the bytes that must wait for the next chunk.
+    fn pending(&self, text: &[u8]) -> usize {
+        let from = text.len().saturating_sub(self.longest.saturating_sub(1));
+        for start in from..text.len() {
+            if !self.first[usize::from(text[start].to_ascii_lowercase())] {
                 continue;
             }
-            let tail = &folded[start..];
-            let begins = (self.lower.iter()).any(|n| n.len() > tail.len() && n.starts_with(tail));
+            let tail = &text[start..];
+            let begins = (self.lower.iter()).any(|n| n.len() > tail.len() && begins_with(n, tail));
             if begins {
                 return tail.len();
             }
@@ -124,11 +175,10 @@ impl Needles {
         0
     }
 
-    /// Every byte of every match in `text`, masked in place.
+    /// Every byte of every match in `text` masked in place.
     pub fn mask_in(&self, text: &mut [u8]) {
-        let folded = text.to_ascii_lowercase();
         let mut ranges = Vec::new();
-        self.each_match(&folded, |r| {
+        self.each_match(text, |r| {
             ranges.push(r);
             true
         });
@@ -161,18 +211,10 @@ impl<T: Secrets> Secrets for &T {
     }
 }
 
-/// `text` lowercased into `scratch`.
-fn fold<'a>(scratch: &'a mut Vec<u8>, text: &[u8]) -> &'a [u8] {
-    scratch.clear();
-    scratch.extend_from_slice(text);
-    scratch.make_ascii_lowercase();
-    scratch
-}
-
 /// The longest tail any of `sets` must hold back.
-fn pending<S: Secrets>(sets: &[S], folded: &[u8]) -> usize {
+fn pending<S: Secrets>(sets: &[S], text: &[u8]) -> usize {
     sets.iter()
-        .map(|s| s.needles().pending(folded))
+        .map(|s| s.needles().pending(text))
         .max()
         .unwrap_or(0)
 }
@@ -196,8 +238,6 @@ pub struct Stream {
     offset: u64,
     /// Reused, so that a chunk costs no allocation once warm.
     masks: Vec<Range<usize>>,
-    /// The chunk's text lowercased, for the search; reused likewise.
-    folded: Vec<u8>,
 }
 
 /// One chunk's scan. Its text is the held bytes, then the chunk:
@@ -283,9 +323,8 @@ impl Stream {
             self.held.extend_from_slice(data);
         }
         let text: &[u8] = if joined { &self.held } else { data };
-        let folded = fold(&mut self.folded, text);
         for set in sets {
-            set.needles().each_match(folded, |r| {
+            set.needles().each_match(text, |r| {
                 self.masks.push(r);
                 true
             });
@@ -293,7 +332,7 @@ impl Stream {
         let release = if last {
             text.len()
         } else {
-            text.len() - pending(sets, folded)
+            text.len() - pending(sets, text)
         };
         Step {
             before: if joined { text.len() - data.len() } else { 0 },
@@ -318,10 +357,9 @@ impl Stream {
             self.held.extend_from_slice(data);
         }
         let text: &[u8] = if joined { &self.held } else { data };
-        let folded = fold(&mut self.folded, text);
         let mut first: Option<(usize, usize)> = None;
         for (i, set) in sets.iter().enumerate() {
-            set.needles().each_match(folded, |r| {
+            set.needles().each_match(text, |r| {
                 let earliest = first.map_or(usize::MAX, |(end, _)| end);
                 // Matches come in order of start: one that begins after the
                 // earliest end so far cannot end before it.
@@ -343,7 +381,7 @@ impl Stream {
         let release = if last {
             text.len()
         } else {
-            text.len() - pending(sets, folded)
+            text.len() - pending(sets, text)
         };
         Ok(Step {
             before: if joined { text.len() - data.len() } else { 0 },
@@ -455,19 +493,25 @@ mod tests {
 
     #[test]
     fn many_needles_fall_back_to_the_automaton_and_match_the_same() {
-        // A cookie of many pairs gives more needles than the vectorised
-        // searcher takes; the automaton must find exactly what it would.
-        let needles: Vec<String> = (0..100).map(|i| format!("cookie-value-{i:03}-x")).collect();
+        // A cookie of many pairs gives more letter-case prefixes than the
+        // vectorised searcher takes; the automaton must find exactly what
+        // it would.
+        let needles: Vec<String> = (0..100u8)
+            .map(|i| {
+                format!(
+                    "{}{}-cookie-{i:03}",
+                    char::from(b'a' + i % 26),
+                    char::from(b'a' + i / 26)
+                )
+            })
+            .collect();
         let n = Needles::new(&needles);
         assert!(matches!(n.finder, Some(Finder::Automaton(_))));
         let few = Needles::new(&needles[..3]);
         assert!(matches!(few.finder, Some(Finder::Packed(_))));
-        let body = b"a COOKIE-value-007-x b cookie-value-099-xcookie-value-000-x c".to_vec();
+        let body = b"a HA-COOKIE-007 b vd-cookie-099aa-cookie-000 c".to_vec();
         let whole = whole_mask(&n, &body);
-        assert_eq!(
-            whole,
-            b"a ****************** b ************************************ c"
-        );
+        assert_eq!(whole, b"a ************* b ************************** c");
         for cut in 0..body.len() {
             let (a, b) = body.split_at(cut);
             assert_eq!(masked(&[&n], &[a, b]), whole, "cut at {cut}");
@@ -475,8 +519,38 @@ mod tests {
         // `007` is only in the second set; it ends first.
         assert_eq!(
             detected(&[&few, &n], &[&body[..10], &body[10..]]),
-            Some(Hit { set: 1, end: 20 })
+            Some(Hit { set: 1, end: 15 })
         );
+    }
+
+    #[test]
+    fn prefixes_in_every_letter_case_find_a_needle_in_any_case() {
+        let n = Needles::new(&["Sk-Live-1234"]);
+        assert!(matches!(n.finder, Some(Finder::Packed(_))));
+        for body in [&b"x sk-live-1234"[..], b"SK-LIVE-1234 x", b"sK-lIvE-1234"] {
+            assert!(n.found_in(body), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(
+            !n.found_in(b"sk-live-123 sk-"),
+            "a prefix alone is no match"
+        );
+    }
+
+    /// Every match by comparing at each place: what the searchers must agree with.
+    fn naive_ranges(needles: &[Vec<u8>], body: &[u8]) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        for start in 0..body.len() {
+            for n in needles {
+                let end = start + n.len();
+                if end <= body.len()
+                    && body[start..end].eq_ignore_ascii_case(n)
+                    && !out.contains(&(start..end))
+                {
+                    out.push(start..end);
+                }
+            }
+        }
+        out
     }
 
     fn splits(len: usize) -> impl Strategy<Value = Vec<usize>> {
@@ -521,12 +595,28 @@ mod tests {
             prop_assert!(!n.found_in(&out) || needles.iter().any(|x| x.contains(&MASK)));
             // Bytes outside every match are unchanged.
             let mut inside = vec![false; body.len()];
-            n.each_match(&body.to_ascii_lowercase(), |r| { inside[r].fill(true); true });
+            n.each_match(&body, |r| { inside[r].fill(true); true });
             for (i, (o, b)) in out.iter().zip(&body).enumerate() {
                 if !inside[i] {
                     prop_assert_eq!(o, b);
                 }
             }
+        }
+
+        #[test]
+        fn every_match_is_found_in_any_case(
+            needles in proptest::collection::vec("[a-cA-C0-9-]{1,8}", 1..12),
+            body in "[a-cA-C0-9 -]{0,80}",
+        ) {
+            let needles: Vec<Vec<u8>> = needles.into_iter().map(String::into_bytes).collect();
+            let n = Needles::new(&needles);
+            let mut found = Vec::new();
+            n.each_match(body.as_bytes(), |r| { found.push(r); true });
+            let mut naive = naive_ranges(&needles, body.as_bytes());
+            naive.sort_by_key(|r| (r.start, r.end));
+            found.sort_by_key(|r| (r.start, r.end));
+            found.dedup();
+            prop_assert_eq!(found, naive);
         }
 
         #[test]

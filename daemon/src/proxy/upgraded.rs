@@ -60,7 +60,6 @@ pub(crate) async fn relay_scrubbed_while_key_holds<A, B>(
             &mut buf,
             &mut WsFrames::default(),
             &mut raw,
-            &mut Vec::new(),
         )
         .await;
         if relayed.is_err() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{error_response, read_body, read_some, recycle, send};
+use super::io::{error_response, read_arrived, read_body, read_small, recycle, send, send_pair};
 use super::plan::Plan;
 use super::pool::{self, Stream};
 use super::response::{self, ResponseHead};
@@ -53,7 +53,7 @@ where
     let Plan {
         target,
         record: pending,
-        mut head,
+        head,
         mut body,
         head_len,
         head_only,
@@ -71,7 +71,10 @@ where
         .then(|| daemon.registry.unbound_creds(&target.place()))
         .filter(|creds| !creds.is_empty())
         .map(|creds| Raw::new(Mode::Detect(creds)));
-    // Whatever of the body is here already (and may go) goes out with the head.
+    // Whatever of the body has arrived (and may go) goes out with the head.
+    if body != Framing::Empty && read_arrived(agent, buf).is_err() {
+        return aborted(daemon, pending, None, (0, 0));
+    }
     let advanced = match &mut scan {
         None => body.advance(buf).map_err(Stop::from),
         Some(raw) => raw.take(&mut body, buf),
@@ -86,11 +89,6 @@ where
             return fail(daemon, agent, pending, (0, 0), error).await;
         }
     };
-    head.extend_from_slice(&buf[..taken]);
-    buf.drain(..taken);
-    if let Some(raw) = &mut scan {
-        raw.sent(taken);
-    }
     let mut up = taken as u64;
 
     // A pooled connection the upstream closed meanwhile gets the request
@@ -115,7 +113,7 @@ where
                 }
             },
         };
-        if let Err(e) = send(&mut upstream, &head).await {
+        if let Err(e) = send_pair(&mut upstream, &head, &buf[..taken]).await {
             if retry {
                 pooled_ok = false;
                 continue;
@@ -130,13 +128,16 @@ where
             .await;
         }
         if !whole {
+            // No retry from here on: the body goes as it comes.
+            buf.drain(..taken);
+            if let Some(raw) = &mut scan {
+                raw.sent(taken);
+            }
             let relayed = match &mut scan {
                 None => relay(agent, &mut upstream, buf, &mut body).await,
-                Some(raw) => {
-                    scrubbed::relay(agent, &mut upstream, buf, &mut body, raw, &mut Vec::new())
-                        .await
-                        .map_err(Relay::from)
-                }
+                Some(raw) => scrubbed::relay(agent, &mut upstream, buf, &mut body, raw)
+                    .await
+                    .map_err(Relay::from),
             };
             match relayed {
                 Ok(moved) => up += moved,
@@ -166,6 +167,9 @@ where
         }
     };
     recycle(head);
+    if whole {
+        buf.drain(..taken);
+    }
 
     // Heads are scrubbed too: an upstream may echo Authorization, or the
     // query in a Link.
@@ -199,6 +203,19 @@ where
     let status = Some(answer.status);
     incoming.drain(..answer.len);
     let mut framing = answer.body;
+    // What has arrived of the body goes out with the head, in one write.
+    if framing != Framing::Empty
+        && let Err(e) = read_arrived(&mut upstream, &mut incoming)
+    {
+        return fail(
+            daemon,
+            agent,
+            pending,
+            (up, 0),
+            upstream_failure(&e, &target),
+        )
+        .await;
+    }
     let mut raw = scrub
         .as_ref()
         .filter(|_| framing != Framing::Empty)
@@ -210,30 +227,24 @@ where
     let Ok((taken, whole)) = advanced else {
         return fail(daemon, agent, pending, (up, 0), malformed_answer(&target)).await;
     };
-    let mut out = answer.head;
-    out.extend_from_slice(&incoming[..taken]);
+    let mut down = taken as u64;
+    if send_pair(agent, &answer.head, &incoming[..taken])
+        .await
+        .is_err()
+    {
+        return aborted(daemon, pending, status, (up, down));
+    }
     incoming.drain(..taken);
     if let Some(raw) = &mut raw {
         raw.sent(taken);
     }
-    let mut down = taken as u64;
-    if send(agent, &out).await.is_err() {
-        return aborted(daemon, pending, status, (up, down));
-    }
-    recycle(out);
+    recycle(answer.head);
     if !whole {
         let relayed = match &mut raw {
             None => relay(&mut upstream, agent, &mut incoming, &mut framing).await,
-            Some(raw) => scrubbed::relay(
-                &mut upstream,
-                agent,
-                &mut incoming,
-                &mut framing,
-                raw,
-                &mut Vec::new(),
-            )
-            .await
-            .map_err(Relay::from),
+            Some(raw) => scrubbed::relay(&mut upstream, agent, &mut incoming, &mut framing, raw)
+                .await
+                .map_err(Relay::from),
         };
         match relayed {
             Ok(moved) => down += moved,
@@ -309,7 +320,7 @@ async fn read_head(
                 }
             }
         }
-        if read_some(upstream, incoming).await? == 0 {
+        if read_small(upstream, incoming).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -337,6 +348,7 @@ where
                     _ => Err(Relay::Read),
                 };
             }
+            read_arrived(from, buf).map_err(|_| Relay::Read)?;
         }
         let (take, whole) = framing.advance(buf).map_err(|Malformed| Relay::Malformed)?;
         send(to, &buf[..take]).await.map_err(Relay::Write)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{read_body, send};
+use super::io::{read_arrived, read_body, send};
 use crate::proxy::scrub::{MASK, Stream};
 use crate::proxy::wire::framing::{Frames, Malformed};
 use crate::registry::LiveCred;
@@ -225,15 +225,13 @@ pub enum Relayed {
 }
 
 /// Moves one body from `from` to `to` under the scan, starting with what
-/// `buf` holds, and leaves in `buf` whatever follows it. `prefix` (a head
-/// not yet sent) goes out with the first bytes.
+/// `buf` holds, and leaves in `buf` whatever follows it.
 pub async fn relay<R, W>(
     from: &mut R,
     to: &mut W,
     buf: &mut Vec<u8>,
     framing: &mut impl Frames,
     raw: &mut Raw,
-    prefix: &mut Vec<u8>,
 ) -> Result<u64, Relayed>
 where
     R: AsyncRead + Unpin,
@@ -242,10 +240,6 @@ where
     let mut moved = 0;
     loop {
         let (go, whole) = if buf.len() == raw.framed {
-            if !prefix.is_empty() {
-                send(to, prefix).await.map_err(Relayed::Write)?;
-                prefix.clear();
-            }
             let read = read_body(from, buf).await.map_err(|_| Relayed::Read)?;
             if read == 0 {
                 if !framing.ends_with_close() {
@@ -253,19 +247,14 @@ where
                 }
                 (raw.end(buf).map_err(Relayed::Stop)?, true)
             } else {
+                read_arrived(from, buf).map_err(|_| Relayed::Read)?;
                 raw.take(framing, buf).map_err(Relayed::Stop)?
             }
         } else {
             raw.take(framing, buf).map_err(Relayed::Stop)?
         };
-        if prefix.is_empty() {
-            if go > 0 {
-                send(to, &buf[..go]).await.map_err(Relayed::Write)?;
-            }
-        } else {
-            prefix.extend_from_slice(&buf[..go]);
-            send(to, prefix).await.map_err(Relayed::Write)?;
-            prefix.clear();
+        if go > 0 {
+            send(to, &buf[..go]).await.map_err(Relayed::Write)?;
         }
         buf.drain(..go);
         raw.sent(go);
