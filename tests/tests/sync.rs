@@ -488,3 +488,53 @@ fn a_wrong_fingerprint_refuses_to_connect_with_a_clear_error() {
         .failure();
     assert!(bad.stderr.contains("invite is not valid"), "{}", bad.stderr);
 }
+
+#[test]
+fn a_directory_symlink_in_the_hub_share_gives_a_peer_nothing_outside() {
+    let w = World::new(1, &[("keep.txt", b"k")]);
+    let outside = tempfile::tempdir().unwrap();
+    let secret = b"outside the share: never sent";
+    std::fs::write(outside.path().join("secret.txt"), secret).unwrap();
+    std::fs::write(outside.path().join("victim.txt"), b"must survive").unwrap();
+    std::os::unix::fs::symlink(outside.path(), w.hub.path("link")).unwrap();
+    let peer = &w.peers[0];
+    // On the peer, `link` is an ordinary directory with the same names.
+    peer.write("link/secret.txt", b"the peer's own");
+    peer.write("link/victim.txt", b"the peer's own");
+    peer.write("marker-1.txt", b"1");
+    wait_until("marker-1 arrives", SOON, || w.hub.exists("marker-1.txt"));
+    std::fs::remove_file(peer.path("link/victim.txt")).unwrap();
+    std::fs::remove_file(peer.path("link/secret.txt")).unwrap();
+    std::fs::remove_dir(peer.path("link")).unwrap();
+    peer.write("marker-2.txt", b"2");
+    wait_until("marker-2 arrives", SOON, || w.hub.exists("marker-2.txt"));
+    // And a peer that never had `link` asks for everything again.
+    let mut w = w;
+    let second = w.add_peer("rw");
+    let second = &w.peers[second];
+    assert!(second.exists("keep.txt") && second.exists("marker-2.txt"));
+
+    assert_eq!(
+        std::fs::read(outside.path().join("secret.txt")).unwrap(),
+        secret
+    );
+    assert_eq!(
+        std::fs::read(outside.path().join("victim.txt")).unwrap(),
+        b"must survive"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 2);
+    for replica in [&w.peers[0], second] {
+        for (path, content) in replica.snapshot() {
+            let content = content.unwrap_or_default();
+            assert!(
+                !content.windows(secret.len()).any(|w| w == secret),
+                "{path} holds bytes from outside the share"
+            );
+        }
+        assert!(!replica.exists("link"), "the hub's symlink is never synced");
+    }
+    assert!(
+        w.hub.path("link").symlink_metadata().unwrap().is_symlink(),
+        "the symlink itself is left alone"
+    );
+}

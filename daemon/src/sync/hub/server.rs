@@ -4,7 +4,7 @@
 //! `plan::accepts` says, and through the same landing as a peer's fetch.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::sync::SyncEngine;
 use crate::sync::hub::share::Share;
 use crate::sync::plan;
 use crate::sync::replica::apply::{self, Arriving, Landed};
+use crate::sync::replica::beneath::{self, At};
 use crate::sync::replica::{fsops, paths};
 use crate::sync::wire::frames::{FrameReader, FrameWriter};
 use crate::sync::wire::model::{
@@ -203,7 +204,7 @@ async fn fetch(
             if entry.kind == Kind::File {
                 // A file that changed since it was journaled fails the
                 // peer's hash check and is fetched again after the next scan.
-                if let Err(e) = writer.file(&share.root.join(&path), entry.size).await {
+                if let Err(e) = writer.file(&share.root, Path::new(&path), entry.size).await {
                     tracing::debug!(error = %e, %path, "a fetch stopped mid-file");
                     return;
                 }
@@ -355,9 +356,9 @@ fn apply_dir(
     head: &PushHead,
 ) -> Result<PushResult, ApiError> {
     // The base matched, so a file in the way is the one the peer replaced.
-    let path = share.root.join(relative);
-    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
-        && let Err(e) = std::fs::remove_file(&path)
+    let in_the_way = beneath::stat(&share.root, relative);
+    if matches!(in_the_way, Ok(At::Entry(ref s)) if s.kind == Kind::File)
+        && let Err(e) = beneath::remove(&share.root, relative)
     {
         return Ok(PushResult::Refused {
             path: head.path.clone(),
@@ -370,9 +371,10 @@ fn apply_dir(
             message: e.to_string(),
         });
     }
-    let inode = std::fs::symlink_metadata(share.root.join(relative))
-        .map(|m| crate::sync::replica::scan::stat_of(&m).inode)
-        .unwrap_or(0);
+    let inode = match beneath::stat(&share.root, relative) {
+        Ok(At::Entry(stat)) => stat.inode,
+        _ => 0,
+    };
     let version = share.journal.record(
         &head.path,
         Synced {
@@ -396,7 +398,7 @@ fn apply_delete(
     relative: &std::path::Path,
     head: &PushHead,
 ) -> Result<PushResult, ApiError> {
-    if let Err(e) = fsops::remove(&share.root, relative) {
+    if let Err(e) = beneath::remove(&share.root, relative) {
         // A directory that still holds files: an edit beats a delete.
         let current = share.refresh(&head.path)?;
         return Ok(match current {

@@ -23,6 +23,7 @@ use crate::store::SessionRecord;
 use crate::sync::peer::client::{HubClient, SyncError};
 use crate::sync::plan::{self, Local, Op, State};
 use crate::sync::replica::apply::{self, Arriving, Landed, NotStaged};
+use crate::sync::replica::beneath::{self, At};
 use crate::sync::replica::ignore::{Ignorer, MARKER};
 use crate::sync::replica::journal::Journal;
 use crate::sync::replica::scan::{self, Scope, Stat};
@@ -368,7 +369,7 @@ impl Session {
             for head in sending {
                 writer.head(&head).await?;
                 if head.kind == Kind::File {
-                    writer.file(&root.join(&head.path), head.size).await?;
+                    writer.file(&root, Path::new(&head.path), head.size).await?;
                 }
             }
             Ok::<_, std::io::Error>(())
@@ -462,7 +463,7 @@ impl Session {
                     tracing::debug!(%path, "changed since the plan; kept");
                     return Ok(());
                 }
-                match fsops::remove(&self.root, Path::new(&path)) {
+                match beneath::remove(&self.root, Path::new(&path)) {
                     Ok(()) => self
                         .index
                         .put(&path, &Synced::deleted(version))
@@ -497,9 +498,10 @@ impl Session {
 
     /// Records `entry` as synced, with the stat data now on disk.
     fn remember(&self, entry: &Entry) -> Result<(), RoundError> {
-        let stat = std::fs::symlink_metadata(self.root.join(&entry.path))
-            .map(|m| scan::stat_of(&m))
-            .ok();
+        let stat = match beneath::stat(&self.root, Path::new(&entry.path)) {
+            Ok(At::Entry(stat)) => Some(stat),
+            _ => None,
+        };
         self.index
             .put(&entry.path, &synced_from(entry, stat.as_ref()))
             .map_err(store_error)

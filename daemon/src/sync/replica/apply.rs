@@ -8,8 +8,9 @@
 
 use std::path::Path;
 
+use super::beneath;
 use super::fsops::{self, Staged};
-use super::scan::{self, Stat};
+use super::scan::Stat;
 use crate::sync::wire::frames::FrameReader;
 use crate::sync::wire::model::Digest;
 
@@ -114,16 +115,14 @@ pub(crate) fn land<T, E>(
                     landed(item, Landed::Changed)
                 }
                 Ok(true) => {
-                    let target = file.target.clone();
-                    match file.commit() {
+                    let relative = file.relative().to_path_buf();
+                    match file.commit(alone) {
                         Err(e) => landed(item, Landed::Failed(e)),
                         Ok(()) => {
-                            if alone && let Some(dir) = target.parent() {
-                                let _ = fsops::sync_dir(dir);
-                            }
-                            let stat = std::fs::symlink_metadata(&target)
-                                .map(|meta| scan::stat_of(&meta))
-                                .ok();
+                            let stat = match beneath::stat(root, &relative) {
+                                Ok(beneath::At::Entry(stat)) => Some(stat),
+                                _ => None,
+                            };
                             landed(item, Landed::Placed(stat))
                         }
                     }

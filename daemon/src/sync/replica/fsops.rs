@@ -1,54 +1,23 @@
 //! Writing into a replica without ever losing or half-writing a file: every
 //! incoming file goes to a temp file in its target directory, is verified
 //! against its SHA-256, made durable, and only then renamed over its name.
-//! Nothing here follows a symlink.
+//! Nothing here follows a symlink: each step is relative to the target
+//! directory's descriptor, which [`beneath`] opened.
 
+use std::ffi::{OsStr, OsString};
 use std::io::ErrorKind;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 use std::io::Write;
 
+use crate::sync::replica::beneath;
 use crate::sync::replica::ignore::TEMP_PREFIX;
 use crate::sync::wire::model::Digest;
-
-/// Walks to `relative`'s parent, creating missing directories, and refuses
-/// any component that is a symlink or a file.
-pub fn safe_parent(root: &Path, relative: &Path) -> std::io::Result<PathBuf> {
-    let mut dir = root.to_path_buf();
-    if let Some(parent) = relative.parent() {
-        for component in parent.components() {
-            dir.push(component);
-            match std::fs::symlink_metadata(&dir) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(std::io::Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!("{} is not a directory (or is a symlink)", dir.display()),
-                    ));
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir(&dir)?,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(dir)
-}
-
-/// The target must be absent or a regular file or directory, never a symlink.
-pub fn check_target(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Err(std::io::Error::new(
-            ErrorKind::AlreadyExists,
-            format!(
-                "{} is a symlink; sidekey never writes through one",
-                path.display()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
 
 /// Bytes are gathered into writes of this size: h2 delivers ~16 KB pieces.
 const WRITE_CHUNK: usize = 1024 * 1024;
@@ -74,40 +43,55 @@ pub struct Incoming {
     written: u64,
     /// Bytes before this offset are already on their way to the disk.
     written_back: u64,
-    temp: PathBuf,
-    target: PathBuf,
+    place: Place,
     exec: bool,
+}
+
+/// Where a received file goes: its directory, the temp file's name in it,
+/// and the target's.
+struct Place {
+    dir: OwnedFd,
+    temp: OsString,
+    target: OsString,
+    /// The wire path, for messages.
+    relative: PathBuf,
+}
+
+impl Place {
+    fn remove_temp(&self) {
+        let _ = rustix::fs::unlinkat(&self.dir, &self.temp, AtFlags::empty());
+    }
 }
 
 /// A verified temp file, waiting to be renamed over its target.
 pub struct Staged {
-    temp: PathBuf,
-    pub target: PathBuf,
+    place: Place,
 }
 
 impl Incoming {
     pub async fn create(root: &Path, relative: &Path, exec: bool) -> std::io::Result<Incoming> {
         blocking(|| {
-            let parent = safe_parent(root, relative)?;
-            let target = root.join(relative);
-            check_target(&target)?;
+            let (above, target) = split(relative)?;
+            let dir = beneath::make_dirs(root, above)?;
+            refuse_symlink(&dir, target, relative)?;
             let mut random = [0u8; 8];
             getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let temp = parent.join(format!("{TEMP_PREFIX}{}", hex::encode(random)));
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .mode(0o644)
-                .open(&temp)?;
+            let temp = OsString::from(format!("{TEMP_PREFIX}{}", hex::encode(random)));
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&dir, &temp, flags, Mode::from_raw_mode(0o644))?;
             Ok(Incoming {
-                file,
+                file: std::fs::File::from(fd),
                 buf: Vec::new(),
                 hasher: Sha256::new(),
                 written: 0,
                 written_back: 0,
-                temp,
-                target,
+                place: Place {
+                    dir,
+                    temp,
+                    target: target.to_os_string(),
+                    relative: relative.to_path_buf(),
+                },
                 exec,
             })
         })
@@ -166,43 +150,83 @@ impl Incoming {
             Ok(())
         });
         match outcome {
-            Ok(()) => Ok(Staged {
-                temp: self.temp,
-                target: self.target,
-            }),
+            Ok(()) => Ok(Staged { place: self.place }),
             Err(e) => {
-                let _ = std::fs::remove_file(&self.temp);
+                self.place.remove_temp();
                 Err(e)
             }
         }
     }
 
     pub async fn abandon(self) {
-        let _ = std::fs::remove_file(&self.temp);
+        self.place.remove_temp();
+    }
+}
+
+/// A wire path's directory and last name.
+fn split(relative: &Path) -> std::io::Result<(&Path, &OsStr)> {
+    let name = relative
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "an empty path"))?;
+    Ok((relative.parent().unwrap_or(Path::new("")), name))
+}
+
+/// Refuses a target that is a symlink: sidekey never writes through one.
+/// Returns what is there (`None`: nothing).
+fn refuse_symlink(
+    dir: &OwnedFd,
+    name: &OsStr,
+    relative: &Path,
+) -> std::io::Result<Option<FileType>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(raw) if FileType::from_raw_mode(raw.st_mode) == FileType::Symlink => {
+            Err(std::io::Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} is a symlink; sidekey never writes through one",
+                    relative.display()
+                ),
+            ))
+        }
+        Ok(raw) => Ok(Some(FileType::from_raw_mode(raw.st_mode))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 impl Staged {
-    /// Renames into place. The caller has checked the target still holds
-    /// what the plan expected, so an empty directory in the way is what the
-    /// plan replaces with this file, and goes.
-    pub fn commit(self) -> std::io::Result<()> {
-        let replace = || match std::fs::symlink_metadata(&self.target) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&self.target),
-            _ => Ok(()),
+    /// The wire path it lands at.
+    pub fn relative(&self) -> &Path {
+        &self.place.relative
+    }
+
+    /// Renames into place; with `durable`, fsyncs the directory after. The
+    /// caller has checked the target still holds what the plan expected, so
+    /// an empty directory in the way is what the plan replaces with this
+    /// file, and goes.
+    pub fn commit(self, durable: bool) -> std::io::Result<()> {
+        let place = &self.place;
+        let replace = || -> std::io::Result<()> {
+            if refuse_symlink(&place.dir, &place.target, &place.relative)?
+                == Some(FileType::Directory)
+            {
+                rustix::fs::unlinkat(&place.dir, &place.target, AtFlags::REMOVEDIR)?;
+            }
+            rustix::fs::renameat(&place.dir, &place.temp, &place.dir, &place.target)?;
+            Ok(())
         };
-        if let Err(e) = check_target(&self.target)
-            .and_then(|()| replace())
-            .and_then(|()| std::fs::rename(&self.temp, &self.target))
-        {
-            let _ = std::fs::remove_file(&self.temp);
+        if let Err(e) = replace() {
+            place.remove_temp();
             return Err(e);
+        }
+        if durable {
+            let _ = rustix::fs::fsync(&place.dir);
         }
         Ok(())
     }
 
     pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.temp);
+        self.place.remove_temp();
     }
 }
 
@@ -213,42 +237,17 @@ pub fn sync_fs(root: &Path) -> std::io::Result<()> {
     rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
 }
 
-/// Makes a rename durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Removes a file, or a directory if it is empty. Never follows symlinks.
-pub fn remove(root: &Path, relative: &Path) -> std::io::Result<()> {
-    let path = root.join(relative);
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path),
-        Ok(meta) if meta.is_file() => std::fs::remove_file(&path),
-        Ok(_) => Err(std::io::Error::other("not a file or directory")),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Sets or clears a file's exec bits, through a descriptor opened without
 /// following a symlink.
 pub fn set_exec(root: &Path, relative: &Path, exec: bool) -> std::io::Result<()> {
-    let file = super::scan::open_no_follow(&root.join(relative))?;
+    let file = beneath::open_file(root, relative)?;
     let mode = if exec { 0o755 } else { 0o644 };
     file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
+/// Makes the directory `relative` names, and any missing above it.
 pub fn make_dir(root: &Path, relative: &Path) -> std::io::Result<()> {
-    safe_parent(root, relative)?;
-    let path = root.join(relative);
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(std::io::Error::new(
-            ErrorKind::AlreadyExists,
-            format!("{} exists and is not a directory", path.display()),
-        )),
-        Err(_) => std::fs::create_dir(&path),
-    }
+    beneath::make_dirs(root, relative).map(drop)
 }
 
 /// `notes.md` → `notes.sync-conflict-20261124-031500-laptop.md`.
@@ -292,11 +291,11 @@ pub fn move_to_conflict(
 ) -> std::io::Result<String> {
     let mut name = conflict_name(relative, host, unix_secs);
     let mut n = 1;
-    while std::fs::symlink_metadata(root.join(&name)).is_ok() {
+    while beneath::stat(root, Path::new(&name))? != beneath::At::Nothing {
         n += 1;
         name = conflict_name(relative, &format!("{host}-{n}"), unix_secs);
     }
-    std::fs::rename(root.join(relative), root.join(&name))?;
+    beneath::rename(root, Path::new(relative), Path::new(&name))?;
     Ok(name)
 }
 
@@ -349,7 +348,7 @@ mod tests {
         good.finish(Some(Digest::of(hasher)), true)
             .await
             .unwrap()
-            .commit()
+            .commit(true)
             .unwrap();
         assert_eq!(std::fs::read(dir.path().join("x/y.txt")).unwrap(), b"hello");
         let mode = std::fs::metadata(dir.path().join("x/y.txt"))

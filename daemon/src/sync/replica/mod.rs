@@ -3,6 +3,7 @@
 //! Nothing here talks to another replica, and nothing follows a symlink.
 
 pub(crate) mod apply;
+pub(crate) mod beneath;
 pub(crate) mod fsops;
 pub(crate) mod ignore;
 pub(crate) mod journal;

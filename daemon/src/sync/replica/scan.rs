@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::Dir;
+
 use crate::sync::plan::{Local, State, same_stat};
+use crate::sync::replica::beneath::{self, At};
 use crate::sync::replica::ignore::{IGNORE_FILE, Ignorer, TEMP_PREFIX};
 use crate::sync::replica::journal::Journal;
 use crate::sync::replica::paths::case_key;
@@ -238,14 +241,18 @@ fn look_at(
                 break;
             }
             if !out.entries.contains_key(&above) {
-                let Some(meta) = stat_unless_gone(root, &above)? else {
-                    reached = Reached::Gone;
-                    break;
+                let stat = match beneath::stat(root, Path::new(&above)).ok()? {
+                    At::Nothing => {
+                        reached = Reached::Gone;
+                        break;
+                    }
+                    At::Entry(stat) if stat.kind == Kind::Dir => stat,
+                    _ => return None,
                 };
-                if !meta.is_dir() || (!synced(&above) && has_case_twin(root, &above)) {
+                if !synced(&above) && has_case_twin(root, &above) {
                     return None;
                 }
-                out.entries.insert(above.clone(), stat_of(&meta));
+                out.entries.insert(above.clone(), stat);
             }
             above.push('/');
         }
@@ -256,11 +263,13 @@ fn look_at(
         if reached == Reached::Gone {
             continue;
         }
-        let Some(meta) = stat_unless_gone(root, &path)? else {
-            continue;
+        let stat = match beneath::stat(root, Path::new(&path)).ok()? {
+            At::Nothing => continue,
+            At::Other => return None,
+            At::Entry(stat) => stat,
         };
-        let is_dir = meta.is_dir();
-        if (!is_dir && !meta.is_file()) || (!synced(&path) && has_case_twin(root, &path)) {
+        let is_dir = stat.kind == Kind::Dir;
+        if !synced(&path) && has_case_twin(root, &path) {
             return None;
         }
         if ignorer.ignored(&path, is_dir) {
@@ -270,7 +279,7 @@ fn look_at(
             let stack = vec![(root.join(&path), format!("{path}/"))];
             walk(&mut out, root, stack, ignorer).ok()?;
         }
-        out.entries.insert(path, stat_of(&meta));
+        out.entries.insert(path, stat);
     }
     let reportable = !out.skipped.is_empty() || !out.case_collisions.is_empty();
     if reportable || !out.leftovers.is_empty() {
@@ -291,33 +300,18 @@ enum Reached {
     Gone,
 }
 
-/// `Some(None)` when nothing is at `path`; `None` when it cannot be told.
-fn stat_unless_gone(root: &Path, path: &str) -> Option<Option<std::fs::Metadata>> {
-    match std::fs::symlink_metadata(root.join(path)) {
-        Ok(meta) => Some(Some(meta)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Some(None)
-        }
-        Err(_) => None,
-    }
-}
-
 /// Whether another entry beside `path` has a name that differs from its
 /// own only by case.
 fn has_case_twin(root: &Path, path: &str) -> bool {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     let key = case_key(name);
-    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+    let Ok(entries) = beneath::dir(root, Path::new(dir)).and_then(|fd| Ok(Dir::read_from(fd)?))
+    else {
         return true;
     };
     entries.flatten().any(|entry| {
-        let other = entry.file_name();
-        other.to_str() != Some(name) && other.to_str().is_some_and(|o| case_key(o) == key)
+        let other = entry.file_name().to_str().ok();
+        other != Some(name) && other.is_some_and(|o| case_key(o) == key)
     })
 }
 
@@ -355,17 +349,10 @@ pub fn gather(
 
 /// What is at one wire path, which the caller has checked.
 pub fn look_at_path(root: &Path, path: &str, base: Option<&Synced>) -> Local {
-    match std::fs::symlink_metadata(root.join(path)) {
-        Ok(meta) if meta.is_file() || meta.is_dir() => local_of(root, path, &stat_of(&meta), base),
-        Ok(_) => Local::Skipped,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Local::Absent
-        }
+    match beneath::stat(root, Path::new(path)) {
+        Ok(At::Entry(stat)) => local_of(root, path, &stat, base),
+        Ok(At::Other) => Local::Skipped,
+        Ok(At::Nothing) => Local::Absent,
         Err(_) => Local::Unreadable,
     }
 }
@@ -384,7 +371,7 @@ fn local_of(root: &Path, path: &str, stat: &Stat, base: Option<&Synced>) -> Loca
     }
     match base {
         Some(synced) if same_stat(synced, &state) => state.sha256 = synced.sha256,
-        _ => match hash_file(&root.join(path)) {
+        _ => match hash_file(root, Path::new(path)) {
             Ok((sha, size)) => {
                 state.sha256 = Some(sha);
                 state.size = size;
@@ -398,11 +385,9 @@ fn local_of(root: &Path, path: &str, stat: &Stat, base: Option<&Synced>) -> Loca
 /// Whether `path` still holds what a plan expected (`None`: nothing), by
 /// stat data: checked right before anything replaces or removes it.
 pub fn still(root: &Path, path: &str, expect: Option<&State>) -> bool {
-    let now = std::fs::symlink_metadata(root.join(path)).ok();
-    match (expect, now) {
-        (None, None) => true,
-        (Some(expect), Some(meta)) if meta.is_file() || meta.is_dir() => {
-            let stat = stat_of(&meta);
+    match (expect, beneath::stat(root, Path::new(path))) {
+        (None, Ok(At::Nothing)) => true,
+        (Some(expect), Ok(At::Entry(stat))) => {
             stat.kind == expect.kind
                 && (stat.kind == Kind::Dir
                     || (stat.size == expect.size
@@ -414,11 +399,11 @@ pub fn still(root: &Path, path: &str, expect: Option<&State>) -> bool {
     }
 }
 
-/// SHA-256 of a file, streamed; never follows a symlink.
-pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+/// SHA-256 of a file beneath `root`, streamed; never follows a symlink.
+pub fn hash_file(root: &Path, relative: &Path) -> std::io::Result<(Digest, u64)> {
     use sha2::{Digest as _, Sha256};
     use std::io::Read;
-    let mut file = open_no_follow(path)?;
+    let mut file = beneath::open_file(root, relative)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -431,14 +416,6 @@ pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
         total += n as u64;
     }
     Ok((Digest::of(hasher), total))
-}
-
-pub fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use crate::sync::replica::beneath;
 use crate::sync::replica::fsops::blocking;
 
 /// Heads are small JSON; anything larger is a broken or hostile stream.
@@ -141,10 +142,10 @@ impl FrameWriter {
     /// Streams exactly `size` bytes of the file. If it shrank or vanished
     /// while being sent, the rest is zeros: the stream stays in step, and only
     /// this file fails its hash check at the other end.
-    pub async fn file(&self, path: &Path, size: u64) -> std::io::Result<()> {
+    pub async fn file(&self, root: &Path, relative: &Path, size: u64) -> std::io::Result<()> {
         use std::io::Read;
         let mut left = size;
-        if let Ok(mut file) = blocking(|| crate::sync::replica::scan::open_no_follow(path)) {
+        if let Ok(mut file) = blocking(|| beneath::open_file(root, relative)) {
             while left > 0 {
                 let mut buf = vec![0u8; (left as usize).min(CHUNK)];
                 let n = blocking(|| file.read(&mut buf)).unwrap_or(0);
@@ -157,7 +158,7 @@ impl FrameWriter {
             }
         }
         if left > 0 {
-            tracing::debug!(path = %path.display(), "a file shrank while being sent; padding it");
+            tracing::debug!(path = %relative.display(), "a file shrank while being sent; padding it");
         }
         while left > 0 {
             let n = (left as usize).min(CHUNK);
