@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use super::beneath;
 use super::fsops::{self, Staged};
 use super::scan::Stat;
 use crate::sync::wire::frames::FrameReader;
@@ -114,19 +113,10 @@ pub(crate) fn land<T, E>(
                     file.discard();
                     landed(item, Landed::Changed)
                 }
-                Ok(true) => {
-                    let relative = file.relative().to_path_buf();
-                    match file.commit(alone) {
-                        Err(e) => landed(item, Landed::Failed(e)),
-                        Ok(()) => {
-                            let stat = match beneath::stat(root, &relative) {
-                                Ok(beneath::At::Entry(stat)) => Some(stat),
-                                _ => None,
-                            };
-                            landed(item, Landed::Placed(stat))
-                        }
-                    }
-                }
+                Ok(true) => match file.commit(alone) {
+                    Err(e) => landed(item, Landed::Failed(e)),
+                    Ok(stat) => landed(item, Landed::Placed(stat)),
+                },
             },
         };
         if let Err(e) = step {

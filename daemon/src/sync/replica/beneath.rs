@@ -140,7 +140,7 @@ pub fn stat(root: &Path, relative: &Path) -> io::Result<At> {
 }
 
 /// `Some` for a regular file or a directory.
-fn stat_of_raw(raw: &rustix::fs::Stat) -> Option<Stat> {
+pub fn stat_of_raw(raw: &rustix::fs::Stat) -> Option<Stat> {
     let kind = match FileType::from_raw_mode(raw.st_mode) {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,

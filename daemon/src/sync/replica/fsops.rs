@@ -17,6 +17,7 @@ use std::io::Write;
 
 use crate::sync::replica::beneath;
 use crate::sync::replica::ignore::TEMP_PREFIX;
+use crate::sync::replica::scan::Stat;
 use crate::sync::wire::model::Digest;
 
 /// Bytes are gathered into writes of this size: h2 delivers ~16 KB pieces.
@@ -195,16 +196,12 @@ fn refuse_symlink(
 }
 
 impl Staged {
-    /// The wire path it lands at.
-    pub fn relative(&self) -> &Path {
-        &self.place.relative
-    }
-
-    /// Renames into place; with `durable`, fsyncs the directory after. The
+    /// Renames into place; with `durable`, fsyncs the directory after.
+    /// Returns the stat data of the file in place, if it can be read. The
     /// caller has checked the target still holds what the plan expected, so
     /// an empty directory in the way is what the plan replaces with this
     /// file, and goes.
-    pub fn commit(self, durable: bool) -> std::io::Result<()> {
+    pub fn commit(self, durable: bool) -> std::io::Result<Option<Stat>> {
         let place = &self.place;
         let replace = || -> std::io::Result<()> {
             if refuse_symlink(&place.dir, &place.target, &place.relative)?
@@ -222,7 +219,8 @@ impl Staged {
         if durable {
             let _ = rustix::fs::fsync(&place.dir);
         }
-        Ok(())
+        let now = rustix::fs::statat(&place.dir, &place.target, AtFlags::SYMLINK_NOFOLLOW);
+        Ok(now.ok().as_ref().and_then(beneath::stat_of_raw))
     }
 
     pub fn discard(self) {
