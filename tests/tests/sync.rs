@@ -538,3 +538,49 @@ fn a_directory_symlink_in_the_hub_share_gives_a_peer_nothing_outside() {
         "the symlink itself is left alone"
     );
 }
+
+#[test]
+fn a_folder_already_shared_or_synced_cannot_be_added_twice() {
+    let w = World::new(1, &[("a.txt", b"a")]);
+    let hub_dir = w.hub.dir.to_str().unwrap().to_string();
+    std::fs::create_dir_all(w.hub.path("inner")).unwrap();
+    let inner = w.hub.path("inner");
+    for (folder, name) in [
+        (hub_dir.as_str(), "again"),
+        (inner.to_str().unwrap(), "inside"),
+    ] {
+        let out = w
+            .hub
+            .ctl(&["share", "add", folder, "--name", name])
+            .failure();
+        assert!(
+            out.stderr.contains("overlaps the share 'work'")
+                && out.stderr.contains("sidekeyctl share ls"),
+            "{folder}: {}",
+            out.stderr
+        );
+    }
+    let listed = w.hub.ctl(&["share", "ls", "--json"]).success().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    let peer = &w.peers[0];
+    let invite = w.invite("rw");
+    let inside = peer.path("sub");
+    for folder in [peer.dir.clone(), inside] {
+        let out = peer
+            .home
+            .ctl_stdin(
+                &["sync", "add", folder.to_str().unwrap(), "--no-wait"],
+                Some(&invite),
+            )
+            .failure();
+        assert!(
+            out.stderr.contains("overlaps the folder of sync session")
+                && out.stderr.contains("sidekeyctl sync ls"),
+            "{}: {}",
+            folder.display(),
+            out.stderr
+        );
+    }
+    assert!(!peer.exists("sub"), "a refused folder is not created");
+}

@@ -325,18 +325,6 @@ impl SyncEngine {
         std::fs::create_dir_all(&root).map_err(|e| {
             ApiError::bad_request(format!("Cannot create {}: {e}.", root.display()))
         })?;
-        if self
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|r| r.session.root == root)
-        {
-            return Err(ApiError::conflict(format!(
-                "{} is already synced; see: sidekeyctl sync ls",
-                root.display()
-            )));
-        }
         // Check the hub, its fingerprint and the key now, so mistakes surface here.
         let client = HubClient::new(
             parts.addr.clone(),
@@ -562,16 +550,44 @@ impl SyncEngine {
     }
 
     /// Folders inside the data dir (the store lives there) are refused.
+    /// A folder must lie outside the data dir, and apart from every folder
+    /// already shared or synced: two replicas in one tree would each sync
+    /// the other's files (and state directory) as their own.
     fn check_folder(&self, root: &Path) -> Result<(), ApiError> {
-        if root.starts_with(&self.data_dir) || self.data_dir.starts_with(root) {
+        let nested = |a: &Path, b: &Path| {
+            let (a, b) = (resolved(a), resolved(b));
+            a.starts_with(&b) || b.starts_with(&a)
+        };
+        if nested(root, &self.data_dir) {
             return Err(ApiError::bad_request(format!(
                 "{} overlaps the daemon's data dir {}; sync a folder outside it.",
                 root.display(),
                 self.data_dir.display()
             )));
         }
+        let shares = self.shares.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, (share, _))) = shares.iter().find(|(_, (s, _))| nested(root, &s.root)) {
+            return Err(ApiError::conflict(format!(
+                "{} overlaps the share '{name}' at {}; a folder syncs once. See: sidekeyctl share ls",
+                root.display(),
+                share.root.display()
+            )));
+        }
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, running)) = sessions.iter().find(|(_, r)| nested(root, &r.session.root)) {
+            return Err(ApiError::conflict(format!(
+                "{} overlaps the folder of sync session {id} at {}; a folder syncs once. See: sidekeyctl sync ls",
+                root.display(),
+                running.session.root.display()
+            )));
+        }
         Ok(())
     }
+}
+
+/// The path with symlinks resolved, where it exists yet.
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn random_id(prefix: &str) -> String {
