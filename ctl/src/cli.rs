@@ -235,7 +235,12 @@ pub enum ShareCommand {
         json: bool,
     },
     /// Stop serving a share and revoke its peers' keys (the folder stays).
-    Rm { name: String },
+    Rm {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Create a sync connection for a peer and print the invite it pastes.
     Invite {
         share: String,

@@ -584,3 +584,16 @@ fn a_folder_already_shared_or_synced_cannot_be_added_twice() {
     }
     assert!(!peer.exists("sub"), "a refused folder is not created");
 }
+
+#[test]
+fn share_rm_asks_first_and_takes_yes_as_conn_rm_does() {
+    let w = World::new(0, &[("a.txt", b"a")]);
+    let refused = w.hub.ctl(&["share", "rm", "work"]).failure();
+    assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
+    let listed = w.hub.ctl(&["share", "ls", "--json"]).success().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    w.hub.ctl(&["share", "rm", "work", "--yes"]).success();
+    let listed = w.hub.ctl(&["share", "ls", "--json"]).success().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    assert!(w.hub.exists("a.txt"), "the folder stays");
+}

@@ -12,7 +12,7 @@ use sidekey_api::{
 use crate::cli::{ShareCommand, SyncCommand};
 use crate::client::{Client, ClientError, ClientResult};
 use crate::output::{fields, print_json, table, time};
-use crate::prompt::read_secret;
+use crate::prompt::{confirm, read_secret};
 
 pub async fn share(client: &Client, command: ShareCommand) -> ClientResult<()> {
     match command {
@@ -55,7 +55,13 @@ pub async fn share(client: &Client, command: ShareCommand) -> ClientResult<()> {
                 println!("{t}");
             }
         }
-        ShareCommand::Rm { name } => {
+        ShareCommand::Rm { name, yes } => {
+            if !yes {
+                let question = format!("Stop sharing '{name}' and revoke its peers' keys?");
+                if !confirm(&question, "--yes")? {
+                    return Err(ClientError::Other(anyhow!("not removed")));
+                }
+            }
             client.share_remove(&name).await?;
             println!(
                 "Stopped sharing '{name}' and revoked its peers' keys; the folder is untouched."
