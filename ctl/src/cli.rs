@@ -298,7 +298,7 @@ pub enum SyncCommand {
     RotateKey {
         id: String,
     },
-    /// Use a new cli_ key (from stdin or a hidden prompt) after the hub's owner rotated or revoked the old one.
+    /// Use a new cli_ key, or a new invite to the same share (from stdin or a hidden prompt), after the hub's owner rotated or revoked the old one.
     SetKey {
         id: String,
     },

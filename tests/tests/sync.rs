@@ -441,15 +441,31 @@ fn a_key_regenerated_or_removed_by_the_hub_owner_stops_the_peer_with_auth_failed
         assert_eq!(w.peers[0].session_status()["state"], "auth_failed");
         let log_after = w.hub.daemon.as_ref().unwrap().log().matches("sync").count();
         assert!(log_after - log_before < 10, "the peer keeps retrying");
-        if let Some(key) = new_key {
-            w.peers[0]
-                .home
-                .ctl_stdin(&["sync", "set-key", &id], Some(&key))
-                .success();
-            wait_until("syncing resumes with the new key", SOON, || {
-                w.hub.exists("poke.txt")
-            });
-        }
+        let key = match new_key {
+            Some(key) => key,
+            // The connection is gone: the hub's owner sends a new invite.
+            None => {
+                let invite = w.invite("rw");
+                let elsewhere = invite.replace("/work#", "/other#");
+                let refused = w.peers[0]
+                    .home
+                    .ctl_stdin(&["sync", "set-key", &id], Some(&elsewhere))
+                    .failure();
+                assert!(
+                    refused.stderr.contains("'other'") && refused.stderr.contains("sync add"),
+                    "{}",
+                    refused.stderr
+                );
+                invite
+            }
+        };
+        w.peers[0]
+            .home
+            .ctl_stdin(&["sync", "set-key", &id], Some(&key))
+            .success();
+        wait_until("syncing resumes with the new key", SOON, || {
+            w.hub.exists("poke.txt")
+        });
     }
 }
 

@@ -187,7 +187,7 @@ pub async fn sync(client: &Client, command: SyncCommand) -> ClientResult<()> {
             );
         }
         SyncCommand::SetKey { id } => {
-            let key = read_secret("New cli_ key")?;
+            let key = read_secret("New cli_ key, or an invite")?;
             report(client.session_set_key(&id, &SessionKey { key }).await?);
         }
     }

@@ -511,18 +511,25 @@ impl SyncEngine {
         self.session_view(id)
     }
 
-    /// A new key pasted by the user, after the hub's owner rotated or revoked the old one.
+    /// A new key pasted by the user, after the hub's owner rotated or
+    /// revoked the old one: a `cli_` key, or an invite to the same share on
+    /// the same hub, whose key is taken.
     pub async fn set_session_key(
         &self,
         id: &str,
         key: Secret,
     ) -> Result<sidekey_api::Session, ApiError> {
+        let (session, user) = self.running(id, |r| (r.session.clone(), r.user.clone()))?;
+        let key = if key.expose().trim_start().starts_with("sidekey://") {
+            key_of_invite(&session.record(), key.expose())?
+        } else {
+            key
+        };
         if crate::keys::parse(key.expose()) != Some(crate::keys::KeyPrefix::Cli) {
             return Err(ApiError::bad_request(
-                "A sync key is cli_ followed by 64 hex characters; paste it again.",
+                "A sync key is cli_ followed by 64 hex characters, or paste a whole invite; try again.",
             ));
         }
-        let (session, user) = self.running(id, |r| (r.session.clone(), r.user.clone()))?;
         self.store_key(&session, key).await?;
         session.set_state(SessionState::Scanning, None);
         user.send_modify(|v| *v += 1);
@@ -583,6 +590,23 @@ impl SyncEngine {
         }
         Ok(())
     }
+}
+
+/// The key of an invite pasted into `set-key`, which must name the
+/// session's own share and hub.
+fn key_of_invite(record: &SessionRecord, invite: &str) -> Result<Secret, ApiError> {
+    let parts = parse_invite(invite)
+        .map_err(|why| ApiError::bad_request(format!("The invite is not valid: {why}.")))?;
+    if parts.share != record.share
+        || parts.addr != record.addr
+        || parts.fingerprint != record.fingerprint
+    {
+        return Err(ApiError::bad_request(format!(
+            "This invite is for the share '{}' at {}, not this session's '{}' at {}; sync it as a new folder with: sidekeyctl sync add <folder>",
+            parts.share, parts.addr, record.share, record.addr
+        )));
+    }
+    Ok(parts.key)
 }
 
 /// The path with symlinks resolved, where it exists yet.

@@ -216,7 +216,7 @@ impl HubClient {
             .unwrap_or_else(|_| status.to_string());
         Err(match status {
             StatusCode::UNAUTHORIZED => SyncError::Auth(format!(
-                "the hub refused this session's key ({message}); paste a new key with: sidekeyctl sync set-key <id>, or add a new invite"
+                "the hub refused this session's key ({message}); paste a new key or invite with: sidekeyctl sync set-key <id>"
             )),
             StatusCode::FORBIDDEN => SyncError::Forbidden(message),
             StatusCode::SERVICE_UNAVAILABLE => SyncError::Refused(message),
