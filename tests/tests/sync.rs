@@ -613,3 +613,57 @@ fn share_rm_asks_first_and_takes_yes_as_conn_rm_does() {
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
     assert!(w.hub.exists("a.txt"), "the folder stays");
 }
+
+#[test]
+fn status_watch_without_a_terminal_prints_one_json_line_per_change() {
+    use std::io::BufRead;
+    let w = World::new(1, &[("a.txt", b"a")]);
+    let peer = &w.peers[0];
+    let id = peer.session.clone().unwrap();
+    let mut watch = peer
+        .home
+        .command(&sidekey_tests::sidekeyctl_bin())
+        .args(["sync", "status", &id, "--watch", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map(Result::unwrap)
+            .collect::<Vec<String>>()
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    peer.write("b.txt", b"b");
+    wait_until("b.txt arrives", SOON, || w.hub.exists("b.txt"));
+    std::thread::sleep(Duration::from_millis(600));
+    peer.ctl(&["sync", "pause", &id]).success();
+    let exited = wait_until_exit(&mut watch, SOON);
+    assert!(exited.success(), "watch ended with {exited}");
+    let lines = reader.join().unwrap();
+    let states: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(states.len() >= 2, "{lines:?}");
+    // One object per change, not one per poll (about 10 polls a second).
+    assert!(states.len() < 15, "{} lines: {lines:?}", states.len());
+    assert_eq!(states.last().unwrap()["state"], "paused");
+    assert!(states.windows(2).all(|p| p[0] != p[1]), "a line repeats");
+}
+
+fn wait_until_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sync status --watch did not exit after the pause");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

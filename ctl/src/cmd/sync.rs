@@ -164,6 +164,9 @@ pub async fn sync(client: &Client, command: SyncCommand) -> ClientResult<()> {
             }
         }
         SyncCommand::Status { id, watch, json } => {
+            if watch && (json || !std::io::stdout().is_terminal()) {
+                return watch_lines(client, &id, json).await;
+            }
             if watch {
                 follow(client, &id, false).await?;
             }
@@ -215,15 +218,7 @@ async fn follow(client: &Client, id: &str, until_done: bool) -> ClientResult<Ses
             session.state.as_str(),
             human_bytes(session.bytes_moved)
         ));
-        let stopped = matches!(
-            session.state,
-            SessionState::Halted | SessionState::AuthFailed | SessionState::Paused
-        ) || (session.state == SessionState::Error
-            && session
-                .message
-                .as_deref()
-                .is_some_and(|m| m.contains("gave up")));
-        if stopped
+        if is_stopped(&session)
             || (until_done && session.initial_sync_done && session.state == SessionState::Watching)
         {
             bar.finish_and_clear();
@@ -231,6 +226,63 @@ async fn follow(client: &Client, id: &str, until_done: bool) -> ClientResult<Ses
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether a session waits for the user (resume, set-key…) before it syncs
+/// again.
+fn is_stopped(session: &Session) -> bool {
+    matches!(
+        session.state,
+        SessionState::Halted | SessionState::AuthFailed | SessionState::Paused
+    ) || (session.state == SessionState::Error
+        && session
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("gave up")))
+}
+
+/// `--watch` without a terminal (or with `--json`): a line, or an NDJSON
+/// object, each time the session changes, until it stops or is interrupted.
+async fn watch_lines(client: &Client, id: &str, json: bool) -> ClientResult<()> {
+    let mut last = None;
+    loop {
+        let session = client.session(id).await?;
+        let now = serde_json::to_string(&session).map_err(|e| ClientError::Other(e.into()))?;
+        if last.as_ref() != Some(&now) {
+            if json {
+                println!("{now}");
+            } else {
+                println!("{}", one_line(&session));
+            }
+            last = Some(now);
+        }
+        if is_stopped(&session) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn one_line(s: &Session) -> String {
+    let mut line = format!(
+        "{} {}: {} files, {} pending, {} conflicts, {} moved",
+        s.id,
+        s.state.as_str(),
+        s.files,
+        s.pending,
+        s.conflicts,
+        human_bytes(s.bytes_moved)
+    );
+    if !s.initial_sync_done {
+        line.push_str(&format!(
+            ", initial sync {}/{}",
+            s.progress_done, s.progress_total
+        ));
+    }
+    if let Some(message) = &s.message {
+        line.push_str(&format!(" ({message})"));
+    }
+    line
 }
 
 fn report(session: Session) {
