@@ -118,14 +118,8 @@ where
                 pooled_ok = false;
                 continue;
             }
-            return fail(
-                daemon,
-                agent,
-                pending,
-                (up, 0),
-                upstream_failure(&e, &target),
-            )
-            .await;
+            let error = upstream_failure(&e, &target);
+            return fail(daemon, agent, pending, (up, 0), error).await;
         }
         if !whole {
             // No retry from here on: the body goes as it comes.
@@ -207,14 +201,8 @@ where
     if framing != Framing::Empty
         && let Err(e) = read_arrived(&mut upstream, &mut incoming)
     {
-        return fail(
-            daemon,
-            agent,
-            pending,
-            (up, 0),
-            upstream_failure(&e, &target),
-        )
-        .await;
+        let error = upstream_failure(&e, &target);
+        return fail(daemon, agent, pending, (up, 0), error).await;
     }
     let mut raw = scrub
         .as_ref()
